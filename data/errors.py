@@ -1,0 +1,89 @@
+"""User-facing input errors and the command-line wrapper that reports them.
+
+A :class:`Problem` names the file, slide and field at fault, what was expected, what was
+found and how to fix it. A :class:`DataError` carries one or more problems; command-line
+entry points turn it into one message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger("hespot")
+
+EXIT_USER_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input, located precisely.
+
+    Attributes:
+        file: the file or folder at fault.
+        slide: the slide name, or "" when the problem is not about one slide.
+        field: the field, column, group or attribute at fault ("" for the whole file).
+        expected: what a valid input has there.
+        found: what was found instead.
+        fix: how to fix it.
+        level: "error" (the input cannot be used) or "warning" (usable, but suspicious).
+    """
+
+    file: str
+    slide: str
+    field: str
+    expected: str
+    found: str
+    fix: str
+    level: str = "error"
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.slide:
+            where += f", slide {self.slide}"
+        if self.field:
+            where += f", field {self.field}"
+        return (
+            f"{self.level}: {where}: expected {self.expected}; found {self.found}. "
+            f"Fix: {self.fix}"
+        )
+
+
+class DataError(Exception):
+    """An input is unusable. ``problems`` lists every reason found, not only the first."""
+
+    def __init__(self, problems: Problem | Sequence[Problem]):
+        self.problems: list[Problem] = (
+            [problems] if isinstance(problems, Problem) else list(problems)
+        )
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def raise_errors(problems: Sequence[Problem]) -> None:
+    """Log warnings among ``problems`` and raise :class:`DataError` if any is an error."""
+    for p in problems:
+        if p.level == "warning":
+            log.warning("%s", p)
+    errors = [p for p in problems if p.level == "error"]
+    if errors:
+        raise DataError(errors)
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Configure the ``hespot`` logger once for a command-line run."""
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; a :class:`DataError` becomes one message and exit code 2."""
+    try:
+        return main(argv)
+    except DataError as exc:
+        sys.stderr.write(f"hespot: {exc}\n")
+        return EXIT_USER_ERROR

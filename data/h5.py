@@ -1,0 +1,326 @@
+"""The canonical HDF5 layout (the challenge's): reader and atomic writer.
+
+Layout::
+
+    images/Train/<slide>   uint8 (H, W, 3)
+    images/Test/<slide>    uint8 (H, W, 3)
+    spots/Train/<slide>    structured array: x, y, <cell types...> [, extra fields]
+    spots/Test/<slide>     structured array: x, y [, extra fields]
+
+``x`` is the pixel column and ``y`` the pixel row of the spot centre. Optional attributes
+on ``images/<split>/<slide>``: ``pixel_size_um`` (float) and ``source`` (str). Optional
+attribute ``extra_fields`` on ``spots/<split>/<slide>``: names of numeric fields that are
+not cell types. String fields (such as ``spot_id``) are never cell types.
+
+The reader reads the challenge's ``elucidata_ai_challenge_data.h5`` as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data.errors import DataError, Problem
+
+SPLITS = ("Train", "Test")
+COORDS = ("x", "y")
+IMAGE_CHUNK = (512, 512, 3)
+
+
+@dataclass(frozen=True)
+class SpotTable:
+    """The spots of one slide.
+
+    Attributes:
+        slide: slide name.
+        split: "Train" or "Test".
+        x: float64 (n_spots,) pixel column of each spot centre.
+        y: float64 (n_spots,) pixel row of each spot centre.
+        cell_types: names of the abundance columns (empty for a test slide).
+        Y: float64 (n_spots, n_types) abundances, or None for a test slide.
+        extra: other fields, name -> (n_spots,) array (strings decoded to ``str``).
+    """
+
+    slide: str
+    split: str
+    x: np.ndarray
+    y: np.ndarray
+    cell_types: tuple[str, ...] = ()
+    Y: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def spot_ids(self) -> np.ndarray:
+        """(n_spots,) str: ``spot_id`` when present, else the row index as a string."""
+        if "spot_id" in self.extra:
+            return np.asarray(self.extra["spot_id"], dtype=str)
+        return np.arange(len(self)).astype(str)
+
+
+def _is_string(dt: np.dtype) -> bool:
+    return dt.kind in ("S", "U", "O")
+
+
+def cell_type_fields(table: np.ndarray, extra_fields: Iterable[str] = ()) -> list[str]:
+    """Names of the cell-type columns of a structured spot table, in stored order."""
+    skip = set(COORDS) | set(extra_fields)
+    names = table.dtype.names or ()
+    return [n for n in names if n not in skip and not _is_string(table.dtype[n])]
+
+
+def make_spot_table(
+    x: np.ndarray,
+    y: np.ndarray,
+    Y: np.ndarray | None = None,
+    cell_types: Iterable[str] = (),
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Build the structured array stored under ``spots/<split>/<slide>``.
+
+    Args:
+        x, y: (n_spots,) pixel column and row of the spot centres.
+        Y: (n_spots, n_types) abundances, or None.
+        cell_types: n_types column names.
+        extra: more (n_spots,) fields; str arrays are stored as fixed-length UTF-8 bytes.
+
+    Returns:
+        Structured ndarray (n_spots,) with fields x, y, cell types, extras.
+    """
+    cell_types = list(cell_types)
+    extra = dict(extra or {})
+    fields: list[tuple[str, np.dtype]] = [("x", np.float64), ("y", np.float64)]
+    fields += [(c, np.float64) for c in cell_types]
+    columns = {}
+    for name, values in extra.items():
+        values = np.asarray(values)
+        if _is_string(values.dtype):
+            encoded = np.char.encode(values.astype(str), "utf-8")
+            values = encoded.astype(f"S{max(1, encoded.dtype.itemsize)}")
+        fields.append((name, values.dtype))
+        columns[name] = values
+    table = np.zeros(len(x), dtype=fields)
+    table["x"], table["y"] = x, y
+    for j, c in enumerate(cell_types):
+        table[c] = Y[:, j]
+    for name, values in columns.items():
+        table[name] = values
+    return table
+
+
+@dataclass
+class SlideRecord:
+    """One slide to write: its spot table, its image (or how to load it) and attributes.
+
+    ``image`` is a uint8 (H, W, 3) array or a zero-argument callable returning one, so a
+    writer holds one full-resolution image in memory at a time.
+    """
+
+    name: str
+    split: str
+    table: np.ndarray
+    image: np.ndarray | Callable[[], np.ndarray]
+    pixel_size_um: float | None = None
+    source: str = ""
+    extra_fields: tuple[str, ...] = ()
+
+
+def write_h5(path: str | Path, slides: Iterable[SlideRecord], compression_level: int = 4) -> Path:
+    """Write slides in the canonical layout, atomically.
+
+    The file is written to a temporary name in the same folder and renamed over ``path``
+    only when complete, so a failure leaves any existing file untouched and no partial one.
+    Images are stored chunked (512 x 512 x 3) and gzip-compressed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.h5", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for rec in slides:
+                image = rec.image() if callable(rec.image) else rec.image
+                chunks = tuple(min(c, s) for c, s in zip(IMAGE_CHUNK, image.shape, strict=True))
+                dset = f.create_dataset(
+                    f"images/{rec.split}/{rec.name}",
+                    data=image,
+                    chunks=chunks,
+                    compression="gzip",
+                    compression_opts=compression_level,
+                    shuffle=True,
+                )
+                del image
+                if rec.pixel_size_um is not None:
+                    dset.attrs["pixel_size_um"] = float(rec.pixel_size_um)
+                if rec.source:
+                    dset.attrs["source"] = rec.source
+                tab = f.create_dataset(f"spots/{rec.split}/{rec.name}", data=rec.table)
+                if rec.extra_fields:
+                    tab.attrs["extra_fields"] = list(rec.extra_fields)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class CanonicalH5:
+    """Read-only access to a file in the canonical layout.
+
+    Use as a context manager. Images are read window by window (h5py reads only the
+    chunks a window touches, with a chunk cache), never whole per spot.
+
+    Raises:
+        DataError: the file is missing, not HDF5, truncated, or lacks the layout's groups.
+    """
+
+    def __init__(self, path: str | Path, chunk_cache_mb: int = 64):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(Problem(str(self.path), "", "", "an HDF5 file", "no such file",
+                                    "check the path (make demo writes out/her2st.h5)"))
+        try:
+            self._f = h5py.File(self.path, "r", rdcc_nbytes=chunk_cache_mb * 2**20)
+        except OSError as exc:
+            raise DataError(Problem(str(self.path), "", "", "a readable HDF5 file",
+                                    f"unreadable ({exc})",
+                                    "the file is truncated or corrupt: copy or import it again")
+                            ) from exc
+        missing = [g for g in ("images", "spots") if g not in self._f]
+        if missing:
+            self.close()
+            raise DataError(Problem(str(self.path), "", "/".join(missing),
+                                    "groups images/{Train,Test} and spots/{Train,Test}",
+                                    f"no group {', '.join(missing)}",
+                                    "write the file with one of the data.import_* commands"))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> CanonicalH5:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def h5(self) -> h5py.File:
+        return self._f
+
+    def slides(self, split: str) -> list[str]:
+        """Slide names of one split ("Train" or "Test") that have a spot table, sorted."""
+        group = self._f["spots"].get(split)
+        return sorted(group.keys()) if group is not None else []
+
+    @property
+    def train_slides(self) -> list[str]:
+        return self.slides("Train")
+
+    @property
+    def test_slides(self) -> list[str]:
+        return self.slides("Test")
+
+    def split_of(self, slide: str) -> str:
+        """The split holding ``slide``; DataError naming the known slides if none does."""
+        for split in SPLITS:
+            if slide in self._f["spots"].get(split, {}):
+                return split
+        known = self.train_slides + self.test_slides
+        raise DataError(Problem(str(self.path), slide, "spots", f"one of the slides {known}",
+                                "no such slide", "pass a slide name that is in the file"))
+
+    def _image(self, slide: str) -> h5py.Dataset:
+        split = self.split_of(slide)
+        key = f"images/{split}/{slide}"
+        if key not in self._f:
+            raise DataError(Problem(str(self.path), slide, key, "an image dataset", "none",
+                                    "add the slide's image (re-run the importer)"))
+        return self._f[key]
+
+    def image_shape(self, slide: str) -> tuple[int, ...]:
+        """Shape of the slide's image, (H, W, 3) in a valid file."""
+        return tuple(self._image(slide).shape)
+
+    def pixel_size_um(self, slide: str) -> float | None:
+        """Micrometres per pixel if the file records it (the challenge file does not)."""
+        value = self._image(slide).attrs.get("pixel_size_um")
+        return float(value) if value is not None else None
+
+    def extra_fields(self, slide: str) -> tuple[str, ...]:
+        raw = self._f[f"spots/{self.split_of(slide)}/{slide}"].attrs.get("extra_fields", [])
+        return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(raw))
+
+    @property
+    def cell_types(self) -> tuple[str, ...]:
+        """Cell-type columns of the first train slide (data.check verifies they agree)."""
+        train = self.train_slides
+        if not train:
+            return ()
+        slide = train[0]
+        empty = self._f[f"spots/Train/{slide}"][:0]
+        return tuple(cell_type_fields(empty, self.extra_fields(slide)))
+
+    def raw_table(self, slide: str) -> np.ndarray:
+        """The stored structured array of one slide."""
+        return self._f[f"spots/{self.split_of(slide)}/{slide}"][()]
+
+    def spots(self, slide: str) -> SpotTable:
+        """The slide's spot table; cell types are the training columns."""
+        split = self.split_of(slide)
+        table = self.raw_table(slide)
+        names = table.dtype.names or ()
+        for c in COORDS:
+            if c not in names:
+                raise DataError(Problem(str(self.path), slide, f"spots/{split}/{slide}:{c}",
+                                        "fields x (pixel column) and y (pixel row)",
+                                        f"fields {list(names)}",
+                                        "rename the coordinate fields to x and y"))
+        cell_types: tuple[str, ...] = ()
+        Y = None
+        if split == "Train":
+            cell_types = tuple(cell_type_fields(table, self.extra_fields(slide)))
+            Y = np.stack([table[c].astype(np.float64) for c in cell_types], axis=1) \
+                if cell_types else np.zeros((len(table), 0))
+        extra = {}
+        for n in names:
+            if n in COORDS or n in cell_types:
+                continue
+            col = table[n]
+            if col.dtype.kind == "S":
+                col = np.char.decode(col, "utf-8")
+            extra[n] = col
+        return SpotTable(slide, split, table["x"].astype(np.float64),
+                         table["y"].astype(np.float64), cell_types, Y, extra)
+
+    def read_window(self, slide: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """uint8 (y1 - y0, x1 - x0, C) pixels of a window, which must lie inside the image."""
+        return self._image(slide)[y0:y1, x0:x1]
+
+    def fingerprint(self, slide: str) -> str:
+        """sha256 over the slide's spot table and image content (raw chunks when chunked)."""
+        h = hashlib.sha256()
+        h.update(self.raw_table(slide).tobytes())
+        dset = self._image(slide)
+        h.update(repr((dset.shape, str(dset.dtype))).encode())
+        if dset.chunks is not None:
+            dsid = dset.id
+            for i in range(dsid.get_num_chunks()):
+                offset = dsid.get_chunk_info(i).chunk_offset
+                h.update(dsid.read_direct_chunk(offset)[1])
+        else:
+            step = max(1, 2**24 // max(1, dset.shape[1] * 3))
+            for r in range(0, dset.shape[0], step):
+                h.update(dset[r:r + step].tobytes())
+        return h.hexdigest()

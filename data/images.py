@@ -1,0 +1,104 @@
+"""Reading slide images from disk (TIFF/OME-TIFF, JPEG, PNG) as uint8 RGB arrays."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from data.errors import DataError, Problem
+
+log = logging.getLogger("hespot")
+
+TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
+PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def _missing(path: Path, slide: str) -> DataError:
+    return DataError(Problem(str(path), slide, "image", "an image file (TIFF, JPEG or PNG)",
+                             "no such file", "check the image path"))
+
+
+def _check_suffix(path: Path, slide: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in TIFF_SUFFIXES | PIL_SUFFIXES:
+        raise DataError(Problem(str(path), slide, "image", "a .tif/.tiff/.jpg/.jpeg/.png file",
+                                f"suffix {suffix!r}", "convert the image to TIFF or PNG"))
+    return suffix
+
+
+def image_shape(path: str | Path, slide: str = "") -> tuple[int, int]:
+    """(H, W) of an image file, read from its header only."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, slide)
+    suffix = _check_suffix(path, slide)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].levels[0].shape
+                axes = tif.series[0].levels[0].axes
+            return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        Image.MAX_IMAGE_PIXELS = None  # whole-slide images exceed PIL's bomb guard
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise DataError(Problem(str(path), slide, "image", "a readable image", f"error: {exc}",
+                                "the file is truncated or not an image; export it again")
+                        ) from exc
+
+
+def to_rgb_uint8(array: np.ndarray, path: str, slide: str) -> np.ndarray:
+    """Return (H, W, 3) uint8; gray and RGBA are converted with a warning.
+
+    Raises:
+        DataError: the pixels are not uint8 or the shape is not an image's.
+    """
+    if array.dtype != np.uint8:
+        raise DataError(Problem(path, slide, "image dtype", "8-bit pixels (uint8)",
+                                str(array.dtype),
+                                "convert the image to 8-bit RGB (e.g. with tifffile or PIL)"))
+    if array.ndim == 2:
+        log.warning("%s, slide %s: grayscale image converted to RGB", path, slide)
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] == 4:
+        log.warning("%s, slide %s: RGBA image, alpha channel dropped", path, slide)
+        return np.ascontiguousarray(array[:, :, :3])
+    if array.ndim == 3 and array.shape[2] == 1:
+        log.warning("%s, slide %s: single-channel image converted to RGB", path, slide)
+        return np.repeat(array, 3, axis=2)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise DataError(Problem(path, slide, "image shape", "(H, W, 3) RGB", str(array.shape),
+                                "save the image as RGB"))
+    return array
+
+
+def load_image(path: str | Path, slide: str = "") -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB (the full-resolution level of a TIFF)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, slide)
+    suffix = _check_suffix(path, slide)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            array = tifffile.imread(path, series=0, level=0)
+            if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
+                array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
+        else:
+            Image.MAX_IMAGE_PIXELS = None  # whole-slide images exceed PIL's bomb guard
+            with Image.open(path) as im:
+                if im.mode in ("I;16", "I", "F"):
+                    array = np.asarray(im)
+                elif im.mode in ("RGB", "RGBA", "L"):
+                    array = np.asarray(im)
+                else:
+                    log.warning("%s, slide %s: %s image converted to RGB", path, slide, im.mode)
+                    array = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise DataError(Problem(str(path), slide, "image", "a readable image", f"error: {exc}",
+                                "the file is truncated or not an image; export it again")
+                        ) from exc
+    return to_rgb_uint8(np.asarray(array), str(path), slide)

@@ -1,0 +1,74 @@
+"""Import slides listed in a manifest: ``python -m data.import_table --manifest CSV --out FILE``.
+
+The manifest has one row per slide with columns ``slide, image, spots, split`` and an
+optional ``pixel_size_um``; paths are relative to the manifest. A spots CSV has ``x``
+(pixel column) and ``y`` (pixel row), an optional ``spot_id``, and, for train slides,
+one numeric column per cell type. Test slides' other columns are kept as extra fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.errors import DataError, Problem, run_cli, setup_logging
+from data.importing import PendingSlide, numeric_columns, read_table, write_slides
+
+MANIFEST_COLUMNS = ["slide", "image", "spots", "split"]
+
+
+def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
+    slide = str(row["slide"])
+    split = str(row["split"]).strip().capitalize()
+    if split not in ("Train", "Test"):
+        raise DataError(Problem(str(manifest), slide, "split", "Train or Test",
+                                repr(row["split"]), "set the split column to train or test"))
+    spots_path = base / str(row["spots"])
+    df = read_table(spots_path, slide, ["x", "y"])
+    xy = numeric_columns(df, ["x", "y"], spots_path, slide)
+    extra: dict[str, np.ndarray] = {}
+    if "spot_id" in df:
+        extra["spot_id"] = df["spot_id"].astype(str).to_numpy()
+    rest = [c for c in df.columns if c not in ("x", "y", "spot_id")]
+    px = row.get("pixel_size_um")
+    out = PendingSlide(slide, base / str(row["image"]), xy[:, 0], xy[:, 1], extra=extra,
+                       pixel_size_um=float(px) if px is not None and pd.notna(px) else None,
+                       source=f"table:{spots_path}")
+    if split == "Train":
+        if not rest:
+            raise DataError(Problem(str(spots_path), slide, "cell types",
+                                    "one numeric column per cell type besides x, y",
+                                    f"columns {list(df.columns)}",
+                                    "add the abundances, or mark the slide as test"))
+        out.Y, out.cell_types = numeric_columns(df, rest, spots_path, slide), rest
+    else:
+        for c in rest:
+            extra[c] = df[c].to_numpy() if df[c].dtype != object else df[c].astype(str).to_numpy()
+    return out
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.import_table", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.quiet)
+    manifest = read_table(args.manifest, required=MANIFEST_COLUMNS)
+    slides = [gather_row(r, args.manifest.parent, args.manifest)
+              for _, r in manifest.iterrows()]
+    write_slides(slides, args.out, str(args.manifest))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""What every importer shares: checked table reading, validation, then one atomic write."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data import validate
+from data.errors import DataError, Problem, raise_errors
+from data.h5 import SlideRecord, make_spot_table, write_h5
+from data.images import image_shape, load_image
+
+log = logging.getLogger("hespot")
+
+
+@dataclass
+class PendingSlide:
+    """A slide gathered by an importer, not yet validated or written.
+
+    Attributes:
+        x, y: float (n_spots,) pixel column and row in the full-resolution image.
+        Y: float (n_spots, n_types) abundances, or None for a test slide.
+        extra: more (n_spots,) fields, e.g. ``spot_id``.
+    """
+
+    name: str
+    image_path: Path
+    x: np.ndarray
+    y: np.ndarray
+    Y: np.ndarray | None = None
+    cell_types: list[str] = field(default_factory=list)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    pixel_size_um: float | None = None
+    source: str = ""
+
+    @property
+    def split(self) -> str:
+        return "Train" if self.Y is not None else "Test"
+
+
+def require_path(path: Path, what: str, fix: str, slide: str = "", is_dir: bool = False) -> Path:
+    """Return ``path`` if it exists as a file (or folder), else raise a DataError."""
+    ok = path.is_dir() if is_dir else path.is_file()
+    if not ok:
+        raise DataError(Problem(str(path), slide, "", what, "no such " +
+                                ("folder" if is_dir else "file"), fix))
+    return path
+
+
+def read_table(path: Path, slide: str = "", required: Sequence[str] = (),
+               sep: str | None = None, **kwargs) -> pd.DataFrame:
+    """Read a CSV/TSV (separator sniffed from the suffix) and check required columns."""
+    require_path(path, "a table file", "check the path", slide)
+    if sep is None:
+        sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        df = pd.read_csv(path, sep=sep, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(Problem(str(path), slide, "", "a readable delimited table",
+                                f"error: {exc}", "check the file's format")) from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(Problem(str(path), slide, ", ".join(missing),
+                                f"columns {list(required)}",
+                                f"columns {list(df.columns)[:12]}",
+                                "rename the columns (names are case-sensitive)"))
+    return df
+
+
+def numeric_columns(df: pd.DataFrame, columns: Sequence[str], path: Path,
+                    slide: str) -> np.ndarray:
+    """float64 (n_rows, len(columns)); a DataError names the first non-numeric cell."""
+    out = np.empty((len(df), len(columns)))
+    for j, c in enumerate(columns):
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = values.isna() & df[c].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(Problem(str(path), slide, c, "numeric values",
+                                    f"{df[c].iloc[i]!r} at row {i}",
+                                    "remove text from the column"))
+        out[:, j] = values.to_numpy(dtype=float)
+    return out
+
+
+def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]:
+    """Every check data.check runs, on the gathered slides, before anything is written."""
+    problems: list[Problem] = []
+    if not slides:
+        return [Problem(label, "", "slides", "at least one slide", "none",
+                        "check the source folder or manifest")]
+    names = [s.name for s in slides]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        problems.append(Problem(label, dups[0], "slide", "unique slide names",
+                                f"duplicated: {dups}", "give each slide its own name"))
+    for s in slides:
+        h, w = image_shape(s.image_path, s.name)
+        problems += validate.check_coordinates(str(s.image_path), s.name, s.x, s.y, (h, w))
+        if "spot_id" in s.extra:
+            problems += validate.check_spot_ids(label, s.name, s.extra["spot_id"])
+        if s.Y is not None:
+            problems += validate.check_abundances(label, s.name, s.Y, s.cell_types)
+    problems += validate.check_same_cell_types(
+        label, {s.name: s.cell_types for s in slides if s.Y is not None})
+    if not any(s.Y is not None for s in slides):
+        problems.append(Problem(label, "", "cell types", "at least one train slide with "
+                                "abundances", "none", "give abundances for the train slides"))
+    return problems
+
+
+def write_slides(slides: Sequence[PendingSlide], out: Path, label: str) -> Path:
+    """Validate, then write the canonical file atomically (one image in memory at a time)."""
+    raise_errors(validate_slides(slides, label))
+
+    def records():
+        for s in slides:
+            table = make_spot_table(s.x, s.y, s.Y, s.cell_types, s.extra)
+            log.info("writing %s slide %s: %d spots", s.split, s.name, len(s.x))
+            yield SlideRecord(s.name, s.split, table,
+                              lambda p=s.image_path, n=s.name: load_image(p, n),
+                              s.pixel_size_um, s.source)
+
+    path = write_h5(out, records())
+    log.info("wrote %s", path)
+    return path

@@ -1,0 +1,130 @@
+"""Square patches centred on spots, read window by window from the canonical HDF5.
+
+Spots are grouped into horizontal bands; each band's window is read once (h5py slicing
+reads only the chunks it touches) and every patch in it is cut from memory, so a slide's
+image is never read once per spot. Patches that overhang the image border are padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.errors import DataError, Problem
+from data.h5 import CanonicalH5
+
+PAD_MODES = ("reflect", "constant", "edge")
+
+
+def resolve_patch_px(size_px: int | None = 224, size_um: float | None = None,
+                     pixel_size_um: float | None = None, where: str = "") -> int:
+    """Patch side in pixels: ``size_um / pixel_size_um`` when ``size_um`` is given, else
+    ``size_px``.
+
+    Raises:
+        DataError: ``size_um`` is given but the slide has no recorded pixel size.
+    """
+    if size_um is not None:
+        if not pixel_size_um:
+            raise DataError(Problem(where, "", "pixel_size_um", "a recorded pixel size",
+                                    "none", "give the patch size in pixels instead of µm, or "
+                                    "re-import with --pixel-size"))
+        return max(1, int(round(size_um / pixel_size_um)))
+    if size_px is None or size_px < 1:
+        raise ValueError(f"patch size must be a positive number of pixels, got {size_px}")
+    return int(size_px)
+
+
+@dataclass
+class PatchCropper:
+    """Crop ``size`` x ``size`` uint8 patches centred on spots of one slide.
+
+    Args:
+        h5: an open canonical file.
+        slide: slide name.
+        size: patch side in pixels.
+        pad_mode: "reflect", "constant" or "edge" for patches overhanging the border.
+        pad_value: fill for "constant".
+        band_px: the tallest window read at once (rows); bounds memory to
+            band_px x image width x 3 bytes.
+    """
+
+    h5: CanonicalH5
+    slide: str
+    size: int
+    pad_mode: str = "reflect"
+    pad_value: int = 0
+    band_px: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        self.height, self.width = self.h5.image_shape(self.slide)[:2]
+
+    def _read_box(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        """uint8 (bottom - top, right - left, 3): a box that may overhang the image."""
+        y0, y1 = max(top, 0), min(bottom, self.height)
+        x0, x1 = max(left, 0), min(right, self.width)
+        if y0 >= y1 or x0 >= x1:
+            return np.full((bottom - top, right - left, 3), self.pad_value, np.uint8)
+        window = self.h5.read_window(self.slide, y0, y1, x0, x1)
+        pad = ((y0 - top, bottom - y1), (x0 - left, right - x1), (0, 0))
+        if any(p for pair in pad for p in pair):
+            kwargs = {"constant_values": self.pad_value} if self.pad_mode == "constant" else {}
+            window = np.pad(window, pad, mode=self.pad_mode, **kwargs)
+        return window
+
+    def crop(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Patches centred on (x, y).
+
+        Args:
+            x: (n,) pixel columns; y: (n,) pixel rows.
+
+        Returns:
+            uint8 (n, size, size, 3), in the order of the inputs.
+        """
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        out = np.empty((len(x), self.size, self.size, 3), np.uint8)
+        if len(x) == 0:
+            return out
+        half = self.size // 2
+        tops = np.round(y).astype(np.int64) - half
+        lefts = np.round(x).astype(np.int64) - half
+        order = np.argsort(tops, kind="stable")
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            limit = tops[order[start]] + max(self.band_px - self.size, 0)
+            while stop < len(order) and tops[order[stop]] <= limit:
+                stop += 1
+            idx = order[start:stop]
+            top, bottom = tops[idx].min(), tops[idx].max() + self.size
+            left, right = lefts[idx].min(), lefts[idx].max() + self.size
+            box = self._read_box(top, left, bottom, right)
+            for i in idx:
+                r, c = tops[i] - top, lefts[i] - left
+                out[i] = box[r:r + self.size, c:c + self.size]
+            start = stop
+        return out
+
+
+def crop_patches(h5: CanonicalH5, slide: str, size: int, indices: np.ndarray | None = None,
+                 pad_mode: str = "reflect") -> np.ndarray:
+    """uint8 (n, size, size, 3) patches for the slide's spots (all, or ``indices``)."""
+    table = h5.spots(slide)
+    idx = np.arange(len(table)) if indices is None else np.asarray(indices)
+    return PatchCropper(h5, slide, size, pad_mode).crop(table.x[idx], table.y[idx])
+
+
+def iter_patch_batches(h5: CanonicalH5, slide: str, size: int, batch_size: int,
+                       start: int = 0, pad_mode: str = "reflect"
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices (b,), patches uint8 (b, size, size, 3)) over the slide's spots from
+    row ``start`` on, ``batch_size`` spots at a time, in spot-table order."""
+    table = h5.spots(slide)
+    cropper = PatchCropper(h5, slide, size, pad_mode)
+    for s in range(start, len(table), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(table)))
+        yield idx, cropper.crop(table.x[idx], table.y[idx])

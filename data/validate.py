@@ -1,0 +1,118 @@
+"""Schema checks shared by the importers (before writing) and ``data.check`` (after).
+
+Each function returns a list of :class:`~data.errors.Problem`; nothing here raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from data.errors import Problem
+
+ROW_SUM_TOLERANCE = 0.05
+
+
+def check_image(file: str, slide: str, shape: tuple[int, ...], dtype: np.dtype) -> list[Problem]:
+    """An image must be uint8 (H, W, 3)."""
+    out = []
+    if np.dtype(dtype) != np.uint8:
+        out.append(Problem(file, slide, "image dtype", "uint8", str(dtype),
+                           "re-import the slide from an 8-bit RGB image"))
+    if len(shape) != 3 or shape[2] != 3:
+        out.append(Problem(file, slide, "image shape", "(H, W, 3)", str(tuple(shape)),
+                           "re-import the slide from an RGB image"))
+    return out
+
+
+def check_coordinates(file: str, slide: str, x: np.ndarray, y: np.ndarray,
+                      image_hw: tuple[int, int] | None) -> list[Problem]:
+    """Spots exist, coordinates are finite numbers inside the image."""
+    if len(x) == 0:
+        return [Problem(file, slide, "spots", "at least one spot", "0 spots",
+                        "drop the slide or add its spots")]
+    out = []
+    for name, v in (("x", x), ("y", y)):
+        if not np.issubdtype(np.asarray(v).dtype, np.number):
+            out.append(Problem(file, slide, name, "numeric pixel coordinates",
+                               f"dtype {np.asarray(v).dtype}", "store x, y as numbers"))
+            return out
+        bad = ~np.isfinite(np.asarray(v, dtype=float))
+        if bad.any():
+            out.append(Problem(file, slide, name, "finite pixel coordinates",
+                               f"{int(bad.sum())} NaN/inf values (first at row "
+                               f"{int(np.flatnonzero(bad)[0])})", "remove or fix those spots"))
+    if out or image_hw is None:
+        return out
+    h, w = image_hw
+    outside = (x < 0) | (x >= w) | (y < 0) | (y >= h)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        out.append(Problem(file, slide, "x, y", f"spot centres inside the {w} x {h} image "
+                           "(x = column, y = row)",
+                           f"{int(outside.sum())} spots outside, first at row {i}: "
+                           f"x={x[i]:.1f}, y={y[i]:.1f}",
+                           "check that x is the column and y the row, in full-resolution "
+                           "pixels (not a downscaled image's)"))
+    pairs = np.stack([np.asarray(x, float), np.asarray(y, float)], axis=1)
+    n_dup = len(pairs) - len(np.unique(pairs, axis=0))
+    if n_dup:
+        out.append(Problem(file, slide, "x, y", "one spot per position",
+                           f"{n_dup} spots share a position with another",
+                           "check for duplicated rows", level="warning"))
+    return out
+
+
+def check_spot_ids(file: str, slide: str, ids: np.ndarray) -> list[Problem]:
+    """Spot ids must be unique within a slide."""
+    values, counts = np.unique(np.asarray(ids), return_counts=True)
+    dup = values[counts > 1]
+    if len(dup):
+        return [Problem(file, slide, "spot_id", "unique spot ids",
+                        f"{len(dup)} duplicated, e.g. {dup[0]!r}", "remove the duplicated rows")]
+    return []
+
+
+def check_abundances(file: str, slide: str, Y: np.ndarray,
+                     cell_types: Sequence[str]) -> list[Problem]:
+    """Abundances: numeric, no NaN, not negative; rows summing to about 1 (warning)."""
+    out = []
+    Y = np.asarray(Y)
+    if not np.issubdtype(Y.dtype, np.number):
+        return [Problem(file, slide, "cell types", "numeric abundances", f"dtype {Y.dtype}",
+                        "remove text from the abundance columns")]
+    for kind, mask in (("NaN", np.isnan(Y)), ("negative", Y < 0)):
+        if mask.any():
+            rows, cols = np.nonzero(mask)
+            out.append(Problem(file, slide, cell_types[cols[0]],
+                               "finite abundances >= 0",
+                               f"{int(mask.sum())} {kind} values (first at row {rows[0]})",
+                               "fix or drop those spots"))
+    if not out and Y.size:
+        sums = Y.sum(axis=1)
+        off = np.abs(sums - 1.0) > ROW_SUM_TOLERANCE
+        if off.any():
+            out.append(Problem(file, slide, "cell types", "rows summing to about 1 (proportions)",
+                               f"{int(off.sum())} of {len(sums)} rows off by more than "
+                               f"{ROW_SUM_TOLERANCE} (sums {sums.min():.3g}..{sums.max():.3g})",
+                               "fine if the targets are not proportions; otherwise normalise",
+                               level="warning"))
+    return out
+
+
+def check_same_cell_types(file: str, columns: Mapping[str, Sequence[str]]) -> list[Problem]:
+    """Every train slide has the same cell-type columns in the same order."""
+    if not columns:
+        return []
+    first_slide, first = next(iter(columns.items()))
+    out = []
+    for slide, cols in columns.items():
+        if list(cols) != list(first):
+            missing = sorted(set(first) - set(cols))
+            extra = sorted(set(cols) - set(first))
+            found = f"missing {missing}, extra {extra}" if missing or extra else "another order"
+            out.append(Problem(file, slide, "cell types",
+                               f"the same columns as slide {first_slide} ({len(first)} types)",
+                               found, "give every train slide the same cell-type columns"))
+    return out
