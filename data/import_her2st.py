@@ -49,7 +49,7 @@ def gather_section(src: Path, section: str, tier: str, pixel_size_um: float) -> 
     pix = numeric_columns(spots, ["pixel_x", "pixel_y"], spots_path, section)
     slide = PendingSlide(section, _find_image(src, section), pix[:, 0], pix[:, 1],
                          extra={"spot_id": keys}, pixel_size_um=pixel_size_um,
-                         source=f"her2st:{src.name}")
+                         source=f"her2st:{src.name}", spots_path=spots_path)
     prop_path = src / "proportions" / tier / f"{section}-proportion.tsv"
     if not prop_path.is_file():
         return slide
@@ -71,7 +71,7 @@ def gather_section(src: Path, section: str, tier: str, pixel_size_um: float) -> 
     Y = numeric_columns(props.loc[keys[have]], cell_types, prop_path, section)
     slide.x, slide.y = slide.x[have], slide.y[have]
     slide.extra = {"spot_id": keys[have]}
-    slide.Y, slide.cell_types = Y, cell_types
+    slide.Y, slide.cell_types, slide.abundance_path = Y, cell_types, prop_path
     return slide
 
 

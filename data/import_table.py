@@ -37,7 +37,8 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
     px = row.get("pixel_size_um")
     out = PendingSlide(slide, base / str(row["image"]), xy[:, 0], xy[:, 1], extra=extra,
                        pixel_size_um=float(px) if px is not None and pd.notna(px) else None,
-                       source=f"table:{spots_path}")
+                       source=f"table:{spots_path}", spots_path=spots_path,
+                       abundance_path=spots_path)
     if split == "Train":
         if not rest:
             raise DataError(Problem(str(spots_path), slide, "cell types",

@@ -78,7 +78,7 @@ def gather_slide(slide: str, outs: Path, image: Path, abundances: Path | None) -
     barcodes = pos["barcode"].astype(str).to_numpy()
     out = PendingSlide(slide, image, pix[:, 0], pix[:, 1], extra={"spot_id": barcodes},
                        pixel_size_um=read_pixel_size(outs, slide),
-                       source=f"visium:{outs}")
+                       source=f"visium:{outs}", spots_path=path)
     if abundances is None:
         return out
     table = read_table(abundances, slide, index_col=0)
@@ -94,6 +94,7 @@ def gather_slide(slide: str, outs: Path, image: Path, abundances: Path | None) -
     cell_types = list(table.columns)
     out.Y = numeric_columns(table.loc[barcodes[have]], cell_types, abundances, slide)
     out.cell_types = cell_types
+    out.abundance_path = abundances
     out.x, out.y = out.x[have], out.y[have]
     out.extra = {"spot_id": barcodes[have]}
     return out

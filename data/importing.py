@@ -26,6 +26,8 @@ class PendingSlide:
         x, y: float (n_spots,) pixel column and row in the full-resolution image.
         Y: float (n_spots, n_types) abundances, or None for a test slide.
         extra: more (n_spots,) fields, e.g. ``spot_id``.
+        spots_path, abundance_path: the files the spot ids and abundances came from,
+            named in problems about them (the importer's label when None).
     """
 
     name: str
@@ -37,6 +39,8 @@ class PendingSlide:
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     pixel_size_um: float | None = None
     source: str = ""
+    spots_path: Path | None = None
+    abundance_path: Path | None = None
 
     @property
     def split(self) -> str:
@@ -104,9 +108,11 @@ def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]
         h, w = image_shape(s.image_path, s.name)
         problems += validate.check_coordinates(str(s.image_path), s.name, s.x, s.y, (h, w))
         if "spot_id" in s.extra:
-            problems += validate.check_spot_ids(label, s.name, s.extra["spot_id"])
+            problems += validate.check_spot_ids(str(s.spots_path or label), s.name,
+                                                s.extra["spot_id"])
         if s.Y is not None:
-            problems += validate.check_abundances(label, s.name, s.Y, s.cell_types)
+            problems += validate.check_abundances(str(s.abundance_path or label), s.name, s.Y,
+                                                  s.cell_types)
     problems += validate.check_same_cell_types(
         label, {s.name: s.cell_types for s in slides if s.Y is not None})
     if not any(s.Y is not None for s in slides):

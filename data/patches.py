@@ -69,12 +69,21 @@ class PatchCropper:
         x0, x1 = max(left, 0), min(right, self.width)
         if y0 >= y1 or x0 >= x1:
             return np.full((bottom - top, right - left, 3), self.pad_value, np.uint8)
+        if self.pad_mode == "reflect":
+            # reflection mirrors rows/columns up to the pad width inside the image: read
+            # them too, or np.pad would reflect past the end of a too-small window
+            y0 = max(0, min(y0, 2 * self.height - 1 - bottom))
+            y1 = min(self.height, max(y1, 1 - top))
+            x0 = max(0, min(x0, 2 * self.width - 1 - right))
+            x1 = min(self.width, max(x1, 1 - left))
         window = self.h5.read_window(self.slide, y0, y1, x0, x1)
-        pad = ((y0 - top, bottom - y1), (x0 - left, right - x1), (0, 0))
+        pad = ((max(y0 - top, 0), max(bottom - y1, 0)), (max(x0 - left, 0), max(right - x1, 0)),
+               (0, 0))
         if any(p for pair in pad for p in pair):
             kwargs = {"constant_values": self.pad_value} if self.pad_mode == "constant" else {}
             window = np.pad(window, pad, mode=self.pad_mode, **kwargs)
-        return window
+        r, c = min(top, y0), min(left, x0)  # the padded window's origin in image coordinates
+        return window[top - r:bottom - r, left - c:right - c]
 
     def crop(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Patches centred on (x, y).
