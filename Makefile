@@ -9,13 +9,18 @@ PY := $(VENV)/bin/python
 OUT ?= out
 TIER ?= subset
 H5 ?= $(OUT)/her2st.h5
+STORE ?= $(OUT)/embeddings.zarr
+EMBED_ARGS ?=
+REGRESS_ARGS ?=
+SUBMIT_ARGS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
 # Versions pip takes from this machine's disk (others download several GB).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint install import check summary clean
+.PHONY: demo test lint install import check summary clean embeddings regress submit pipeline \
+	bench-embed
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
@@ -42,8 +47,26 @@ check: $(VENV)/.installed
 summary: $(VENV)/.installed
 	$(PY) -m data.summary $(H5)
 
+embeddings: $(VENV)/.installed
+	$(PY) -m embed.run --h5 $(H5) --store $(STORE) $(EMBED_ARGS)
+
+regress: $(VENV)/.installed
+	$(PY) -m regress.run --h5 $(H5) --store $(STORE) --out $(OUT) $(REGRESS_ARGS)
+
+submit: $(VENV)/.installed
+	$(PY) regress/submit.py --h5 $(H5) --out $(OUT) $(SUBMIT_ARGS)
+
+# embeddings -> regress -> submit on any canonical file (the challenge's file as it is)
+pipeline: embeddings regress submit
+
+# the whole default pipeline on the bundled sample
 demo: $(VENV)/.installed $(OUT)/her2st.h5
 	$(PY) -m data.summary $(H5)
+	$(MAKE) --no-print-directory pipeline H5=$(H5) OUT=$(OUT) EMBED_ARGS="--quiet $(EMBED_ARGS)"
+	@echo "LOSO report: $(OUT)/report.md   submission: $(OUT)/submission.csv   AnnData: $(OUT)/predictions.h5ad   embeddings: $(STORE)"
+
+bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
+	$(PY) -m embed.bench --h5 $(H5) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

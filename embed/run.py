@@ -1,0 +1,241 @@
+"""Stage 1: embeddings of every spot, with TTA, into a resumable Zarr store.
+
+``python -m embed.run --h5 out/her2st.h5 --store out/embeddings.zarr --backbones
+efficientnet_lite0 --tta 8`` (``make embeddings``). For each backbone x slide: crop
+patches (``data.patches``, in a background thread), preprocess, run the model over the
+dihedral views and write ``<store>/<backbone>/<slide>/features`` chunk by chunk. A
+finished slide is skipped, an interrupted one resumes, a changed input or setting is
+refused (``--overwrite`` recomputes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.config import config_dict, parse_list, resolve_config
+from data.errors import run_cli, setup_logging
+from data.h5 import CanonicalH5
+from data.patches import PatchCropper, resolve_patch_px
+from embed.backbones import DEFAULT_BACKBONE, get_backbone
+from embed.device import select_device
+from embed.extract import FeatureExtractor, preprocess
+from embed.store import array_name, open_slide
+from embed.tta import TTA_CHOICES
+from embed.weights import build_model
+
+log = logging.getLogger("hespot")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Settings of a stage-1 run (defaults < --config JSON < flags)."""
+
+    h5: str = "out/her2st.h5"
+    store: str = "out/embeddings.zarr"
+    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    slides: tuple[str, ...] = ()          # empty: every train and test slide
+    tta: int = 8
+    patch_px: int = 224                   # primary crop side (pixels)
+    patch_um: float | None = None         # or in µm where the pixel size is known
+    contexts: tuple[int, ...] = ()        # extra crop sides (px), resized to the input
+    stages: bool = False                  # also mean+std pooled intermediate stages
+    batch_spots: int = 32                 # spots per forward pass (x tta views)
+    weights: str | None = None            # local weights file (one backbone)
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    pad_mode: str = "reflect"
+    prefetch: int = 3
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def _batches(h5: CanonicalH5, slide: str, crops: Sequence[int], start_chunk: int,
+             batch_spots: int, cfg: EmbedConfig, backbone) -> Iterator:
+    table = h5.spots(slide)
+    croppers = [PatchCropper(h5, slide, c, cfg.pad_mode) for c in crops]
+    for s in range(start_chunk * batch_spots, len(table), batch_spots):
+        idx = np.arange(s, min(s + batch_spots, len(table)))
+        inputs = [preprocess(cr.crop(table.x[idx], table.y[idx]), backbone) for cr in croppers]
+        yield s // batch_spots, inputs
+
+
+def prefetch(iterator: Iterator, depth: int) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead; re-raise its errors."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            q.put(exc)
+        q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True, name="patch-reader")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def slide_settings(cfg: EmbedConfig, backbone, weights_sha: str, crops: Sequence[int],
+                   fingerprint: str, n_spots: int, dtype: str,
+                   stage_indices: Sequence[int]) -> dict:
+    """What determines the stored values; compared on resume."""
+    return {"backbone": backbone.name, "timm_id": backbone.timm_id,
+            "weights_sha256": weights_sha, "tta_views": cfg.tta, "crops_px": list(crops),
+            "input_size": backbone.input_size, "stage_indices": list(stage_indices),
+            "pad_mode": cfg.pad_mode, "dtype": dtype, "input_fingerprint": fingerprint,
+            "n_spots": n_spots, "batch_spots": cfg.batch_spots}
+
+
+def embed_slide(h5: CanonicalH5, slide: str, extractor: FeatureExtractor, cfg: EmbedConfig,
+                weights_info, run_info: dict) -> str:
+    """Embed one slide; returns "skipped", "resumed" or "written"."""
+    backbone = extractor.backbone
+    primary = resolve_patch_px(cfg.patch_px, cfg.patch_um, h5.pixel_size_um(slide),
+                               f"{h5.path}, slide {slide}")
+    crops = [primary] + [c for c in cfg.contexts if c != primary]
+    n = len(h5.spots(slide))
+    dims, meta = {}, {}
+    for c in crops:
+        dims[array_name("pooled", c, primary)] = backbone.num_features
+        meta[array_name("pooled", c, primary)] = {"layer": "pooled", "crop_px": c}
+        if extractor.stage_indices:
+            dims[array_name("stages", c, primary)] = extractor.stage_dims()
+            meta[array_name("stages", c, primary)] = {
+                "layer": "stages", "crop_px": c, "stage_indices": list(extractor.stage_indices)}
+    settings = slide_settings(cfg, backbone, weights_info.sha256, crops,
+                              h5.fingerprint(slide), n, extractor.choice.dtype_name,
+                              extractor.stage_indices)
+    info = {**run_info, "weights_source": weights_info.source,
+            "weights_path": weights_info.path, "h5": str(h5.path),
+            "pixel_size_um": h5.pixel_size_um(slide),
+            "patch_um": [c * h5.pixel_size_um(slide) for c in crops]
+            if h5.pixel_size_um(slide) else None}
+    writer = open_slide(cfg.store, backbone.name, slide, n, dims, cfg.batch_spots,
+                        settings, info, meta, cfg.overwrite)
+    start = writer.first_incomplete()
+    if start == writer.n_chunks:
+        log.info("%s / %s: complete, skipped", backbone.name, slide)
+        return "skipped"
+    status = "resumed" if start else "written"
+    if start:
+        log.info("%s / %s: resuming at chunk %d of %d", backbone.name, slide, start,
+                 writer.n_chunks)
+    bar = tqdm(total=n, initial=min(n, start * cfg.batch_spots), unit="spot",
+               desc=f"{backbone.name} {slide}", disable=cfg.quiet, leave=False)
+    batches = _batches(h5, slide, crops, start, cfg.batch_spots, cfg, backbone)
+    for chunk, inputs in prefetch(batches, cfg.prefetch):
+        arrays = {}
+        for c, x in zip(crops, inputs, strict=True):
+            feats = extractor(x)
+            arrays[array_name("pooled", c, primary)] = feats["pooled"]
+            if "stages" in feats:
+                arrays[array_name("stages", c, primary)] = feats["stages"]
+        writer.write_chunk(chunk, arrays)
+        bar.update(len(inputs[0]))
+    bar.close()
+    return status
+
+
+def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
+    """Embed every requested backbone x slide. Returns {backbone: {slide: status}}."""
+    if cfg.tta not in TTA_CHOICES:
+        raise ValueError(f"--tta must be one of {TTA_CHOICES}")
+    if cfg.weights and len(cfg.backbones) != 1:
+        raise ValueError("--weights applies to exactly one backbone")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    choice = select_device(cfg.device, cfg.precision)
+    log.info("device: %s", choice.describe())
+    log.info("config: %s", json.dumps(config_dict(cfg)))
+    run_info = {"hespot_version": version("hespot"), "torch_version": torch.__version__,
+                "timm_version": version("timm"), "device": choice.describe(),
+                "config": config_dict(cfg)}
+    results: dict[str, dict[str, str]] = {}
+    with CanonicalH5(cfg.h5) as h5:
+        slides = list(cfg.slides) or h5.train_slides + h5.test_slides
+        for slide in slides:
+            h5.split_of(slide)  # unknown slide names fail before any model is built
+        for name in cfg.backbones:
+            backbone = get_backbone(name)
+            model, winfo = build_model(backbone, cfg.weights)
+            log.info("%s: weights %s %s (sha256 %s)", name, winfo.source, winfo.path,
+                     winfo.sha256[:16])
+            stage_idx = backbone.stage_indices if cfg.stages else ()
+            extractor = FeatureExtractor(model, backbone, choice, cfg.tta, stage_idx)
+            results[name] = {}
+            for slide in tqdm(slides, desc=name, unit="slide", disable=cfg.quiet):
+                t0 = time.perf_counter()
+                results[name][slide] = embed_slide(h5, slide, extractor, cfg, winfo, run_info)
+                log.info("%s / %s: %s in %.1f s", name, slide, results[name][slide],
+                         time.perf_counter() - t0)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m embed.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="JSON file of EmbedConfig settings (flags win)")
+    p.add_argument("--h5", help="canonical HDF5 file (default out/her2st.h5)")
+    p.add_argument("--store", help="Zarr store to write (default out/embeddings.zarr)")
+    p.add_argument("--backbones", type=parse_list, help="comma-separated registry names")
+    p.add_argument("--slides", type=parse_list, help="comma-separated slides (default all)")
+    p.add_argument("--tta", type=int, choices=TTA_CHOICES, help="dihedral views (default 8)")
+    p.add_argument("--patch-px", dest="patch_px", type=int, help="crop side in px (224)")
+    p.add_argument("--patch-um", dest="patch_um", type=float, help="crop side in µm")
+    p.add_argument("--context", dest="contexts", type=lambda s: parse_list(s, int),
+                   help="extra crop sides in px, e.g. 448 (resized to the model input)")
+    p.add_argument("--stages", action=argparse.BooleanOptionalAction,
+                   help="also store mean+std pooled intermediate stages")
+    p.add_argument("--batch-spots", dest="batch_spots", type=int,
+                   help="spots per forward pass (default 32; x tta views)")
+    p.add_argument("--weights", help="local weights file (safetensors or state dict)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--pad-mode", dest="pad_mode", choices=["reflect", "constant", "edge"])
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
+                   help="recompute slides whose stored settings differ")
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = resolve_config(EmbedConfig, build_parser().parse_args(argv))
+    setup_logging(cfg.quiet)
+    Path(cfg.store).parent.mkdir(parents=True, exist_ok=True)
+    run(cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

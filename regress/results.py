@@ -1,0 +1,133 @@
+"""Predictions on disk and the LOSO report (``report.json`` + ``report.md``).
+
+Every model (stage 2's regressors, the fine-tuned CNN) writes
+``<out>/predictions/<model_id>/oof.csv`` and ``test.csv`` with columns
+``slide, row, spot_id, x, y, <cell types...>`` and adds its entry to ``report.json``
+(entries of other models are kept); ``report.md`` is rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data.errors import DataError, Problem
+
+META_COLUMNS = ["slide", "row", "spot_id", "x", "y"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def predictions_frame(preds: Mapping[str, np.ndarray], cell_types, xy, spot_ids) -> pd.DataFrame:
+    """One row per spot of every slide in ``preds``: meta columns then the cell types."""
+    frames = []
+    for slide, P in preds.items():
+        meta = pd.DataFrame({"slide": slide, "row": np.arange(len(P)),
+                             "spot_id": spot_ids[slide], "x": xy[slide][:, 0],
+                             "y": xy[slide][:, 1]})
+        frames.append(pd.concat([meta, pd.DataFrame(P, columns=list(cell_types))], axis=1))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=META_COLUMNS + list(cell_types))
+
+
+def write_predictions(out: Path, model_id: str, oof: pd.DataFrame, test: pd.DataFrame) -> Path:
+    folder = Path(out) / "predictions" / model_id
+    atomic_write_text(folder / "oof.csv", oof.to_csv(index=False))
+    atomic_write_text(folder / "test.csv", test.to_csv(index=False))
+    return folder
+
+
+def read_predictions(out: Path, model_id: str, which: str) -> pd.DataFrame:
+    """``which`` = "oof" or "test"; DataError naming the file when absent."""
+    path = Path(out) / "predictions" / model_id / f"{which}.csv"
+    if not path.is_file():
+        have = sorted(p.name for p in (Path(out) / "predictions").glob("*")) \
+            if (Path(out) / "predictions").exists() else []
+        raise DataError(Problem(str(path), "", model_id, f"predictions of a model in {have}",
+                                "no such file", "run `make regress` (or make finetune), or "
+                                "pick a model that exists"))
+    return pd.read_csv(path, dtype={"spot_id": str, "slide": str})
+
+
+def load_report(out: Path) -> dict[str, Any]:
+    path = Path(out) / "report.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"models": {}}
+
+
+def update_report(out: Path, entries: Mapping[str, dict], **top: Any) -> dict[str, Any]:
+    """Merge model entries (and top-level fields) into report.json; rebuild report.md."""
+    report = load_report(out)
+    report["models"].update(entries)
+    report.update(top)
+    atomic_write_text(Path(out) / "report.json", json.dumps(report, indent=1))
+    atomic_write_text(Path(out) / "report.md", render_markdown(report))
+    return report
+
+
+def model_entry(result, cell_types, kind: str, target: str, config: dict) -> dict:
+    """The report entry of one LosoResult."""
+    return {"kind": kind, "target": target, "per_slide": result.per_slide,
+            "mean": result.mean, "per_type": dict(zip(cell_types, map(float, result.per_type),
+                                                     strict=True)),
+            "seconds": round(result.seconds, 2), "fitted": result.fitted, "config": config}
+
+
+def loso_table(report: Mapping[str, Any]) -> str:
+    """Markdown table: one row per model, per-spot / per-type Spearman per slide and mean."""
+    models = report.get("models", {})
+    if not models:
+        return "(no models)\n"
+    slides = sorted({s for m in models.values() for s in m["per_slide"]})
+    head = "| model | " + " | ".join(slides) + " | mean spot | mean type | s |"
+    lines = [head, "|" + "---|" * (len(slides) + 4)]
+    order = sorted(models, key=lambda k: -models[k]["mean"]["spot"])
+    for name in order:
+        m = models[name]
+        cells = [f"{m['per_slide'][s]['spot']:.3f} / {m['per_slide'][s]['type']:.3f}"
+                 if s in m["per_slide"] else "" for s in slides]
+        lines.append(f"| {name} | " + " | ".join(cells) +
+                     f" | **{m['mean']['spot']:.3f}** | **{m['mean']['type']:.3f}** |"
+                     f" {m.get('seconds', 0):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    models = report.get("models", {})
+    parts = ["# hespot LOSO report\n",
+             "Leave-one-slide-out Spearman. Each cell: per-spot (across cell types, "
+             "averaged over spots; the challenge's metric) / per-type (across spots, "
+             "averaged over cell types). Constant rows/columns score 0.\n",
+             loso_table(report)]
+    if models:
+        parts.append("\n## Per cell type (mean over held-out slides)\n")
+        names = sorted(models)
+        types = list(next(iter(models.values()))["per_type"])
+        parts.append("| cell type | " + " | ".join(names) + " |")
+        parts.append("|" + "---|" * (len(names) + 1))
+        for t in types:
+            parts.append(f"| {t} | " + " | ".join(
+                f"{models[n]['per_type'].get(t, float('nan')):.3f}" for n in names) + " |")
+    if "config" in report:
+        parts.append("\n## Configuration\n\n```json\n" + json.dumps(report["config"], indent=1)
+                     + "\n```\n")
+    return "\n".join(parts) + "\n"

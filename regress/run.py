@@ -1,0 +1,160 @@
+"""Stage 2: LOSO over the train slides for every model, then fit all and predict the test.
+
+``python -m regress.run --h5 out/her2st.h5 --store out/embeddings.zarr --out out``
+(``make regress``). Writes ``OUT/predictions/<model>-<target>/{oof,test}.csv``,
+``OUT/report.json`` and ``OUT/report.md``. The constant baseline is always included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.config import config_dict, parse_list, resolve_config
+from data.errors import run_cli, setup_logging
+from regress.features import FeatureSpec, load_slides
+from regress.loso import run_loso
+from regress.models import DEFAULT_ALPHAS, make_model
+from regress.results import (
+    loso_table,
+    model_entry,
+    predictions_frame,
+    update_report,
+    write_predictions,
+)
+from regress.targets import TARGETS
+
+log = logging.getLogger("hespot")
+
+
+@dataclass(frozen=True)
+class RegressConfig:
+    """Settings of a stage-2 run (defaults < --config JSON < flags)."""
+
+    h5: str = "out/her2st.h5"
+    store: str = "out/embeddings.zarr"
+    out: str = "out"
+    features: tuple[str, ...] = ("efficientnet_lite0",)   # backbone[:array], concatenated
+    models: tuple[str, ...] = ("ridge", "lgbm")
+    targets: tuple[str, ...] = ("spot_rank",)
+    ridge_pca: int | None = None
+    ridge_alpha_max: float = 1e7
+    ridge_per_type_alpha: bool = False
+    lgbm_pca: int = 64
+    lgbm_trees: int = 300
+    quiet: bool = False
+
+
+def model_params(name: str, cfg: RegressConfig) -> dict:
+    if name == "ridge":
+        alphas = tuple(a for a in DEFAULT_ALPHAS if a <= cfg.ridge_alpha_max)
+        return {"alphas": alphas, "n_components": cfg.ridge_pca,
+                "per_type_alpha": cfg.ridge_per_type_alpha}
+    if name == "lgbm":
+        return {"n_components": cfg.lgbm_pca, "n_estimators": cfg.lgbm_trees}
+    return {}
+
+
+def describe(model) -> dict:
+    """Fitted values worth reporting (ridge alpha, LightGBM trees)."""
+    out = {}
+    if hasattr(model, "alpha_"):
+        a = np.atleast_1d(model.alpha_)
+        out["alpha"] = float(a[0]) if len(a) == 1 else {"min": float(a.min()),
+                                                        "median": float(np.median(a)),
+                                                        "max": float(a.max())}
+    if hasattr(model, "best_iterations_"):
+        out["trees_median"] = float(np.median(model.best_iterations_))
+    return out
+
+
+def run(cfg: RegressConfig) -> dict:
+    """LOSO for every model x target; returns the report dict."""
+    for t in cfg.targets:
+        if t not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {t!r}")
+    specs = [FeatureSpec.parse(f) for f in cfg.features]
+    t0 = time.perf_counter()
+    data = load_slides(cfg.h5, cfg.store, specs)
+    log.info("features %s: %d train slides, %d test slides, %d dims, %d cell types (%.1f s)",
+             ", ".join(map(str, specs)), len(data.train), len(data.test),
+             next(iter(data.X.values())).shape[1], len(data.cell_types),
+             time.perf_counter() - t0)
+    if len(data.train) < 2:
+        raise ValueError("LOSO needs at least 2 train slides")
+    entries = {}
+    out = Path(cfg.out)
+    models = ["constant"] + [m for m in cfg.models if m != "constant"]
+    for target in cfg.targets:
+        for name in models:
+            params = model_params(name, cfg)
+            model_id = f"{name}-{target}"
+            res = run_loso(lambda n=name, p=params: make_model(n, **p), data, target,
+                           describe=describe)
+            write_predictions(out, model_id,
+                              predictions_frame(res.oof, data.cell_types, data.xy,
+                                                data.spot_ids),
+                              predictions_frame(res.test, data.cell_types, data.xy,
+                                                data.spot_ids))
+            entries[model_id] = model_entry(res, data.cell_types, name, target,
+                                            {"model": name, "params": {
+                                                k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in params.items()},
+                                             "features": list(cfg.features)})
+            log.info("%s: per-spot %.3f, per-type %.3f (%.1f s) %s", model_id,
+                     res.mean["spot"], res.mean["type"], res.seconds,
+                     json.dumps(res.fitted))
+    report = update_report(out, entries, config=config_dict(cfg),
+                           cell_types=list(data.cell_types), train_slides=data.train,
+                           test_slides=data.test)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m regress.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="JSON file of RegressConfig settings (flags win)")
+    p.add_argument("--h5")
+    p.add_argument("--store", help="stage-1 Zarr store")
+    p.add_argument("--out", help="output folder (predictions/, report.json, report.md)")
+    p.add_argument("--features", type=parse_list,
+                   help="comma-separated backbone[:array] specs, concatenated")
+    p.add_argument("--models", type=parse_list, help="comma-separated: ridge, lgbm")
+    p.add_argument("--targets", type=parse_list,
+                   help=f"comma-separated of {', '.join(TARGETS)}")
+    p.add_argument("--ridge-pca", dest="ridge_pca", type=int)
+    p.add_argument("--ridge-alpha-max", dest="ridge_alpha_max", type=float)
+    p.add_argument("--ridge-per-type-alpha", dest="ridge_per_type_alpha",
+                   action=argparse.BooleanOptionalAction)
+    p.add_argument("--lgbm-pca", dest="lgbm_pca", type=int)
+    p.add_argument("--lgbm-trees", dest="lgbm_trees", type=int)
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = resolve_config(RegressConfig, build_parser().parse_args(argv))
+    setup_logging(cfg.quiet)
+    log.info("config: %s", json.dumps(config_dict(cfg)))
+    report = run(cfg)
+    if not cfg.quiet:
+        log.info("LOSO table (per-spot / per-type):\n%s", loso_table(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+

@@ -1,0 +1,178 @@
+"""Turn chosen predictions into ``submission.csv`` and ``predictions.h5ad``.
+
+``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3]``
+
+One model, or an ensemble whose weights come from the out-of-fold per-spot Spearman
+above the constant baseline (or are given). ``submission.csv`` has ``ID`` (``<slide>_<row>``
+for every row of ``spots/Test/<slide>``) then the cell types in the training table's order,
+values in [0, 1]. IDs, columns and values are checked before anything is written, and the
+file is written atomically: an existing submission is never left half-overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+if __package__ in (None, ""):  # run as a script: python regress/submit.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.config import parse_list  # noqa: E402
+from data.errors import DataError, Problem, run_cli, setup_logging  # noqa: E402
+from data.h5 import CanonicalH5  # noqa: E402
+from regress.results import atomic_write_text, load_report, read_predictions  # noqa: E402
+from regress.targets import rank_scale  # noqa: E402
+
+log = logging.getLogger("hespot")
+
+
+def expected_ids(h5: CanonicalH5) -> list[str]:
+    """``<slide>_<row>`` for every row of every test slide, in file order."""
+    return [f"{s}_{i}" for s in h5.test_slides for i in range(len(h5.spots(s)))]
+
+
+def check_submission(df: pd.DataFrame, ids: Sequence[str], cell_types: Sequence[str],
+                     label: str) -> list[Problem]:
+    """Every problem of a submission frame: columns, IDs complete and unique, NaN, range."""
+    problems = []
+    want = ["ID", *cell_types]
+    if list(df.columns) != want:
+        missing = [c for c in want if c not in df.columns]
+        extra = [c for c in df.columns if c not in want]
+        problems.append(Problem(label, "", "columns", f"ID then the {len(cell_types)} "
+                                "cell types in the training table's order",
+                                f"missing {missing[:5]}, extra {extra[:5]}" if missing or extra
+                                else "another order", "use the training table's cell types"))
+    if "ID" in df:
+        dup = df["ID"][df["ID"].duplicated()]
+        if len(dup):
+            problems.append(Problem(label, "", "ID", "unique IDs", f"{len(dup)} duplicated, "
+                                    f"e.g. {dup.iloc[0]!r}", "predict each test spot once"))
+        missing = sorted(set(ids) - set(df["ID"]))
+        extra = sorted(set(df["ID"]) - set(ids))
+        if missing or extra:
+            problems.append(Problem(label, "", "ID", f"the {len(ids)} IDs of the test slides",
+                                    f"{len(missing)} missing (e.g. {missing[:3]}), "
+                                    f"{len(extra)} unexpected (e.g. {extra[:3]})",
+                                    "predict every row of spots/Test/<slide>"))
+    values = df[[c for c in cell_types if c in df]].to_numpy(dtype=float)
+    if np.isnan(values).any():
+        problems.append(Problem(label, "", "values", "no NaN",
+                                f"{int(np.isnan(values).sum())} NaN", "check the model"))
+    elif values.size and (values.min() < 0 or values.max() > 1):
+        problems.append(Problem(label, "", "values", "values in [0, 1]",
+                                f"range {values.min():.3g}..{values.max():.3g}",
+                                "clip or rank-scale the predictions"))
+    return problems
+
+
+def ensemble_weights(report: dict, models: Sequence[str]) -> np.ndarray:
+    """Weights from OOF per-spot Spearman above the constant baseline (same target)."""
+    scores = []
+    for m in models:
+        entry = report["models"].get(m)
+        if entry is None:
+            raise DataError(Problem("report.json", "", m, f"one of {sorted(report['models'])}",
+                                    "no such model", "run make regress first"))
+        base = report["models"].get(f"constant-{entry['target']}", {"mean": {"spot": 0.0}})
+        scores.append(max(entry["mean"]["spot"] - base["mean"]["spot"], 0.0))
+    w = np.asarray(scores, float)
+    return w / w.sum() if w.sum() > 0 else np.full(len(models), 1 / len(models))
+
+
+def best_model(report: dict) -> str:
+    """The non-constant model with the highest mean per-spot OOF Spearman."""
+    candidates = {k: v for k, v in report.get("models", {}).items() if v["kind"] != "constant"}
+    if not candidates:
+        raise DataError(Problem("report.json", "", "models", "at least one fitted model",
+                                "none", "run make regress first"))
+    return max(candidates, key=lambda k: candidates[k]["mean"]["spot"])
+
+
+def combine(frames: Sequence[pd.DataFrame], weights: np.ndarray,
+            cell_types: Sequence[str]) -> np.ndarray:
+    """(n_spots, n_types): one model clipped to [0, 1]; an ensemble averages per-spot ranks."""
+    if len(frames) == 1:
+        return np.clip(frames[0][list(cell_types)].to_numpy(float), 0, 1)
+    return sum(w * rank_scale(f[list(cell_types)].to_numpy(float), axis=1)
+               for w, f in zip(weights, frames, strict=True))
+
+
+def write_anndata(path: Path, frame: pd.DataFrame, values: np.ndarray,
+                  cell_types: Sequence[str]) -> None:
+    """``predictions.h5ad``: obs slide/x/y/spot_id, X abundances, obsm['spatial'] (x, y)."""
+    import anndata as ad
+
+    obs = frame[["slide", "x", "y", "spot_id"]].copy()
+    obs["slide"] = obs["slide"].astype("category")
+    obs.index = frame["ID"].to_numpy()
+    adata = ad.AnnData(X=values.astype(np.float32), obs=obs,
+                       var=pd.DataFrame(index=list(cell_types)))
+    adata.obsm["spatial"] = frame[["x", "y"]].to_numpy(float)
+    tmp = path.with_name(f".{path.name}.tmp")
+    adata.write_h5ad(tmp)
+    tmp.replace(path)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python regress/submit.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--h5", default="out/her2st.h5")
+    p.add_argument("--out", default="out", help="folder of report.json and predictions/")
+    p.add_argument("--models", type=parse_list, help="model ids (default: best OOF)")
+    p.add_argument("--weights", type=lambda s: parse_list(s, float),
+                   help="ensemble weights (default: from OOF scores)")
+    p.add_argument("--submission", help="default OUT/submission.csv")
+    p.add_argument("--h5ad", help="default OUT/predictions.h5ad")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.quiet)
+    out = Path(args.out)
+    report = load_report(out)
+    models = list(args.models or [best_model(report)])
+    weights = np.asarray(args.weights, float) if args.weights else ensemble_weights(
+        report, models) if len(models) > 1 else np.ones(1)
+    if len(weights) != len(models):
+        raise DataError(Problem("command line", "", "--weights", f"{len(models)} weights",
+                                f"{len(weights)}", "give one weight per model"))
+    with CanonicalH5(args.h5) as h5:
+        ids, cell_types = expected_ids(h5), list(h5.cell_types)
+    frames = []
+    for m in models:
+        f = read_predictions(out, m, "test")
+        f.insert(0, "ID", f["slide"].astype(str) + "_" + f["row"].astype(str))
+        label = str(out / "predictions" / m / "test.csv")
+        have = ["ID"] + [c for c in cell_types if c in f]
+        problems = [q for q in check_submission(f[have], ids, cell_types, label)
+                    if q.field in ("ID", "columns")]
+        if problems:
+            raise DataError(problems)
+        frames.append(f.set_index("ID").loc[ids].reset_index())
+    values = combine(frames, weights / weights.sum(), cell_types)
+    sub = pd.concat([frames[0][["ID"]].reset_index(drop=True),
+                     pd.DataFrame(values, columns=cell_types)], axis=1)
+    path = Path(args.submission or out / "submission.csv")
+    problems = check_submission(sub, ids, cell_types, str(path))
+    if problems:
+        raise DataError(problems)
+    atomic_write_text(path, sub.to_csv(index=False))
+    h5ad = Path(args.h5ad or out / "predictions.h5ad")
+    write_anndata(h5ad, frames[0], values, cell_types)
+    log.info("models %s (weights %s) -> %s (%d spots x %d types) and %s", models,
+             np.round(weights / weights.sum(), 3).tolist(), path, len(sub), len(cell_types),
+             h5ad)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
