@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embed.backbones import Backbone
-from embed.device import DeviceChoice
+from embed.device import DeviceChoice, keep_freed_memory
 from embed.tta import average_views, stack_views
 
 
@@ -48,6 +48,8 @@ class FeatureExtractor:
     stage_indices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.choice.device.type == "cpu":
+            keep_freed_memory()
         self.model = self.model.to(self.choice.device).eval()
         if self.choice.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

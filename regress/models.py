@@ -28,6 +28,11 @@ def _inner_folds(n: int, groups: np.ndarray | None, n_folds: int = 5) -> list[np
 class ConstantRegressor(RegressorMixin, BaseEstimator):
     """Predicts the mean training profile for every spot (the baseline)."""
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # fit/predict take (n, n_outputs) natively
+        return tags
+
     def fit(self, X, y, groups=None):
         X, y = check_X_y(X, y, multi_output=True, y_numeric=True)
         self.n_features_in_ = X.shape[1]
@@ -42,6 +47,11 @@ class ConstantRegressor(RegressorMixin, BaseEstimator):
 
 class _Preprocessed(RegressorMixin, BaseEstimator):
     """Shared: optional StandardScaler + PCA fitted in ``fit``."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # fit/predict take (n, n_outputs) natively
+        return tags
 
     def _fit_prep(self, X: np.ndarray) -> np.ndarray:
         self.scaler_ = StandardScaler().fit(X) if self.standardize else None

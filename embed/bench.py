@@ -1,0 +1,135 @@
+"""Benchmark stage 1 on the sample: ``make bench-embed`` (not a test).
+
+Measured in one run, same backbone, views and dtype:
+(a) the limit: the backbone's raw forward throughput on random tensors;
+(b) the whole pipeline (``embed.run``: banded window reading in a background thread,
+    preprocessing, TTA, Zarr writes) over every slide;
+(c) a naive loop as a notebook would write it: per spot, crop with PIL, build the 8 views,
+    fp32, no background reading.
+The last line is the machine-readable summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data.errors import run_cli, setup_logging
+from data.h5 import CanonicalH5
+from embed.backbones import get_backbone
+from embed.device import DeviceChoice, select_device
+from embed.extract import FeatureExtractor
+from embed.run import EmbedConfig, run
+from embed.weights import build_model
+
+log = logging.getLogger("hespot")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def limit_views_per_s(extractor: FeatureExtractor, batch_spots: int, seconds: float) -> float:
+    """Forward throughput (views/s) on random preprocessed inputs, TTA included."""
+    size = extractor.backbone.input_size
+    x = torch.randn(batch_spots, 3, size, size)
+    extractor(x)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        extractor(x)
+        n += 1
+    return n * batch_spots * extractor.n_views / (time.perf_counter() - t0)
+
+
+def naive_views_per_s(h5: CanonicalH5, slide: str, model: torch.nn.Module, backbone,
+                      n_spots: int, patch: int) -> float:
+    """Per spot: PIL crop, 8 views, fp32 NCHW, one forward per spot."""
+    image = Image.fromarray(h5.h5[f"images/{h5.split_of(slide)}/{slide}"][()])
+    table = h5.spots(slide)
+    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    model = model.to(memory_format=torch.contiguous_format).float().eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(n_spots):
+            x, y = int(table.x[i]), int(table.y[i])
+            crop = image.crop((x - patch // 2, y - patch // 2, x + patch - patch // 2,
+                               y + patch - patch // 2)).resize((backbone.input_size,) * 2)
+            arr = np.asarray(crop, dtype=np.float32) / 255.0
+            views = [np.rot90(arr, k) for k in range(4)]
+            views += [np.rot90(arr[:, ::-1], k) for k in range(4)]
+            batch = torch.from_numpy(np.stack(views).copy()).permute(0, 3, 1, 2)
+            model((batch - mean) / std).mean(0)
+    return n_spots * 8 / (time.perf_counter() - t0)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m embed.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--h5", default="out/her2st.h5")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--tta", type=int, default=8)
+    p.add_argument("--batch-spots", type=int, default=EmbedConfig.batch_spots)
+    p.add_argument("--slides", default="", help="comma-separated (default: all)")
+    p.add_argument("--naive-spots", type=int, default=24)
+    p.add_argument("--limit-seconds", type=float, default=20.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    setup_logging(quiet=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = get_backbone(args.backbone)
+    choice = select_device(args.device, args.precision)
+    model, _ = build_model(backbone)
+    extractor = FeatureExtractor(model, backbone, choice, args.tta)
+    out = sys.stdout
+    out.write(f"device: {choice.describe()}, threads {torch.get_num_threads()}, "
+              f"backbone {backbone.name}, {args.tta} views, {args.batch_spots} spots/batch\n")
+    limit = limit_views_per_s(extractor, args.batch_spots, args.limit_seconds)
+    out.write(f"(a) limit: {limit:.1f} views/s (random input, same dtype and batch)\n")
+    with CanonicalH5(args.h5) as h5:
+        slides = tuple(s for s in args.slides.split(",") if s) or tuple(
+            h5.train_slides + h5.test_slides)
+        n_views = sum(len(h5.spots(s)) for s in slides) * args.tta
+        first = slides[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(EmbedConfig(), h5=args.h5, store=f"{tmp}/bench.zarr",
+                      backbones=(backbone.name,), slides=slides, tta=args.tta,
+                      batch_spots=args.batch_spots, device=args.device,
+                      precision=args.precision, quiet=True)
+        t0 = time.perf_counter()
+        run(cfg)
+        pipeline = n_views / (time.perf_counter() - t0)
+    rss = peak_rss_mb()
+    out.write(f"(b) pipeline: {pipeline:.1f} views/s over {len(slides)} slides "
+              f"({n_views} views), peak RSS {rss:.0f} MB\n")
+    fp32 = DeviceChoice(choice.device, None, False)
+    with CanonicalH5(args.h5) as h5:
+        naive = naive_views_per_s(h5, first, model.to(fp32.device), backbone,
+                                  args.naive_spots, cfg.patch_px)
+    out.write(f"(c) naive: {naive:.1f} views/s (PIL crop per spot, fp32, "
+              f"{args.naive_spots} spots)\n")
+    out.write(f"bench-embed views_per_s={pipeline:.1f} limit_views_per_s={limit:.1f} "
+              f"naive_views_per_s={naive:.1f} vs_limit={pipeline / limit:.2f} "
+              f"vs_naive={pipeline / naive:.2f} peak_rss_mb={rss:.0f}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
