@@ -10,16 +10,18 @@ OUT ?= out
 TIER ?= subset
 H5 ?= $(OUT)/her2st.h5
 STORE ?= $(OUT)/embeddings.zarr
+BACKBONES ?= mobilenet_v2,efficientnet_lite0+stages+448
 EMBED_ARGS ?=
 REGRESS_ARGS ?=
 SUBMIT_ARGS ?=
+TUNE_ARGS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
 # Versions pip takes from this machine's disk (others download several GB).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint install import check summary clean embeddings regress submit pipeline \
+.PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
 	bench-embed
 
 $(VENV)/.installed: pyproject.toml
@@ -47,11 +49,17 @@ check: $(VENV)/.installed
 summary: $(VENV)/.installed
 	$(PY) -m data.summary $(H5)
 
+# the arrays the default recipe (and make tune's grid) reads: mobilenet_v2 pooled (224 px);
+# efficientnet_lite0 pooled + intermediate stages at 224 and 448 px
 embeddings: $(VENV)/.installed
-	$(PY) -m embed.run --h5 $(H5) --store $(STORE) $(EMBED_ARGS)
+	$(PY) -m embed.run --h5 $(H5) --store $(STORE) --backbones $(BACKBONES) $(EMBED_ARGS)
 
 regress: $(VENV)/.installed
 	$(PY) -m regress.run --h5 $(H5) --store $(STORE) --out $(OUT) $(REGRESS_ARGS)
+
+# LOSO over the recipe grid on the training slides; records OUT/tuned.json
+tune: $(VENV)/.installed
+	$(PY) -m regress.tune --h5 $(H5) --store $(STORE) --out $(OUT) $(TUNE_ARGS)
 
 submit: $(VENV)/.installed
 	$(PY) regress/submit.py --h5 $(H5) --out $(OUT) $(SUBMIT_ARGS)

@@ -80,10 +80,12 @@ def setup_logging(quiet: bool = False) -> None:
     )
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; a :class:`DataError` becomes one message and exit code 2."""
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
+            user_errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run ``main(argv)``; a :class:`DataError` (or one of ``user_errors``, exceptions that
+    mean a wrong setting) becomes one message and exit code 2, never a traceback."""
     try:
         return main(argv)
-    except DataError as exc:
+    except (DataError, *user_errors) as exc:
         sys.stderr.write(f"hespot: {exc}\n")
         return EXIT_USER_ERROR

@@ -90,7 +90,7 @@ _ENTRIES = (
              mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517),
              timm_kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False}),
     # Tests only: random weights, tiny and fast.
-    Backbone("tiny_random", "test_efficientnet", "random", 32, 64,
+    Backbone("tiny_random", "test_efficientnet", "random", 256, 64,
              stage_indices=(1, 2)),
 )
 

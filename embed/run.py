@@ -34,9 +34,35 @@ from embed.device import select_device
 from embed.extract import FeatureExtractor, preprocess
 from embed.store import array_name, open_slide
 from embed.tta import TTA_CHOICES
-from embed.weights import build_model
+from embed.weights import WeightsError, build_model
 
 log = logging.getLogger("hespot")
+
+
+@dataclass(frozen=True)
+class BackboneJob:
+    """One backbone and its options, from a ``--backbones`` item
+    ``name[+stages][+<crop px>...]``, e.g. ``efficientnet_lite0+stages+448``."""
+
+    name: str
+    stages: bool = False
+    contexts: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, stages: bool = False, contexts: tuple[int, ...] = ()
+              ) -> BackboneJob:
+        name, *opts = text.strip().split("+")
+        get_backbone(name)  # unknown names fail before any work
+        extra = []
+        for o in opts:
+            if o == "stages":
+                stages = True
+            elif o.isdigit():
+                extra.append(int(o))
+            else:
+                raise ValueError(f"backbone option {o!r} in {text!r}: expected 'stages' or a "
+                                 "crop size in px, e.g. efficientnet_lite0+stages+448")
+        return cls(name, stages, tuple(dict.fromkeys((*contexts, *extra))))
 
 
 @dataclass(frozen=True)
@@ -50,8 +76,8 @@ class EmbedConfig:
     tta: int = 8
     patch_px: int = 224                   # primary crop side (pixels)
     patch_um: float | None = None         # or in µm where the pixel size is known
-    contexts: tuple[int, ...] = ()        # extra crop sides (px), resized to the input
-    stages: bool = False                  # also mean+std pooled intermediate stages
+    contexts: tuple[int, ...] = ()        # extra crop sides (px) for every backbone
+    stages: bool = False                  # intermediate stages for every backbone
     batch_spots: int = 32                 # spots per forward pass (x tta views)
     weights: str | None = None            # local weights file (one backbone)
     device: str = "auto"
@@ -98,6 +124,11 @@ def prefetch(iterator: Iterator, depth: int) -> Iterator:
             yield item
     finally:
         stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
 
 
 def slide_settings(cfg: EmbedConfig, backbone, weights_sha: str, crops: Sequence[int],
@@ -112,12 +143,12 @@ def slide_settings(cfg: EmbedConfig, backbone, weights_sha: str, crops: Sequence
 
 
 def embed_slide(h5: CanonicalH5, slide: str, extractor: FeatureExtractor, cfg: EmbedConfig,
-                weights_info, run_info: dict) -> str:
+                weights_info, run_info: dict, contexts: Sequence[int] = ()) -> str:
     """Embed one slide; returns "skipped", "resumed" or "written"."""
     backbone = extractor.backbone
     primary = resolve_patch_px(cfg.patch_px, cfg.patch_um, h5.pixel_size_um(slide),
                                f"{h5.path}, slide {slide}")
-    crops = [primary] + [c for c in cfg.contexts if c != primary]
+    crops = [primary] + [c for c in contexts if c != primary]
     n = len(h5.spots(slide))
     dims, meta = {}, {}
     for c in crops:
@@ -167,6 +198,7 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
         raise ValueError(f"--tta must be one of {TTA_CHOICES}")
     if cfg.weights and len(cfg.backbones) != 1:
         raise ValueError("--weights applies to exactly one backbone")
+    jobs = [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     choice = select_device(cfg.device, cfg.precision)
@@ -180,17 +212,19 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
         slides = list(cfg.slides) or h5.train_slides + h5.test_slides
         for slide in slides:
             h5.split_of(slide)  # unknown slide names fail before any model is built
-        for name in cfg.backbones:
+        for job in jobs:
+            name = job.name
             backbone = get_backbone(name)
             model, winfo = build_model(backbone, cfg.weights)
             log.info("%s: weights %s %s (sha256 %s)", name, winfo.source, winfo.path,
                      winfo.sha256[:16])
-            stage_idx = backbone.stage_indices if cfg.stages else ()
+            stage_idx = backbone.stage_indices if job.stages else ()
             extractor = FeatureExtractor(model, backbone, choice, cfg.tta, stage_idx)
             results[name] = {}
             for slide in tqdm(slides, desc=name, unit="slide", disable=cfg.quiet):
                 t0 = time.perf_counter()
-                results[name][slide] = embed_slide(h5, slide, extractor, cfg, winfo, run_info)
+                results[name][slide] = embed_slide(h5, slide, extractor, cfg, winfo, run_info,
+                                                   job.contexts)
                 log.info("%s / %s: %s in %.1f s", name, slide, results[name][slide],
                          time.perf_counter() - t0)
     return results
@@ -203,15 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of EmbedConfig settings (flags win)")
     p.add_argument("--h5", help="canonical HDF5 file (default out/her2st.h5)")
     p.add_argument("--store", help="Zarr store to write (default out/embeddings.zarr)")
-    p.add_argument("--backbones", type=parse_list, help="comma-separated registry names")
+    p.add_argument("--backbones", type=parse_list,
+                   help="comma-separated registry names, each optionally with +stages and "
+                   "+<crop px>, e.g. mobilenet_v2,efficientnet_lite0+stages+448")
     p.add_argument("--slides", type=parse_list, help="comma-separated slides (default all)")
     p.add_argument("--tta", type=int, choices=TTA_CHOICES, help="dihedral views (default 8)")
     p.add_argument("--patch-px", dest="patch_px", type=int, help="crop side in px (224)")
     p.add_argument("--patch-um", dest="patch_um", type=float, help="crop side in µm")
     p.add_argument("--context", dest="contexts", type=lambda s: parse_list(s, int),
-                   help="extra crop sides in px, e.g. 448 (resized to the model input)")
+                   help="extra crop sides in px for every backbone, e.g. 448 (resized to "
+                   "the model input)")
     p.add_argument("--stages", action=argparse.BooleanOptionalAction,
-                   help="also store mean+std pooled intermediate stages")
+                   help="also store mean+std pooled intermediate stages (every backbone)")
     p.add_argument("--batch-spots", dest="batch_spots", type=int,
                    help="spots per forward pass (default 32; x tta views)")
     p.add_argument("--weights", help="local weights file (safetensors or state dict)")
@@ -220,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--pad-mode", dest="pad_mode", choices=["reflect", "constant", "edge"])
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
-                   help="recompute slides whose stored settings differ")
+                   help="recompute every requested slide, finished or not, whatever its "
+                   "stored settings")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
     return p
 
@@ -234,7 +272,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_cli(_main, argv, user_errors=(ValueError, WeightsError))
 
 
 if __name__ == "__main__":

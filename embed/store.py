@@ -56,7 +56,12 @@ class SlideWriter:
         s = chunk * self.chunk_spots
         e = min(s + self.chunk_spots, self.n_spots)
         for name, values in arrays.items():
-            self.group[name][s:e] = values.astype(np.float32)
+            target = self.group[name]
+            expected = (e - s, *target.shape[1:])
+            if values.shape != expected:  # zarr would silently truncate a wider array
+                raise ValueError(f"{self.group.path}/{name}: chunk {chunk} has shape "
+                                 f"{values.shape}, expected {expected}")
+            target[s:e] = values.astype(np.float32)
         self.group["done"][chunk] = 1
 
 

@@ -127,6 +127,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for t in types:
             parts.append(f"| {t} | " + " | ".join(
                 f"{models[n]['per_type'].get(t, float('nan')):.3f}" for n in names) + " |")
+    if "ablation" in report:
+        parts.append(f"\n## Ablation (ridge, LOSO; chosen: {report['ablation']['chosen']})\n")
+        parts.append("Cells: per-spot / per-type Spearman. 'better than plain': held-out "
+                     "slides where the per-spot score beats the plain recipe's.\n")
+        parts.append(report["ablation"]["table"])
     if "config" in report:
         parts.append("\n## Configuration\n\n```json\n" + json.dumps(report["config"], indent=1)
                      + "\n```\n")

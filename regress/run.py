@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from data.errors import run_cli, setup_logging
 from regress.features import FeatureSpec, load_slides
 from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, make_model
+from regress.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe, prepare
 from regress.results import (
     loso_table,
     model_entry,
@@ -36,27 +37,50 @@ log = logging.getLogger("hespot")
 
 @dataclass(frozen=True)
 class RegressConfig:
-    """Settings of a stage-2 run (defaults < --config JSON < flags)."""
+    """Settings of a stage-2 run (defaults < --config JSON < flags).
+
+    ``recipe`` names the feature set and levers (regress.recipes); "auto" takes the one
+    ``make tune`` recorded in OUT/tuned.json, else the default. The lever fields below
+    override the recipe when set.
+    """
 
     h5: str = "out/her2st.h5"
     store: str = "out/embeddings.zarr"
     out: str = "out"
-    features: tuple[str, ...] = ("efficientnet_lite0",)   # backbone[:array], concatenated
+    recipe: str = "auto"
+    features: tuple[str, ...] | None = None   # backbone[:array], concatenated
+    context_k: int | None = None
+    smooth_k: int | None = None
+    smooth_w: float | None = None
+    per_type_alpha: bool | None = None
+    center: bool | None = None
     models: tuple[str, ...] = ("ridge", "lgbm")
     targets: tuple[str, ...] = ("spot_rank",)
     ridge_pca: int | None = None
     ridge_alpha_max: float = 1e7
-    ridge_per_type_alpha: bool = False
     lgbm_pca: int = 64
     lgbm_trees: int = 300
     quiet: bool = False
 
 
-def model_params(name: str, cfg: RegressConfig) -> dict:
+def resolve_recipe(cfg: RegressConfig) -> Recipe:
+    """The recipe named by ``cfg.recipe`` with the config's overrides applied."""
+    name = cfg.recipe
+    if name == "auto":
+        tuned = Path(cfg.out) / "tuned.json"
+        name = json.loads(tuned.read_text())["recipe"] if tuned.is_file() else DEFAULT_RECIPE
+    recipe = get_recipe(name)
+    overrides = {k: getattr(cfg, k) for k in
+                 ("features", "context_k", "smooth_k", "smooth_w", "per_type_alpha", "center")
+                 if getattr(cfg, k) is not None}
+    return replace(recipe, **overrides) if overrides else recipe
+
+
+def model_params(name: str, cfg: RegressConfig, per_type_alpha: bool = False) -> dict:
     if name == "ridge":
         alphas = tuple(a for a in DEFAULT_ALPHAS if a <= cfg.ridge_alpha_max)
         return {"alphas": alphas, "n_components": cfg.ridge_pca,
-                "per_type_alpha": cfg.ridge_per_type_alpha}
+                "per_type_alpha": per_type_alpha}
     if name == "lgbm":
         return {"n_components": cfg.lgbm_pca, "n_estimators": cfg.lgbm_trees}
     return {}
@@ -80,11 +104,12 @@ def run(cfg: RegressConfig) -> dict:
     for t in cfg.targets:
         if t not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {t!r}")
-    specs = [FeatureSpec.parse(f) for f in cfg.features]
+    recipe = resolve_recipe(cfg)
     t0 = time.perf_counter()
-    data = load_slides(cfg.h5, cfg.store, specs)
-    log.info("features %s: %d train slides, %d test slides, %d dims, %d cell types (%.1f s)",
-             ", ".join(map(str, specs)), len(data.train), len(data.test),
+    data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in recipe.features])
+    data, post = prepare(data, recipe)
+    log.info("recipe %s: %d train slides, %d test slides, %d dims, %d cell types (%.1f s)",
+             json.dumps(recipe.as_dict()), len(data.train), len(data.test),
              next(iter(data.X.values())).shape[1], len(data.cell_types),
              time.perf_counter() - t0)
     if len(data.train) < 2:
@@ -94,9 +119,10 @@ def run(cfg: RegressConfig) -> dict:
     models = ["constant"] + [m for m in cfg.models if m != "constant"]
     for target in cfg.targets:
         for name in models:
-            params = model_params(name, cfg)
+            params = model_params(name, cfg, recipe.per_type_alpha)
             model_id = f"{name}-{target}"
             res = run_loso(lambda n=name, p=params: make_model(n, **p), data, target,
+                           postprocess=None if name == "constant" else post,
                            describe=describe)
             write_predictions(out, model_id,
                               predictions_frame(res.oof, data.cell_types, data.xy,
@@ -107,11 +133,11 @@ def run(cfg: RegressConfig) -> dict:
                                             {"model": name, "params": {
                                                 k: list(v) if isinstance(v, tuple) else v
                                                 for k, v in params.items()},
-                                             "features": list(cfg.features)})
+                                             "recipe": recipe.as_dict()})
             log.info("%s: per-spot %.3f, per-type %.3f (%.1f s) %s", model_id,
                      res.mean["spot"], res.mean["type"], res.seconds,
                      json.dumps(res.fitted))
-    report = update_report(out, entries, config=config_dict(cfg),
+    report = update_report(out, entries, config=config_dict(cfg), recipe=recipe.as_dict(),
                            cell_types=list(data.cell_types), train_slides=data.train,
                            test_slides=data.test)
     return report
@@ -125,15 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h5")
     p.add_argument("--store", help="stage-1 Zarr store")
     p.add_argument("--out", help="output folder (predictions/, report.json, report.md)")
+    p.add_argument("--recipe", help=f"auto (tuned, else {DEFAULT_RECIPE}) or one of "
+                   f"{', '.join(RECIPES)}")
     p.add_argument("--features", type=parse_list,
-                   help="comma-separated backbone[:array] specs, concatenated")
+                   help="override: comma-separated backbone[:array] specs, concatenated")
+    p.add_argument("--context-k", dest="context_k", type=int,
+                   help="override: spatial context neighbours (0 = off)")
+    p.add_argument("--smooth-k", dest="smooth_k", type=int, help="override: smoothing k")
+    p.add_argument("--smooth-w", dest="smooth_w", type=float, help="override: smoothing w")
+    p.add_argument("--per-type-alpha", dest="per_type_alpha",
+                   action=argparse.BooleanOptionalAction, help="override: alpha per type")
+    p.add_argument("--center", action=argparse.BooleanOptionalAction,
+                   help="override: per-slide feature centring")
     p.add_argument("--models", type=parse_list, help="comma-separated: ridge, lgbm")
     p.add_argument("--targets", type=parse_list,
                    help=f"comma-separated of {', '.join(TARGETS)}")
     p.add_argument("--ridge-pca", dest="ridge_pca", type=int)
     p.add_argument("--ridge-alpha-max", dest="ridge_alpha_max", type=float)
-    p.add_argument("--ridge-per-type-alpha", dest="ridge_per_type_alpha",
-                   action=argparse.BooleanOptionalAction)
     p.add_argument("--lgbm-pca", dest="lgbm_pca", type=int)
     p.add_argument("--lgbm-trees", dest="lgbm_trees", type=int)
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
