@@ -15,6 +15,7 @@ EMBED_ARGS ?=
 REGRESS_ARGS ?=
 SUBMIT_ARGS ?=
 TUNE_ARGS ?=
+REPORT_ARGS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -22,7 +23,7 @@ PYTEST_ARGS ?=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
-	bench-embed
+	bench-embed report chromium
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
@@ -64,6 +65,15 @@ tune: $(VENV)/.installed
 submit: $(VENV)/.installed
 	$(PY) regress/submit.py --h5 $(H5) --out $(OUT) $(SUBMIT_ARGS)
 
+# one HTML page from whatever exists under OUT: OUT/report/index.html
+report: $(VENV)/.installed
+	$(PY) -m regress.report --h5 $(H5) --store $(STORE) --out $(OUT) $(REPORT_ARGS)
+
+# headless Chromium for the report's browser test (installed where apt-get can; else skipped)
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium) || echo "cannot install chromium: the report's browser test will skip"
+
 # embeddings -> regress -> submit on any canonical file (the challenge's file as it is)
 pipeline: embeddings regress submit
 
@@ -76,7 +86,7 @@ demo: $(VENV)/.installed $(OUT)/her2st.h5
 bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
 	$(PY) -m embed.bench --h5 $(H5) $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

@@ -48,12 +48,11 @@ _RECIPES = (
            description="plain + mean embedding of the 6 nearest spots"),
     Recipe("center", (LITE0,), center=True, description="plain + per-slide feature centring"),
     Recipe("combo", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
-           per_type_alpha=True,
-           description="mobilenet_v2 + lite0 stages (448) + per-type alpha + smoothing"),
+           description="mobilenet_v2 + lite0 stages (448) + smoothing"),
+    Recipe("combo_pta", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
+           per_type_alpha=True, description="combo + per-type alpha"),
     Recipe("combo_context", (MOBILENET, LITE0_STAGES_448), context_k=6, smooth_k=6,
-           smooth_w=0.5, per_type_alpha=True, description="combo + spatial context"),
-    Recipe("combo_smooth_more", (MOBILENET, LITE0_STAGES_448), smooth_k=8, smooth_w=0.7,
-           per_type_alpha=True, description="combo with stronger smoothing (k 8, w 0.7)"),
+           smooth_w=0.5, description="combo + spatial context"),
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}

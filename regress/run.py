@@ -55,7 +55,7 @@ class RegressConfig:
     per_type_alpha: bool | None = None
     center: bool | None = None
     models: tuple[str, ...] = ("ridge", "lgbm")
-    targets: tuple[str, ...] = ("spot_rank",)
+    targets: tuple[str, ...] = ("spot_rank", "type_rank")
     ridge_pca: int | None = None
     ridge_alpha_max: float = 1e7
     lgbm_pca: int = 64
@@ -76,11 +76,14 @@ def resolve_recipe(cfg: RegressConfig) -> Recipe:
     return replace(recipe, **overrides) if overrides else recipe
 
 
-def model_params(name: str, cfg: RegressConfig, per_type_alpha: bool = False) -> dict:
+def model_params(name: str, cfg: RegressConfig, per_type_alpha: bool = False,
+                 target: str = "spot_rank") -> dict:
+    """Estimator parameters; ridge's inner CV scores by the metric the target serves."""
     if name == "ridge":
         alphas = tuple(a for a in DEFAULT_ALPHAS if a <= cfg.ridge_alpha_max)
         return {"alphas": alphas, "n_components": cfg.ridge_pca,
-                "per_type_alpha": per_type_alpha}
+                "per_type_alpha": per_type_alpha,
+                "scoring": "spot" if target == "spot_rank" else "type"}
     if name == "lgbm":
         return {"n_components": cfg.lgbm_pca, "n_estimators": cfg.lgbm_trees}
     return {}
@@ -119,7 +122,7 @@ def run(cfg: RegressConfig) -> dict:
     models = ["constant"] + [m for m in cfg.models if m != "constant"]
     for target in cfg.targets:
         for name in models:
-            params = model_params(name, cfg, recipe.per_type_alpha)
+            params = model_params(name, cfg, recipe.per_type_alpha, target)
             model_id = f"{name}-{target}"
             res = run_loso(lambda n=name, p=params: make_model(n, **p), data, target,
                            postprocess=None if name == "constant" else post,

@@ -46,7 +46,8 @@ def regressed(synthetic_h5, store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("regress")
     assert regress.run.main(["--h5", str(synthetic_h5), "--store", str(store),
                              "--out", str(out), "--features", "tiny_random",
-                             "--models", "ridge,lgbm", "--quiet"]) == 0
+                             "--models", "ridge,lgbm", "--targets", "spot_rank",
+                             "--quiet"]) == 0
     return out
 
 
@@ -292,7 +293,8 @@ def test_make_pipeline_on_the_challenge_layout(tmp_path):
     assert list(sub.columns) == ["ID"] + [f"C{i}" for i in range(1, 36)]
     assert sub.iloc[:, 1:].to_numpy().min() >= 0 and sub.iloc[:, 1:].to_numpy().max() <= 1
     report = json.loads((out / "report.json").read_text())
-    assert set(report["models"]) == {"constant-spot_rank", "ridge-spot_rank"}
+    assert set(report["models"]) == {f"{m}-{t}" for m in ("constant", "ridge")
+                                     for t in ("spot_rank", "type_rank")}
     assert (out / "predictions.h5ad").is_file()
 
 

@@ -1,0 +1,367 @@
+"""The fine-tuned CNN path: LOSO fine-tuning of a registry backbone, written in stage 2's
+format (``OUT/predictions/<model_id>/{oof,test}.csv`` and an entry of ``OUT/report.json``).
+
+``python -m embed.finetune --h5 out/her2st.h5 --out out --epochs 3`` (``make finetune``).
+
+Each train slide is held out in turn (``--folds`` runs some): a model is trained on the
+others (the recipe below), the held-out slide is scored after every epoch by its per-spot
+Spearman, and the best epoch predicts it (out-of-fold) and the test slides, both with
+dihedral TTA. The test predictions are the mean of the fold models' (each at its best
+epoch): no extra full-data fit. Note that the held-out slide picks its own epoch, as in the
+seed recipe, so the out-of-fold score is slightly optimistic.
+
+Recipe ("winning" preset, each part a setting): patches centred on spots (224 px);
+albumentations training pipeline (``embed.augment``) and CutMix; targets rank-scaled per
+spot to [0, 1]; head Linear -> Sigmoid; L1 loss; AdamW + cosine annealing (per step).
+The "seed_baseline" preset: timm resnet18 (or, where its weights cannot be had, the
+offline default backbone, said in the log), linear head, MSE on raw abundances.
+
+Patches are cropped once per slide and kept in memory. Checkpoints:
+``OUT/finetune/<model_id>/fold_<slide>/epoch_<n>.pt``; a killed run resumes after its last
+epoch; a run with other settings is refused (``--overwrite`` starts again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.config import config_dict, parse_list, resolve_config
+from data.errors import run_cli, setup_logging
+from data.h5 import CanonicalH5
+from embed.augment import WINNING_AUGMENT, build_train_transform, build_valid_transform
+from embed.augment import check_augment as check_augment_parts
+from embed.backbones import DEFAULT_BACKBONE, get_backbone
+from embed.device import keep_freed_memory, select_device
+from embed.train_data import SlidePatches, SpotDataset
+from embed.train_loop import (
+    HEADS,
+    LOSSES,
+    SpotRegressor,
+    TrainSettings,
+    load_best,
+    predict,
+    train_fold,
+    write_json,
+)
+from embed.tta import TTA_CHOICES
+from embed.weights import WeightsError, build_model
+from regress.loso import LosoResult
+from regress.metrics import spearman_per_spot, spearman_per_type
+from regress.results import model_entry, predictions_frame, update_report, write_predictions
+from regress.targets import TARGETS
+
+log = logging.getLogger("hespot")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of a fine-tuning run (defaults < preset < --config JSON < flags)."""
+
+    h5: str = "out/her2st.h5"
+    out: str = "out"
+    preset: str = "winning"
+    backbone: str = DEFAULT_BACKBONE
+    fallback_backbone: str | None = None  # used (and logged) when backbone has no weights
+    weights: str | None = None            # a local weights file for the backbone
+    model_id: str | None = None           # default finetune-[<preset>-]<backbone>
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    patch_px: int = 224
+    input_px: int | None = None           # resize patches to this model input (None: as cut)
+    augment: tuple[str, ...] = WINNING_AUGMENT
+    cutmix_p: float = 0.5
+    target: str = "spot_rank"
+    head: str = "sigmoid"
+    loss: str = "l1"
+    tta: int = 8                          # dihedral views for the OOF and test predictions
+    val_tta: int = 1                      # views when scoring each epoch
+    folds: tuple[str, ...] = ()           # held-out slides to run (default: every train slide)
+    test: bool = True                     # predict the test slides
+    workers: int = 2                      # DataLoader workers (augmentation)
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    eval_batch_size: int = 64
+    pad_mode: str = "reflect"
+    keep_checkpoints: bool = False        # keep every epoch's checkpoint (else last + best)
+    overwrite: bool = False
+    quiet: bool = False
+
+
+PRESETS: dict[str, dict] = {
+    "winning": {},
+    "seed_baseline": {"backbone": "resnet18", "fallback_backbone": DEFAULT_BACKBONE,
+                      "target": "raw", "head": "linear", "loss": "mse", "augment": (),
+                      "cutmix_p": 0.0, "tta": 1},
+}
+# settings that do not change what is trained (so a resumed run may change them)
+RUN_ONLY = ("h5", "out", "folds", "tta", "test", "workers", "device", "precision", "threads",
+            "eval_batch_size", "keep_checkpoints", "overwrite", "quiet", "model_id")
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Raise ValueError naming the first bad setting."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+    choices = {"target": TARGETS, "head": HEADS, "loss": tuple(LOSSES), "tta": TTA_CHOICES,
+               "val_tta": TTA_CHOICES}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patch_px < 8:
+        raise ValueError("need epochs >= 1, batch size >= 2 and patch px >= 8")
+    if not 0.0 <= cfg.cutmix_p <= 1.0:
+        raise ValueError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
+    check_augment_parts(cfg.augment)
+    get_backbone(cfg.backbone)
+
+
+def apply_preset(cfg: FinetuneConfig, explicit: set[str]) -> FinetuneConfig:
+    """``cfg`` with its preset's values for every field not set explicitly."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+    values = {k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit}
+    return replace(cfg, **values)
+
+
+def build_encoder(cfg: FinetuneConfig):
+    """(encoder, backbone entry, WeightsInfo); the fallback backbone, logged, if the
+    requested one has no weights here and the config names one."""
+    try:
+        entry = get_backbone(cfg.backbone)
+        return (*build_model(entry, cfg.weights), entry)
+    except WeightsError as exc:
+        if not cfg.fallback_backbone:
+            raise
+        log.warning("%s: no weights here (%s); using the fallback backbone %s instead",
+                    cfg.backbone, str(exc).splitlines()[0][:200], cfg.fallback_backbone)
+        entry = get_backbone(cfg.fallback_backbone)
+        return (*build_model(entry), entry)
+
+
+def default_model_id(cfg: FinetuneConfig, backbone: str) -> str:
+    if cfg.model_id:
+        return cfg.model_id
+    return f"finetune-{backbone}" if cfg.preset == "winning" else \
+        f"finetune-{cfg.preset}-{backbone}"
+
+
+def training_settings(cfg: FinetuneConfig, backbone: str, weights_sha: str, dtype: str,
+                      fingerprints: dict[str, str]) -> dict:
+    """What determines the trained weights; stored in checkpoints, compared on resume."""
+    kept = {k: v for k, v in config_dict(cfg).items() if k not in RUN_ONLY}
+    return {**kept, "backbone": backbone, "weights_sha256": weights_sha, "dtype": dtype,
+            "input_fingerprints": dict(sorted(fingerprints.items()))}
+
+
+def check_settings(root: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse a model folder trained with other settings (``--overwrite`` removes it)."""
+    path = root / "settings.json"
+    if overwrite and root.exists():
+        log.info("--overwrite: removing %s", root)
+        shutil.rmtree(root)
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        if diff:
+            raise ValueError(f"{root} holds a run with other settings ({', '.join(diff)} "
+                             "differ); pass --overwrite to train from scratch, --model-id to "
+                             "keep both, or the same settings to resume")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
+def run_fold(cfg: FinetuneConfig, fold: str, data: SlidePatches, train_slides: list[str],
+             test_slides: list[str], encoder, entry, choice, root: Path,
+             settings: dict) -> dict:
+    """Train (or resume) one fold; its OOF and test predictions (TTA) and history."""
+    folder = root / f"fold_{fold}"
+    cache = folder / f"predictions_tta{cfg.tta}.npz"
+    rest = [s for s in train_slides if s != fold]
+    X, Y = data.stack(rest, cfg.target)
+    mean, std = entry.mean, entry.std
+    train_t = build_train_transform(cfg.augment, mean, std, cfg.patch_px, cfg.input_px,
+                                    seed=cfg.seed)
+    valid_t = build_valid_transform(mean, std, cfg.patch_px, cfg.input_px)
+    torch.manual_seed(cfg.seed)  # the same head initialisation in every fold and run
+    model = SpotRegressor(copy.deepcopy(encoder), encoder.num_features, Y.shape[1], cfg.head)
+    st = TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.cutmix_p,
+                       cfg.loss, cfg.val_tta, cfg.workers, cfg.seed, cfg.eval_batch_size,
+                       cfg.keep_checkpoints, cfg.quiet)
+    outcome = train_fold(model, fold, folder, SpotDataset(X, Y, train_t), data.patches[fold],
+                         data.Y[fold], valid_t, choice, st, settings)
+    result = {"best_epoch": outcome.best_epoch, "history": outcome.history}
+    if cache.is_file():
+        with np.load(cache) as z:
+            if int(z["best_epoch"]) == outcome.best_epoch:
+                log.info("fold %s: predictions (TTA %d) read from %s", fold, cfg.tta, cache)
+                return {**result, "predict_seconds": float(z["seconds"]), "oof": z["oof"],
+                        "test": {s: z[f"test_{s}"] for s in test_slides}}
+    t0 = time.perf_counter()
+    load_best(model, folder, outcome, settings)
+    preds = {s: predict(model, data.patches[s], valid_t, choice, cfg.tta, cfg.eval_batch_size)
+             for s in [fold, *test_slides]}
+    seconds = time.perf_counter() - t0
+    np.savez(cache, best_epoch=outcome.best_epoch, seconds=seconds, oof=preds[fold],
+             **{f"test_{s}": preds[s] for s in test_slides})
+    return {**result, "predict_seconds": seconds, "oof": preds[fold],
+            "test": {s: preds[s] for s in test_slides}}
+
+
+def summarise(folds: dict[str, dict], data: SlidePatches, test_slides: list[str],
+              ) -> LosoResult:
+    """LosoResult of the folds run: per-slide scores, mean test predictions, timing."""
+    res = LosoResult()
+    per_type = []
+    for fold, r in folds.items():
+        P, T = r["oof"], data.Y[fold]
+        res.oof[fold] = P
+        pt = spearman_per_type(T, P)
+        per_type.append(pt)
+        res.per_slide[fold] = {"spot": float(spearman_per_spot(T, P).mean()),
+                               "type": float(pt.mean())}
+    res.per_type = np.mean(per_type, axis=0)
+    res.test = {s: np.mean([r["test"][s] for r in folds.values()], axis=0)
+                for s in test_slides}
+    res.seconds = sum(sum(h["seconds"] for h in r["history"]) + r["predict_seconds"]
+                      for r in folds.values())
+    return res
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    """LOSO fine-tuning; writes predictions and the report entry. Returns the entry."""
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    choice = select_device(cfg.device, cfg.precision)
+    if choice.device.type == "cpu":
+        keep_freed_memory()
+    log.info("device: %s; config: %s", choice.describe(), json.dumps(config_dict(cfg)))
+    encoder, winfo, entry = build_encoder(cfg)
+    model_id = default_model_id(cfg, entry.name)
+    out = Path(cfg.out)
+    root = out / "finetune" / model_id
+    with CanonicalH5(cfg.h5) as h5:
+        train_slides, test_slides = h5.train_slides, h5.test_slides if cfg.test else []
+        folds = list(cfg.folds) or train_slides
+        bad = [f for f in folds if f not in train_slides]
+        if bad or len(train_slides) < 2:
+            raise ValueError(f"folds must be train slides ({train_slides}; LOSO needs two or "
+                             f"more), got {bad}")
+        data = SlidePatches.load(h5, train_slides + test_slides, cfg.patch_px, cfg.pad_mode)
+    settings = training_settings(cfg, entry.name, winfo.sha256, choice.dtype_name,
+                                 data.fingerprints)
+    check_settings(root, settings, cfg.overwrite)
+    if set(folds) != set(train_slides):
+        log.warning("running %d of %d folds (%s): the report's mean covers those only",
+                    len(folds), len(train_slides), ",".join(folds))
+    results = {f: run_fold(cfg, f, data, train_slides, test_slides, encoder, entry, choice,
+                           root, settings) for f in folds}
+    res = summarise(results, data, test_slides)
+    res.fitted = {
+        "backbone": entry.name, "weights_sha256": winfo.sha256, "device": choice.describe(),
+        "best_epoch": {f: r["best_epoch"] for f, r in results.items()},
+        "seconds_per_epoch": {f: round(float(np.mean([h["seconds"] for h in r["history"]])), 1)
+                              for f, r in results.items()},
+        "train_images_per_s": {f: round(float(np.mean([h["images_per_s"]
+                                                        for h in r["history"]])), 2)
+                               for f, r in results.items()},
+        "test_predictions": f"mean of {len(folds)} fold models (best epoch each), "
+                            f"TTA {cfg.tta}",
+        "epoch_selection": "best held-out per-spot Spearman (the held-out slide picks its "
+                           "epoch: optimistic)",
+        "history": {f: r["history"] for f, r in results.items()}}
+    write_predictions(out, model_id,
+                      predictions_frame(res.oof, data.cell_types, data.xy, data.spot_ids),
+                      predictions_frame(res.test, data.cell_types, data.xy, data.spot_ids))
+    entry_ = model_entry(res, data.cell_types, "finetune", cfg.target,
+                         {**config_dict(cfg), "model_id": model_id, "backbone": entry.name})
+    update_report(out, {model_id: entry_})
+    log.info("%s: LOSO per-spot %.3f, per-type %.3f over %s (%.0f s); predictions in %s",
+             model_id, res.mean["spot"], res.mean["type"], ",".join(folds), res.seconds,
+             out / "predictions" / model_id)
+    return entry_
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m embed.finetune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    add = p.add_argument
+    add("--config", help="JSON file of FinetuneConfig settings (flags win)")
+    add("--h5", help="canonical HDF5 file (default out/her2st.h5)")
+    add("--out", help="output folder: report, predictions/, finetune/ (default out)")
+    add("--preset", help=f"one of {', '.join(PRESETS)} (default winning)")
+    add("--backbone", help=f"registry name (default {DEFAULT_BACKBONE})")
+    add("--fallback-backbone", dest="fallback_backbone",
+        help="used, and logged, where the backbone's weights cannot be had")
+    add("--weights", help="local weights file for the backbone")
+    add("--model-id", dest="model_id", help="name in the report and predictions/")
+    add("--epochs", type=int)
+    add("--batch-size", dest="batch_size", type=int)
+    add("--lr", type=float)
+    add("--weight-decay", dest="weight_decay", type=float)
+    add("--patch-px", dest="patch_px", type=int, help="patch side in px (224)")
+    add("--input-px", dest="input_px", type=int, help="resize patches to this side")
+    add("--augment", type=parse_list, help="comma-separated parts of the training pipeline "
+        f"({','.join(WINNING_AUGMENT)}) or none")
+    add("--cutmix-p", dest="cutmix_p", type=float, help="CutMix probability per batch")
+    add("--target", choices=TARGETS)
+    add("--head", choices=HEADS)
+    add("--loss", choices=tuple(LOSSES))
+    add("--tta", type=int, choices=TTA_CHOICES, help="views for OOF/test predictions (8)")
+    add("--val-tta", dest="val_tta", type=int, choices=TTA_CHOICES,
+        help="views when scoring each epoch (1)")
+    add("--folds", type=parse_list, help="held-out slides to run (default: all train slides)")
+    add("--test", action=argparse.BooleanOptionalAction, help="predict the test slides")
+    add("--workers", type=int, help="DataLoader workers (default 2)")
+    add("--device", choices=["auto", "cpu", "cuda"])
+    add("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    add("--threads", type=int, help="torch intra-op threads")
+    add("--seed", type=int)
+    add("--eval-batch-size", dest="eval_batch_size", type=int)
+    add("--pad-mode", dest="pad_mode", choices=["reflect", "constant", "edge"])
+    add("--keep-checkpoints", dest="keep_checkpoints", action=argparse.BooleanOptionalAction,
+        help="keep every epoch's checkpoint (default: the last and the best)")
+    add("--overwrite", action=argparse.BooleanOptionalAction,
+        help="remove this model's checkpoints and train from scratch")
+    add("--quiet", action=argparse.BooleanOptionalAction)
+    return p
+
+
+def resolve(argv: Sequence[str] | None = None) -> FinetuneConfig:
+    """Defaults < preset < --config JSON < flags."""
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(FinetuneConfig, args)
+    explicit = set(vars(args)) - {"config"}
+    if getattr(args, "config", None):
+        explicit |= set(json.loads(Path(args.config).read_text()))
+    return apply_preset(cfg, explicit)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = resolve(argv)
+    setup_logging(cfg.quiet)
+    run(cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, user_errors=(ValueError, WeightsError))
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""One LOSO fold of fine-tuning: the model, the flat training loop, checkpoints, TTA
+prediction.
+
+A checkpoint is written (atomically) after every epoch: model, optimizer, scheduler,
+grad scaler, history, best epoch so far and the settings it was trained with. A killed
+run resumes after its last complete epoch and follows the same schedule: every epoch's
+randomness (shuffling, augmentation, CutMix, dropout) is seeded from (seed, fold, epoch),
+so a resumed epoch is the epoch an uninterrupted run would have run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from embed.augment import cutmix
+from embed.device import DeviceChoice
+from embed.train_data import SpotDataset, epoch_loader, steps_per_epoch
+from embed.tta import average_views, stack_views
+from regress.metrics import spearman_per_spot, spearman_per_type
+
+log = logging.getLogger("hespot")
+
+LOSSES: dict[str, Callable[[], nn.Module]] = {"l1": nn.L1Loss, "mse": nn.MSELoss}
+HEADS = ("sigmoid", "linear")
+
+
+class SpotRegressor(nn.Module):
+    """A pooled-feature encoder, then Linear (then Sigmoid): (B, 3, H, W) -> (B, n_types).
+
+    With ``head="sigmoid"`` every output lies in [0, 1], the range of rank-scaled targets.
+    """
+
+    def __init__(self, encoder: nn.Module, n_features: int, n_outputs: int,
+                 head: str = "sigmoid") -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.encoder = encoder
+        self.head = nn.Linear(n_features, n_outputs)
+        self.sigmoid = head == "sigmoid"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.encoder(x))
+        return torch.sigmoid(out) if self.sigmoid else out
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one fold's training needs beyond the data (a view of the run's config)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    cutmix_p: float
+    loss: str
+    val_tta: int
+    workers: int
+    seed: int
+    eval_batch_size: int = 64
+    keep_checkpoints: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class FoldOutcome:
+    """best_epoch (1-based), its held-out per-spot Spearman, and one dict per epoch."""
+
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def epoch_seed(seed: int, fold: str, epoch: int) -> int:
+    """A seed that depends only on (run seed, fold, epoch)."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(fold.encode()), epoch])
+               .generate_state(1)[0])
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return Path(folder) / f"epoch_{epoch}.pt"
+
+
+def saved_epochs(folder: Path) -> list[int]:
+    """Epochs (1-based) with a complete checkpoint in ``folder``, sorted."""
+    found = [re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in Path(folder).glob("epoch_*.pt")]
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, settings: dict) -> dict:
+    """A checkpoint, refused when it was written with other settings.
+
+    Raises:
+        ValueError: naming the settings that differ and how to proceed.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    stored = state.get("settings", {})
+    diff = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"checkpoint {path} was written with other settings ({shown}); "
+                         "pass --overwrite to train from scratch, or another --out")
+    return state
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, patches: np.ndarray, transform: Callable, choice: DeviceChoice,
+            n_views: int = 8, batch_size: int = 64) -> np.ndarray:
+    """float32 (n, n_outputs): the model's output averaged over ``n_views`` dihedral views.
+
+    Args:
+        patches: uint8 (n, S, S, 3); transform: the validation pipeline (ToTensorV2 last).
+    """
+    model.eval()
+    outs = []
+    for start in range(0, len(patches), batch_size):
+        x = torch.stack([transform(image=p)["image"] for p in patches[start:start + batch_size]])
+        x = stack_views(x.to(choice.device), n_views)
+        if choice.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with choice.autocast():
+            out = model(x)
+        outs.append(average_views(out.float(), n_views).cpu())
+    n_out = model.head.out_features if hasattr(model, "head") else 0
+    return torch.cat(outs).numpy() if outs else np.zeros((0, n_out), np.float32)
+
+
+def _prune(folder: Path, keep: set[int]) -> None:
+    for e in saved_epochs(folder):
+        if e not in keep:
+            checkpoint_path(folder, e).unlink(missing_ok=True)
+
+
+def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
+               val_patches: np.ndarray, val_Y: np.ndarray, valid_transform: Callable,
+               choice: DeviceChoice, st: TrainSettings, settings: dict,
+               stop_after: int | None = None) -> FoldOutcome:
+    """Train ``model`` on ``train``, scoring the held-out slide after every epoch.
+
+    Args:
+        model: a fresh :class:`SpotRegressor` (its state is replaced on resume).
+        fold: the held-out slide (names the fold's seeds).
+        folder: the fold's checkpoint folder; a complete epoch there is resumed from.
+        train: training spots (augmenting transform).
+        val_patches: uint8 (n, S, S, 3); val_Y: float (n, n_types) raw abundances.
+        settings: JSON-able dict stored in every checkpoint and compared on resume.
+        stop_after: stop after this many epochs in total (to simulate an interruption).
+
+    Returns:
+        The outcome; the best epoch's checkpoint stays in ``folder``.
+    """
+    model.to(choice.device)
+    if choice.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=st.lr, weight_decay=st.weight_decay)
+    steps = steps_per_epoch(len(train), st.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=st.epochs * steps)
+    scaler = torch.amp.GradScaler(choice.device.type,
+                                  enabled=choice.dtype == torch.float16)
+    loss_fn = LOSSES[st.loss]()
+    outcome = FoldOutcome(0, -math.inf)
+    done = saved_epochs(folder)
+    if done:
+        state = load_checkpoint(checkpoint_path(folder, done[-1]), settings)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        outcome = FoldOutcome(state["best_epoch"], state["best_score"], state["history"])
+        log.info("fold %s: resuming after epoch %d of %d", fold, done[-1], st.epochs)
+    last = min(st.epochs, stop_after) if stop_after else st.epochs
+    for epoch in range(len(outcome.history), last):
+        t0 = time.perf_counter()
+        seed = epoch_seed(st.seed, fold, epoch)
+        torch.manual_seed(seed)
+        mixer = torch.Generator().manual_seed(seed + 1)
+        loader = epoch_loader(train, st.batch_size, st.workers, seed)
+        lr0 = sched.get_last_lr()[0]
+        model.train()
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{st.epochs}", unit="batch",
+                   disable=st.quiet, leave=False)
+        for x, y in bar:
+            x, y = cutmix(x, y, st.cutmix_p, mixer)
+            x = x.to(choice.device, non_blocking=True)
+            if choice.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(choice.device, non_blocking=True)
+            with choice.autocast():
+                out = model(x)
+            loss = loss_fn(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total, n = total + float(loss) * len(x), n + len(x)
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        train_s = time.perf_counter() - t0
+        P = predict(model, val_patches, valid_transform, choice, st.val_tta, st.eval_batch_size)
+        spot = float(spearman_per_spot(val_Y, P).mean())
+        row = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr_start": lr0,
+               "lr_end": sched.get_last_lr()[0], "val_spot": spot,
+               "val_type": float(spearman_per_type(val_Y, P).mean()),
+               "train_seconds": train_s, "seconds": time.perf_counter() - t0,
+               "images_per_s": n / train_s if train_s else 0.0}
+        outcome.history.append(row)
+        if spot > outcome.best_score:
+            outcome.best_epoch, outcome.best_score = epoch + 1, spot
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                     "epoch": epoch + 1, "best_epoch": outcome.best_epoch,
+                     "best_score": outcome.best_score, "history": outcome.history,
+                     "settings": settings}, checkpoint_path(folder, epoch + 1))
+        if not st.keep_checkpoints:
+            _prune(folder, {epoch + 1, outcome.best_epoch})
+        log.info("fold %s epoch %d/%d: loss %.4f, held-out per-spot %.3f per-type %.3f, "
+                 "%.0f s (%.1f images/s)", fold, epoch + 1, st.epochs, row["loss"], spot,
+                 row["val_type"], row["seconds"], row["images_per_s"])
+    return outcome
+
+
+def load_best(model: nn.Module, folder: Path, outcome: FoldOutcome, settings: dict) -> nn.Module:
+    """``model`` with the weights of the fold's best epoch."""
+    state = load_checkpoint(checkpoint_path(folder, outcome.best_epoch), settings)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,249 @@
+"""Figures of the HTML report (matplotlib, Agg canvas, no pyplot state) and slide thumbnails.
+
+Coordinates are full-resolution pixels throughout: ``x`` = column, ``y`` = row, and a
+thumbnail is drawn with the extent of the full image, so spots sit where they belong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import EllipseCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from scipy.spatial import cKDTree
+
+from data.h5 import CanonicalH5
+
+Extent = tuple[float, float, float, float]
+SPOT_FILL = 0.7   # drawn spot diameter as a share of the spot spacing
+
+
+def thumbnail(h5: CanonicalH5, slide: str, max_px: int,
+              band_rows: int = 512) -> tuple[np.ndarray, Extent]:
+    """Box-averaged thumbnail of a slide's image, read band by band.
+
+    Args:
+        h5: the open canonical file.
+        slide: slide name.
+        max_px: longest side of the thumbnail at most (>= 1).
+        band_rows: full-resolution rows read per window (memory ~ band_rows x W x 3).
+
+    Returns:
+        uint8 (h, w, 3) thumbnail and its extent ``(0, w*fx, h*fy, 0)`` in full-resolution
+        pixels, for ``imshow(extent=...)``; rows/columns left over by the integer factor
+        are dropped.
+    """
+    H, W = h5.image_shape(slide)[:2]
+    f = max(1, math.ceil(max(H, W) / max(1, max_px)))
+    fy, fx = min(f, H), min(f, W)
+    h, w = H // fy, W // fx
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, band_rows // fy)
+    for i0 in range(0, h, step):
+        i1 = min(h, i0 + step)
+        band = np.ascontiguousarray(h5.read_window(slide, i0 * fy, i1 * fy, 0, w * fx)[..., :3])
+        # sum the fy rows of each block (contiguous vectors), then the fx columns
+        rows = band.reshape(i1 - i0, fy, w * fx * 3).sum(axis=1, dtype=np.uint32)
+        total = rows.reshape(i1 - i0, w, fx, 3).sum(axis=2)
+        out[i0:i1] = np.minimum(255, (total + fy * fx // 2) // (fy * fx)).astype(np.uint8)
+    return out, (0.0, float(w * fx), float(h * fy), 0.0)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A Figure on the Agg canvas (no pyplot, no global state)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, path: Path, dpi: int = 90) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def spot_spacing(x: np.ndarray, y: np.ndarray) -> float:
+    """Median distance (pixels) from each spot to its nearest neighbour (1.0 if < 2)."""
+    if len(x) < 2:
+        return 1.0
+    d, _ = cKDTree(np.stack([x, y], axis=1)).query(np.stack([x, y], axis=1), k=2)
+    return float(np.median(d[:, 1])) or 1.0
+
+
+def _spots(ax, x, y, diameter: float, values=None, norm=None, cmap="viridis",
+           edge="#00c853") -> EllipseCollection:
+    """Spots as circles of ``diameter`` data units: filled by ``values`` or outlined."""
+    coll = EllipseCollection(widths=diameter, heights=diameter, angles=0, units="xy",
+                             offsets=np.stack([x, y], axis=1), offset_transform=ax.transData)
+    if values is None:
+        coll.set_facecolor("none")
+        coll.set_edgecolor(edge)
+        coll.set_linewidth(0.8)
+    else:
+        coll.set_array(np.asarray(values, float))
+        coll.set_cmap(cmap)
+        coll.set_norm(norm)
+        coll.set_edgecolor("none")
+    ax.add_collection(coll)
+    return coll
+
+
+def crop_thumb(thumb: np.ndarray, extent: Extent, box: Extent) -> tuple[np.ndarray, Extent]:
+    """The part of ``thumb`` covering ``box`` = (x0, x1, y1, y0) in full-resolution pixels,
+    and its extent."""
+    h, w = thumb.shape[:2]
+    sx, sy = (extent[1] - extent[0]) / w, (extent[2] - extent[3]) / h
+    c0, c1 = max(0, int(box[0] // sx)), min(w, int(np.ceil(box[1] / sx)))
+    r0, r1 = max(0, int(box[3] // sy)), min(h, int(np.ceil(box[2] / sy)))
+    if c1 <= c0 or r1 <= r0:
+        return thumb[:0, :0], box
+    return thumb[r0:r1, c0:c1], (c0 * sx, c1 * sx, r1 * sy, r0 * sy)
+
+
+def _frame(ax, thumb: np.ndarray | None, extent: Extent | None, x, y, margin: float,
+           whole: bool, fade: float = 1.0) -> None:
+    """Axes limits (the whole image, or the spots plus ``margin``) and the thumbnail under
+    them, blended towards white by ``fade`` < 1."""
+    if whole and extent is not None:
+        box = extent
+    else:
+        box = (x.min() - margin, x.max() + margin, y.max() + margin, y.min() - margin)
+    if thumb is not None and extent is not None:
+        part, part_extent = crop_thumb(thumb, extent, box)
+        if part.size:
+            if fade < 1.0:
+                part = (part * fade + 255 * (1 - fade)).astype(np.uint8)
+            ax.imshow(part, extent=part_extent, interpolation="antialiased")
+    ax.set_xlim(box[0], box[1])
+    ax.set_ylim(box[2], box[3])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def fig_overlay(thumb: np.ndarray, extent: Extent, x: np.ndarray, y: np.ndarray,
+                title: str) -> Figure:
+    """The whole thumbnail with every spot outlined."""
+    aspect = (extent[2] - extent[3]) / max(1.0, extent[1] - extent[0])
+    fig = new_figure(5.0, 5.0 * aspect + 0.4)
+    ax = fig.add_subplot()
+    _frame(ax, thumb, extent, x, y, 0, whole=True)
+    _spots(ax, x, y, SPOT_FILL * spot_spacing(x, y))
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def fig_maps(thumb: np.ndarray | None, extent: Extent | None, x: np.ndarray, y: np.ndarray,
+             panels: Sequence[tuple[str, np.ndarray]], ncols: int, title: str) -> Figure:
+    """Spatial maps: one panel per (label, (n_spots,) values), colour on the spot grid over a
+    faded thumbnail, each panel with its own colour scale (2nd-98th percentile)."""
+    nrows = math.ceil(len(panels) / ncols)
+    spacing = spot_spacing(x, y)
+    span_x = x.max() - x.min() + 2 * spacing
+    span_y = y.max() - y.min() + 2 * spacing
+    ratio = max(0.3, min(2.5, span_y / max(span_x, 1.0)))
+    fig = new_figure(3.2 * ncols, nrows * (2.6 * ratio + 0.45) + 0.4)
+    for k, (label, values) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        _frame(ax, thumb, extent, x, y, spacing, whole=False, fade=0.45)
+        values = np.asarray(values, float)
+        lo, hi = np.nanpercentile(values, [2, 98]) if len(values) else (0.0, 1.0)
+        coll = _spots(ax, x, y, SPOT_FILL * spacing, values,
+                      Normalize(lo, hi if hi > lo else lo + 1e-9))
+        fig.colorbar(coll, ax=ax, shrink=0.8, pad=0.01)
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def fig_abundance(Y_by_slide: Mapping[str, np.ndarray], cell_types: Sequence[str]) -> Figure:
+    """Box plot per cell type (rows) and slide (colours) of the abundances (no outliers)."""
+    slides = list(Y_by_slide)
+    n_types, n_sl = len(cell_types), max(1, len(slides))
+    fig = new_figure(8.0, max(3.0, 1.0 + 0.055 * n_types * n_sl))
+    ax = fig.add_subplot()
+    colours = _colours(n_sl)
+    width = 0.8 / n_sl
+    for k, slide in enumerate(slides):
+        pos = np.arange(n_types) - 0.4 + width * (k + 0.5)
+        bp = ax.boxplot([Y_by_slide[slide][:, j] for j in range(n_types)], positions=pos,
+                        widths=width * 0.9, orientation="horizontal", showfliers=False,
+                        patch_artist=True, manage_ticks=False)
+        for box in bp["boxes"]:
+            box.set(facecolor=colours[k], edgecolor="#333", linewidth=0.4)
+        for part in ("whiskers", "caps", "medians"):
+            for line in bp[part]:
+                line.set(color="#333", linewidth=0.4)
+    ax.set_yticks(np.arange(n_types), labels=list(cell_types), fontsize=7)
+    ax.set_ylim(n_types - 0.5, -0.5)
+    ax.set_xlabel("abundance")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=[Patch(color=colours[k], label=s) for k, s in enumerate(slides)],
+              fontsize=7, loc="lower right")
+    return fig
+
+
+def fig_correlation(corr: np.ndarray, cell_types: Sequence[str]) -> Figure:
+    """Heatmap of a (n_types, n_types) correlation matrix."""
+    n = len(cell_types)
+    side = min(12.0, 3.0 + 0.22 * n)
+    fig = new_figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(np.arange(n), labels=list(cell_types), rotation=90, fontsize=6)
+    ax.set_yticks(np.arange(n), labels=list(cell_types), fontsize=6)
+    fig.colorbar(im, ax=ax, shrink=0.6, label="Spearman")
+    return fig
+
+
+def fig_pca(pcs: Mapping[str, np.ndarray], test: set[str], explained: Sequence[float],
+            title: str) -> Figure:
+    """PC1 vs PC2 of the embeddings, one colour per slide (test slides as crosses)."""
+    fig = new_figure(6.5, 5.0)
+    ax = fig.add_subplot()
+    colours = _colours(len(pcs))
+    for k, (slide, P) in enumerate(pcs.items()):
+        ax.scatter(P[:, 0], P[:, 1], s=8, color=colours[k], alpha=0.7,
+                   marker="x" if slide in test else "o",
+                   label=f"{slide} (test)" if slide in test else slide)
+    ax.set_xlabel(f"PC1 ({explained[0]:.0%})")
+    ax.set_ylabel(f"PC2 ({explained[1]:.0%})")
+    ax.legend(fontsize=7, markerscale=2)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def fig_per_type(scores: Mapping[str, Mapping[str, float]], cell_types: Sequence[str]) -> Figure:
+    """Grouped horizontal bars: per-type Spearman (mean over held-out slides) per model;
+    types ordered by the first model's score."""
+    models = list(scores)
+    first = scores[models[0]]
+    order = sorted(cell_types, key=lambda t: -first.get(t, 0.0))
+    n, m = len(order), max(1, len(models))
+    fig = new_figure(8.0, max(3.0, 1.0 + 0.07 * n * m))
+    ax = fig.add_subplot()
+    colours = _colours(m)
+    height = 0.8 / m
+    for k, model in enumerate(models):
+        pos = np.arange(n) - 0.4 + height * (k + 0.5)
+        ax.barh(pos, [scores[model].get(t, 0.0) for t in order], height=height,
+                color=colours[k], label=model)
+    ax.set_yticks(np.arange(n), labels=order, fontsize=7)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.axvline(0, color="#333", linewidth=0.6)
+    ax.set_xlabel("Spearman across spots (mean over held-out slides)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def _colours(n: int) -> list:
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]

@@ -1,0 +1,197 @@
+"""The HTML report (regress.report) on the synthetic fixture: every section, its images,
+absent inputs named on the page, and the page opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embed.run
+import regress.report
+import regress.run
+from data.h5 import CanonicalH5
+from regress.browser import check_in_browser, find_chromium
+from regress.plots import thumbnail
+from regress.report import SECTIONS
+
+ABLATION = {"chosen": "plain", "rows": {"plain": {"mean": {"spot": 0.5, "type": 0.2}}},
+            "table": "| recipe | S_1 | spot | type |\n|---|---|---|---|\n"
+                     "| plain (chosen) | 0.500 / 0.200 | 0.500 | 0.200 |\n"}
+N_IMAGES = 4 + 1 + 3 + 1 + 1 + 1 + 3 + 1   # slides, abundance, maps, corr, pca, per-type, oof, test
+
+
+@pytest.fixture(scope="module")
+def store(synthetic_h5, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("embed") / "embeddings.zarr"
+    assert embed.run.main(["--h5", str(synthetic_h5), "--store", str(path),
+                           "--backbones", "tiny_random", "--patch-px", "64", "--tta", "1",
+                           "--precision", "fp32", "--quiet"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def regressed(synthetic_h5, store, tmp_path_factory) -> Path:
+    """OUT of one regress.run (ridge + constant) with an ablation entry; read-only."""
+    out = tmp_path_factory.mktemp("regress")
+    assert regress.run.main(["--h5", str(synthetic_h5), "--store", str(store),
+                             "--out", str(out), "--recipe", "plain", "--features", "tiny_random",
+                             "--models", "ridge", "--targets", "spot_rank", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    report["ablation"] = ABLATION
+    (out / "report.json").write_text(json.dumps(report))
+    return out
+
+
+def _report(h5, store, out, *args) -> int:
+    return regress.report.main(["--h5", str(h5), "--store", str(store), "--out", str(out),
+                                "--thumb-px", "256", "--quiet", *args])
+
+
+@pytest.fixture(scope="module")
+def page(synthetic_h5, store, regressed, tmp_path_factory) -> Path:
+    """index.html of the report on a copy of the full OUT."""
+    out = Path(shutil.copytree(regressed, tmp_path_factory.mktemp("rep") / "out"))
+    assert _report(synthetic_h5, store, out) == 0
+    return out / "report" / "index.html"
+
+
+def _sections(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', html, flags=re.S))
+
+
+def _images(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', html)
+
+
+def test_every_section_is_built(page):
+    html = page.read_text()
+    sections = _sections(html)
+    assert list(sections) == [key for _, key, _, _ in SECTIONS]
+    for key, body in sections.items():
+        assert 'class="absent"' not in body, (key, body[:300])
+    for group in ("Data", "Results"):
+        assert f"<h1>{group}</h1>" in html
+    images = _images(html)
+    assert len(images) == N_IMAGES
+    for src in images:
+        path = page.parent / src
+        assert src.startswith("img/") and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    # nothing left over in img/ that the page does not show
+    assert sorted(p.name for p in (page.parent / "img").iterdir()) == \
+        sorted(Path(s).name for s in images)
+
+
+def test_tables_and_choices(page, synthetic_h5, regressed):
+    sections = _sections(page.read_text())
+    loso = sections["loso"]
+    for model in ("ridge-spot_rank", "constant-spot_rank"):
+        assert f"<td>{model}</td>" in loso
+    report = json.loads((regressed / "report.json").read_text())
+    s1 = report["models"]["ridge-spot_rank"]["per_slide"]["S_1"]
+    assert f"{s1['spot']:.3f} / {s1['type']:.3f}" in loso
+    assert loso.index("ridge-spot_rank") < loso.index("constant-spot_rank")  # best first
+    assert "<td>plain (chosen)</td>" in sections["ablation"]
+    for slide in ("S_1", "S_2", "S_3", "S_4"):
+        assert f"<td>{slide}</td>" in sections["background"]
+    with CanonicalH5(synthetic_h5) as h5:
+        Y = np.concatenate([h5.spots(s).Y for s in h5.train_slides])
+        top = [h5.cell_types[j] for j in np.argsort(-Y.mean(axis=0), kind="stable")[:4]]
+    assert f"cell types {', '.join(top)}." in page.read_text()
+    assert "model(s) ridge-spot_rank;" in page.read_text()
+    assert len(_images(sections["oof"])) == 3 and len(_images(sections["test"])) == 1
+
+
+def test_opens_in_headless_chromium(page):
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (not on PATH), so the page cannot be opened "
+                    "headless: `make chromium` installs it (Debian: apt-get install chromium)")
+    shot = page.parent / "screenshot.png"
+    loaded, total = check_in_browser(page, shot)
+    assert (loaded, total) == (N_IMAGES, N_IMAGES)
+    from matplotlib.image import imread
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (4000, 1280) and pixels.std() > 0.01
+
+
+def test_absent_inputs_are_named(synthetic_h5, tmp_path):
+    out = tmp_path / "out"
+    assert _report(synthetic_h5, tmp_path / "none.zarr", out) == 0
+    sections = _sections((out / "report" / "index.html").read_text())
+    assert list(sections) == [key for _, key, _, _ in SECTIONS]
+    for key in ("slides", "background", "abundance", "maps", "correlation"):
+        assert 'class="absent"' not in sections[key], key
+    assert "no embeddings store" in sections["pca"] and "make embeddings" in sections["pca"]
+    for key in ("loso", "per-type", "oof", "test", "ablation"):
+        assert "Not available" in sections[key] and "make regress" in sections[key], key
+
+
+def test_absent_h5(regressed, store, tmp_path):
+    out = Path(shutil.copytree(regressed, tmp_path / "out"))
+    assert _report(tmp_path / "none.h5", store, out) == 0
+    sections = _sections((out / "report" / "index.html").read_text())
+    for key in ("slides", "background", "abundance", "maps", "correlation", "pca", "oof",
+                "test"):
+        assert "no HDF5 file" in sections[key], key
+    for key in ("loso", "per-type", "ablation"):
+        assert 'class="absent"' not in sections[key], key
+
+
+def test_failed_section_keeps_the_page(synthetic_h5, store, regressed, tmp_path):
+    out = Path(shutil.copytree(regressed, tmp_path / "out"))
+    oof = out / "predictions" / "ridge-spot_rank" / "oof.csv"
+    lines = oof.read_text().splitlines()
+    oof.write_text("\n".join(lines[:-3]) + "\n")   # S_3 loses rows
+    assert _report(synthetic_h5, store, out) == 0
+    html = (out / "report" / "index.html").read_text()
+    sections = _sections(html)
+    assert "Could not be built" in sections["oof"] and "rerun `make regress`" in sections["oof"]
+    assert not _images(sections["oof"])
+    assert len(_images(sections["test"])) == 1
+    assert sorted(p.name for p in (out / "report" / "img").iterdir()) == \
+        sorted(Path(s).name for s in _images(html))
+
+
+def test_chosen_types_and_unknown_names(synthetic_h5, store, regressed, tmp_path, capsys):
+    out = Path(shutil.copytree(regressed, tmp_path / "out"))
+    assert _report(synthetic_h5, store, out, "--cell-types", "C2,C5",
+                   "--models", "constant-spot_rank") == 0
+    html = (out / "report" / "index.html").read_text()
+    assert "cell types C2, C5." in html and "model(s) constant-spot_rank;" in html
+    assert _report(synthetic_h5, store, out, "--cell-types", "C9") == 2
+    assert "C9" in capsys.readouterr().err
+    assert _report(synthetic_h5, store, out, "--models", "svm-spot_rank") == 2
+    assert "svm-spot_rank" in capsys.readouterr().err
+
+
+class _CountingH5:
+    """A CanonicalH5 that records the rows of every window read."""
+
+    def __init__(self, h5: CanonicalH5):
+        self.h5, self.rows = h5, []
+
+    def image_shape(self, slide):
+        return self.h5.image_shape(slide)
+
+    def read_window(self, slide, y0, y1, x0, x1):
+        self.rows.append(y1 - y0)
+        return self.h5.read_window(slide, y0, y1, x0, x1)
+
+
+@pytest.mark.parametrize("max_px", [100, 512, 1000])
+def test_thumbnail_is_a_box_average_read_in_bands(synthetic_h5, max_px):
+    with CanonicalH5(synthetic_h5) as h5:
+        counting = _CountingH5(h5)
+        thumb, extent = thumbnail(counting, "S_1", max_px, band_rows=64)
+        full = h5.read_window("S_1", 0, 512, 0, 512).astype(np.float64)
+    f = int(np.ceil(512 / max_px))
+    n = 512 // f
+    assert thumb.shape == (n, n, 3) and thumb.dtype == np.uint8
+    assert extent == (0.0, float(n * f), float(n * f), 0.0)
+    want = full[:n * f, :n * f].reshape(n, f, n, f, 3).mean(axis=(1, 3))
+    assert np.abs(thumb - want).max() <= 0.5 + 1e-9
+    assert max(counting.rows) <= 64 and len(counting.rows) > 1
