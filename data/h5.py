@@ -309,9 +309,13 @@ class CanonicalH5:
         return self._image(slide)[y0:y1, x0:x1]
 
     def fingerprint(self, slide: str) -> str:
-        """sha256 over the slide's spot table and image content (raw chunks when chunked)."""
+        """sha256 over what patches depend on: spot positions and image content (raw
+        chunks when chunked). Abundances are left out, so another tier of the same slides
+        reuses the embeddings."""
         h = hashlib.sha256()
-        h.update(self.raw_table(slide).tobytes())
+        table = self.raw_table(slide)
+        for c in COORDS:
+            h.update(np.ascontiguousarray(table[c], dtype=np.float64).tobytes())
         dset = self._image(slide)
         h.update(repr((dset.shape, str(dset.dtype))).encode())
         if dset.chunks is not None:

@@ -24,11 +24,8 @@ epoch; a run with other settings is refused (``--overwrite`` starts again).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,21 +36,12 @@ import torch
 from data.config import config_dict, parse_list, resolve_config
 from data.errors import run_cli, setup_logging
 from data.h5 import CanonicalH5
-from embed.augment import WINNING_AUGMENT, build_train_transform, build_valid_transform
-from embed.augment import check_augment as check_augment_parts
+from embed.augment import WINNING_AUGMENT, check_augment
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
+from embed.checkpoints import check_settings
 from embed.device import keep_freed_memory, select_device
-from embed.train_data import SlidePatches, SpotDataset
-from embed.train_loop import (
-    HEADS,
-    LOSSES,
-    SpotRegressor,
-    TrainSettings,
-    load_best,
-    predict,
-    train_fold,
-    write_json,
-)
+from embed.train_data import SlidePatches
+from embed.train_loop import HEADS, LOSSES, run_fold
 from embed.tta import TTA_CHOICES
 from embed.weights import WeightsError, build_model
 from regress.loso import LosoResult
@@ -126,7 +114,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ValueError("need epochs >= 1, batch size >= 2 and patch px >= 8")
     if not 0.0 <= cfg.cutmix_p <= 1.0:
         raise ValueError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
-    check_augment_parts(cfg.augment)
+    check_augment(cfg.augment)
     get_backbone(cfg.backbone)
 
 
@@ -166,60 +154,6 @@ def training_settings(cfg: FinetuneConfig, backbone: str, weights_sha: str, dtyp
     kept = {k: v for k, v in config_dict(cfg).items() if k not in RUN_ONLY}
     return {**kept, "backbone": backbone, "weights_sha256": weights_sha, "dtype": dtype,
             "input_fingerprints": dict(sorted(fingerprints.items()))}
-
-
-def check_settings(root: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse a model folder trained with other settings (``--overwrite`` removes it)."""
-    path = root / "settings.json"
-    if overwrite and root.exists():
-        log.info("--overwrite: removing %s", root)
-        shutil.rmtree(root)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        if diff:
-            raise ValueError(f"{root} holds a run with other settings ({', '.join(diff)} "
-                             "differ); pass --overwrite to train from scratch, --model-id to "
-                             "keep both, or the same settings to resume")
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(path, settings)
-
-
-def run_fold(cfg: FinetuneConfig, fold: str, data: SlidePatches, train_slides: list[str],
-             test_slides: list[str], encoder, entry, choice, root: Path,
-             settings: dict) -> dict:
-    """Train (or resume) one fold; its OOF and test predictions (TTA) and history."""
-    folder = root / f"fold_{fold}"
-    cache = folder / f"predictions_tta{cfg.tta}.npz"
-    rest = [s for s in train_slides if s != fold]
-    X, Y = data.stack(rest, cfg.target)
-    mean, std = entry.mean, entry.std
-    train_t = build_train_transform(cfg.augment, mean, std, cfg.patch_px, cfg.input_px,
-                                    seed=cfg.seed)
-    valid_t = build_valid_transform(mean, std, cfg.patch_px, cfg.input_px)
-    torch.manual_seed(cfg.seed)  # the same head initialisation in every fold and run
-    model = SpotRegressor(copy.deepcopy(encoder), encoder.num_features, Y.shape[1], cfg.head)
-    st = TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.cutmix_p,
-                       cfg.loss, cfg.val_tta, cfg.workers, cfg.seed, cfg.eval_batch_size,
-                       cfg.keep_checkpoints, cfg.quiet)
-    outcome = train_fold(model, fold, folder, SpotDataset(X, Y, train_t), data.patches[fold],
-                         data.Y[fold], valid_t, choice, st, settings)
-    result = {"best_epoch": outcome.best_epoch, "history": outcome.history}
-    if cache.is_file():
-        with np.load(cache) as z:
-            if int(z["best_epoch"]) == outcome.best_epoch:
-                log.info("fold %s: predictions (TTA %d) read from %s", fold, cfg.tta, cache)
-                return {**result, "predict_seconds": float(z["seconds"]), "oof": z["oof"],
-                        "test": {s: z[f"test_{s}"] for s in test_slides}}
-    t0 = time.perf_counter()
-    load_best(model, folder, outcome, settings)
-    preds = {s: predict(model, data.patches[s], valid_t, choice, cfg.tta, cfg.eval_batch_size)
-             for s in [fold, *test_slides]}
-    seconds = time.perf_counter() - t0
-    np.savez(cache, best_epoch=outcome.best_epoch, seconds=seconds, oof=preds[fold],
-             **{f"test_{s}": preds[s] for s in test_slides})
-    return {**result, "predict_seconds": seconds, "oof": preds[fold],
-            "test": {s: preds[s] for s in test_slides}}
 
 
 def summarise(folds: dict[str, dict], data: SlidePatches, test_slides: list[str],

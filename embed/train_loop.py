@@ -10,28 +10,38 @@ so a resumed epoch is the epoch an uninterrupted run would have run.
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import math
-import os
-import re
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from embed.augment import cutmix
+from embed.augment import build_train_transform, build_valid_transform, cutmix
+from embed.backbones import Backbone
+from embed.checkpoints import (
+    checkpoint_path,
+    load_checkpoint,
+    prune_checkpoints,
+    save_arrays,
+    save_atomic,
+    saved_epochs,
+)
 from embed.device import DeviceChoice
-from embed.train_data import SpotDataset, epoch_loader, steps_per_epoch
+from embed.train_data import SlidePatches, SpotDataset, epoch_loader, steps_per_epoch
 from embed.tta import average_views, stack_views
 from regress.metrics import spearman_per_spot, spearman_per_type
+
+if TYPE_CHECKING:
+    from embed.finetune import FinetuneConfig
 
 log = logging.getLogger("hespot")
 
@@ -92,40 +102,6 @@ def epoch_seed(seed: int, fold: str, epoch: int) -> int:
                .generate_state(1)[0])
 
 
-def checkpoint_path(folder: Path, epoch: int) -> Path:
-    return Path(folder) / f"epoch_{epoch}.pt"
-
-
-def saved_epochs(folder: Path) -> list[int]:
-    """Epochs (1-based) with a complete checkpoint in ``folder``, sorted."""
-    found = [re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in Path(folder).glob("epoch_*.pt")]
-    return sorted(int(m.group(1)) for m in found if m)
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, settings: dict) -> dict:
-    """A checkpoint, refused when it was written with other settings.
-
-    Raises:
-        ValueError: naming the settings that differ and how to proceed.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    stored = state.get("settings", {})
-    diff = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
-    if diff:
-        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise ValueError(f"checkpoint {path} was written with other settings ({shown}); "
-                         "pass --overwrite to train from scratch, or another --out")
-    return state
-
-
 @torch.inference_mode()
 def predict(model: nn.Module, patches: np.ndarray, transform: Callable, choice: DeviceChoice,
             n_views: int = 8, batch_size: int = 64) -> np.ndarray:
@@ -146,12 +122,6 @@ def predict(model: nn.Module, patches: np.ndarray, transform: Callable, choice: 
         outs.append(average_views(out.float(), n_views).cpu())
     n_out = model.head.out_features if hasattr(model, "head") else 0
     return torch.cat(outs).numpy() if outs else np.zeros((0, n_out), np.float32)
-
-
-def _prune(folder: Path, keep: set[int]) -> None:
-    for e in saved_epochs(folder):
-        if e not in keep:
-            checkpoint_path(folder, e).unlink(missing_ok=True)
 
 
 def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
@@ -217,7 +187,7 @@ def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total, n = total + float(loss) * len(x), n + len(x)
+            total, n = total + float(loss.detach()) * len(x), n + len(x)
             bar.set_postfix(loss=f"{total / n:.4f}")
         train_s = time.perf_counter() - t0
         P = predict(model, val_patches, valid_transform, choice, st.val_tta, st.eval_batch_size)
@@ -236,7 +206,7 @@ def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
                      "best_score": outcome.best_score, "history": outcome.history,
                      "settings": settings}, checkpoint_path(folder, epoch + 1))
         if not st.keep_checkpoints:
-            _prune(folder, {epoch + 1, outcome.best_epoch})
+            prune_checkpoints(folder, {epoch + 1, outcome.best_epoch})
         log.info("fold %s epoch %d/%d: loss %.4f, held-out per-spot %.3f per-type %.3f, "
                  "%.0f s (%.1f images/s)", fold, epoch + 1, st.epochs, row["loss"], spot,
                  row["val_type"], row["seconds"], row["images_per_s"])
@@ -250,7 +220,43 @@ def load_best(model: nn.Module, folder: Path, outcome: FoldOutcome, settings: di
     return model
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def run_fold(cfg: FinetuneConfig, fold: str, data: SlidePatches, train_slides: list[str],
+             test_slides: list[str], encoder: nn.Module, entry: Backbone,
+             choice: DeviceChoice, root: Path, settings: dict) -> dict:
+    """Train (or resume) the fold holding out ``fold``; predict it and the test slides
+    with the best epoch and ``cfg.tta`` views (cached in the fold's folder).
+
+    Returns:
+        {"best_epoch", "history", "predict_seconds", "oof": float32 (n, n_types),
+        "test": {slide: float32 (n, n_types)}}.
+    """
+    folder = root / f"fold_{fold}"
+    cache = folder / f"predictions_tta{cfg.tta}.npz"
+    X, Y = data.stack([s for s in train_slides if s != fold], cfg.target)
+    train_t = build_train_transform(cfg.augment, entry.mean, entry.std, cfg.patch_px,
+                                    cfg.input_px, seed=cfg.seed)
+    valid_t = build_valid_transform(entry.mean, entry.std, cfg.patch_px, cfg.input_px)
+    torch.manual_seed(cfg.seed)  # the same head initialisation in every fold and run
+    model = SpotRegressor(copy.deepcopy(encoder), encoder.num_features, Y.shape[1], cfg.head)
+    st = TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.cutmix_p,
+                       cfg.loss, cfg.val_tta, cfg.workers, cfg.seed, cfg.eval_batch_size,
+                       cfg.keep_checkpoints, cfg.quiet)
+    outcome = train_fold(model, fold, folder, SpotDataset(X, Y, train_t), data.patches[fold],
+                         data.Y[fold], valid_t, choice, st, settings)
+    result = {"best_epoch": outcome.best_epoch, "history": outcome.history}
+    keys = ["oof", *(f"test_{s}" for s in test_slides)]
+    if cache.is_file():
+        with np.load(cache) as z:
+            if int(z["best_epoch"]) == outcome.best_epoch and all(k in z for k in keys):
+                log.info("fold %s: predictions (TTA %d) read from %s", fold, cfg.tta, cache)
+                return {**result, "predict_seconds": float(z["seconds"]), "oof": z["oof"],
+                        "test": {s: z[f"test_{s}"] for s in test_slides}}
+    t0 = time.perf_counter()
+    load_best(model, folder, outcome, settings)
+    preds = {s: predict(model, data.patches[s], valid_t, choice, cfg.tta, cfg.eval_batch_size)
+             for s in [fold, *test_slides]}
+    seconds = time.perf_counter() - t0
+    save_arrays(cache, best_epoch=outcome.best_epoch, seconds=seconds, oof=preds[fold],
+                **{f"test_{s}": preds[s] for s in test_slides})
+    return {**result, "predict_seconds": seconds, "oof": preds[fold],
+            "test": {s: preds[s] for s in test_slides}}

@@ -7,6 +7,8 @@ them, inner CV falls back to contiguous folds.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.decomposition import PCA
@@ -193,8 +195,10 @@ class LGBMPerType(_Preprocessed):
                 n_jobs=self.n_jobs, random_state=self.random_state, verbose=-1)
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)] \
                 if len(valid) else []
-            model.fit(Z[train], Y[train, j], eval_set=[(Z[valid], Y[valid, j])]
-                      if len(valid) else None, callbacks=callbacks)
+            with warnings.catch_warnings():  # lightgbm >= 4.7 renames eval_set; both work
+                warnings.filterwarnings("ignore", message=".*eval_set.*deprecated")
+                model.fit(Z[train], Y[train, j], eval_set=[(Z[valid], Y[valid, j])]
+                          if len(valid) else None, callbacks=callbacks)
             self.estimators_.append(model)
             self.best_iterations_.append(model.best_iteration_ or self.n_estimators)
         self._y_1d = y.ndim == 1

@@ -56,9 +56,9 @@ def thumbnail(h5: CanonicalH5, slide: str, max_px: int,
     return out, (0.0, float(w * fx), float(h * fy), 0.0)
 
 
-def new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     """A Figure on the Agg canvas (no pyplot, no global state)."""
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -143,23 +143,33 @@ def fig_overlay(thumb: np.ndarray, extent: Extent, x: np.ndarray, y: np.ndarray,
 def fig_maps(thumb: np.ndarray | None, extent: Extent | None, x: np.ndarray, y: np.ndarray,
              panels: Sequence[tuple[str, np.ndarray]], ncols: int, title: str) -> Figure:
     """Spatial maps: one panel per (label, (n_spots,) values), colour on the spot grid over a
-    faded thumbnail, each panel with its own colour scale (2nd-98th percentile)."""
+    faded thumbnail, each panel with its own colour scale (2nd-98th percentile).
+
+    Laid out by hand (fixed inches per panel): constrained layout costs more than drawing.
+    """
     nrows = math.ceil(len(panels) / ncols)
     spacing = spot_spacing(x, y)
     span_x = x.max() - x.min() + 2 * spacing
     span_y = y.max() - y.min() + 2 * spacing
-    ratio = max(0.3, min(2.5, span_y / max(span_x, 1.0)))
-    fig = new_figure(3.2 * ncols, nrows * (2.6 * ratio + 0.45) + 0.4)
+    pw = 2.6                                                  # panel width, inches
+    ph = pw * max(0.3, min(2.5, span_y / max(span_x, 1.0)))
+    cell_w, cell_h, top = pw + 0.75, ph + 0.45, 0.4           # + colorbar/ticks, titles
+    W, H = 0.15 + ncols * cell_w, top + nrows * cell_h
+    fig = new_figure(W, H, layout=None)
     for k, (label, values) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, k + 1)
+        left = 0.15 + (k % ncols) * cell_w
+        bottom = H - top - (k // ncols + 1) * cell_h + 0.05
+        ax = fig.add_axes((left / W, bottom / H, pw / W, ph / H))
+        cax = fig.add_axes(((left + pw + 0.06) / W, bottom / H, 0.12 / W, ph / H))
         _frame(ax, thumb, extent, x, y, spacing, whole=False, fade=0.45)
         values = np.asarray(values, float)
         lo, hi = np.nanpercentile(values, [2, 98]) if len(values) else (0.0, 1.0)
         coll = _spots(ax, x, y, SPOT_FILL * spacing, values,
                       Normalize(lo, hi if hi > lo else lo + 1e-9))
-        fig.colorbar(coll, ax=ax, shrink=0.8, pad=0.01)
+        fig.colorbar(coll, cax=cax)
+        cax.tick_params(labelsize=7)
         ax.set_title(label, fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1 - 0.12 / H, va="top")
     return fig
 
 

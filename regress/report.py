@@ -427,9 +427,9 @@ def build_report(cfg: ReportConfig) -> Path:
     t0 = time.perf_counter()
     folder = Path(cfg.out) / "report"
     img_dir = folder / "img"
+    ctx = Inputs(cfg, img_dir)   # checks the names given before the old page is touched
     for old in img_dir.glob("*.png"):
         old.unlink()
-    ctx = Inputs(cfg, img_dir)
     try:
         sections = [render_section(ctx, key, title, build) for _, key, title, build in
                     tqdm(SECTIONS, desc="report", disable=cfg.quiet)]

@@ -138,9 +138,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     models = list(args.models or [best_model(report)])
     weights = np.asarray(args.weights, float) if args.weights else ensemble_weights(
         report, models) if len(models) > 1 else np.ones(1)
-    if len(weights) != len(models):
-        raise DataError(Problem("command line", "", "--weights", f"{len(models)} weights",
-                                f"{len(weights)}", "give one weight per model"))
+    if len(weights) != len(models) or (weights < 0).any() or weights.sum() <= 0:
+        raise DataError(Problem("command line", "", "--weights",
+                                f"{len(models)} weights >= 0 with a positive sum",
+                                f"{weights.tolist()}", "give one weight per model"))
     with CanonicalH5(args.h5) as h5:
         ids, cell_types = expected_ids(h5), list(h5.cell_types)
     frames = []

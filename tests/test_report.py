@@ -146,26 +146,25 @@ def test_failed_section_keeps_the_page(synthetic_h5, store, regressed, tmp_path)
     oof = out / "predictions" / "ridge-spot_rank" / "oof.csv"
     lines = oof.read_text().splitlines()
     oof.write_text("\n".join(lines[:-3]) + "\n")   # S_3 loses rows
-    assert _report(synthetic_h5, store, out) == 0
+    assert _report(synthetic_h5, store, out, "--cell-types", "C2,C5") == 0
     html = (out / "report" / "index.html").read_text()
     sections = _sections(html)
     assert "Could not be built" in sections["oof"] and "rerun `make regress`" in sections["oof"]
     assert not _images(sections["oof"])
-    assert len(_images(sections["test"])) == 1
+    assert len(_images(sections["test"])) == 1 and len(_images(sections["maps"])) == 3
+    assert "cell types C2, C5." in html and "model(s) ridge-spot_rank;" in html
     assert sorted(p.name for p in (out / "report" / "img").iterdir()) == \
         sorted(Path(s).name for s in _images(html))
 
 
-def test_chosen_types_and_unknown_names(synthetic_h5, store, regressed, tmp_path, capsys):
-    out = Path(shutil.copytree(regressed, tmp_path / "out"))
-    assert _report(synthetic_h5, store, out, "--cell-types", "C2,C5",
-                   "--models", "constant-spot_rank") == 0
-    html = (out / "report" / "index.html").read_text()
-    assert "cell types C2, C5." in html and "model(s) constant-spot_rank;" in html
+def test_unknown_names_are_user_errors(synthetic_h5, store, page, capsys):
+    out = page.parent.parent
+    before = page.read_bytes()
     assert _report(synthetic_h5, store, out, "--cell-types", "C9") == 2
     assert "C9" in capsys.readouterr().err
     assert _report(synthetic_h5, store, out, "--models", "svm-spot_rank") == 2
     assert "svm-spot_rank" in capsys.readouterr().err
+    assert page.read_bytes() == before and len(list((page.parent / "img").iterdir())) == N_IMAGES
 
 
 class _CountingH5:

@@ -1,0 +1,107 @@
+"""Fine-tuning checkpoints on disk: one file per (fold, epoch), written atomically, and the
+settings they were trained with, so a resumed run never mixes two configurations.
+
+Layout: ``OUT/finetune/<model_id>/settings.json`` and
+``OUT/finetune/<model_id>/fold_<slide>/epoch_<n>.pt`` (n = 1, 2, ...; by default only the
+last and the best epoch are kept) and ``predictions_tta<k>.npz`` (the fold's predictions).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("hespot")
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return Path(folder) / f"epoch_{epoch}.pt"
+
+
+def saved_epochs(folder: Path) -> list[int]:
+    """Epochs (1-based) with a complete checkpoint in ``folder``, sorted."""
+    found = [re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in Path(folder).glob("epoch_*.pt")]
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def prune_checkpoints(folder: Path, keep: set[int]) -> None:
+    """Delete the epoch checkpoints of ``folder`` not in ``keep``."""
+    for e in saved_epochs(folder):
+        if e not in keep:
+            checkpoint_path(folder, e).unlink(missing_ok=True)
+
+
+def _replace_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``: a run
+    killed while saving leaves the previous checkpoints intact and no partial file."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _replace_atomic(Path(path), buf.getvalue())
+
+
+def save_arrays(path: Path, **arrays: Any) -> None:
+    """``np.savez`` written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _replace_atomic(Path(path), buf.getvalue())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _replace_atomic(Path(path), json.dumps(obj, indent=1).encode())
+
+
+def _differences(stored: dict, settings: dict) -> list[str]:
+    return [f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}"
+            for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]
+
+
+def load_checkpoint(path: Path, settings: dict) -> dict:
+    """A checkpoint, refused when it was written with other settings.
+
+    Raises:
+        ValueError: naming the settings that differ and how to proceed.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    diff = _differences(state.get("settings", {}), settings)
+    if diff:
+        raise ValueError(f"checkpoint {path} was written with other settings "
+                         f"({'; '.join(diff)}); pass --overwrite to train from scratch, or "
+                         "another --out")
+    return state
+
+
+def check_settings(root: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse a model folder trained with other settings; ``overwrite`` removes it first.
+
+    Raises:
+        ValueError: naming the settings that differ and how to proceed.
+    """
+    root = Path(root)
+    path = root / "settings.json"
+    if overwrite and root.exists():
+        log.info("--overwrite: removing %s", root)
+        shutil.rmtree(root)
+    if path.is_file():
+        diff = _differences(json.loads(path.read_text()), settings)
+        if diff:
+            raise ValueError(f"{root} holds a run with other settings ({'; '.join(diff)}); "
+                             "pass --overwrite to train from scratch, --model-id NAME to keep "
+                             "both, or the same settings to resume")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
