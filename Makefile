@@ -81,7 +81,9 @@ pipeline: embeddings regress submit
 demo: $(VENV)/.installed $(OUT)/her2st.h5
 	$(PY) -m data.summary $(H5)
 	$(MAKE) --no-print-directory pipeline H5=$(H5) OUT=$(OUT) EMBED_ARGS="--quiet $(EMBED_ARGS)"
-	@echo "LOSO report: $(OUT)/report.md   submission: $(OUT)/submission.csv   AnnData: $(OUT)/predictions.h5ad   embeddings: $(STORE)"
+	$(MAKE) --no-print-directory report H5=$(H5) OUT=$(OUT) STORE=$(STORE) REPORT_ARGS="--quiet $(REPORT_ARGS)"
+	@echo "LOSO table: $(OUT)/report.md   submission: $(OUT)/submission.csv   AnnData: $(OUT)/predictions.h5ad"
+	@echo "embeddings: $(STORE)   report page: $(OUT)/report/index.html"
 
 bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
 	$(PY) -m embed.bench --h5 $(H5) $(ARGS)

@@ -17,7 +17,7 @@ import regress.run
 from data.h5 import CanonicalH5
 from regress.browser import check_in_browser, find_chromium
 from regress.plots import thumbnail
-from regress.report import SECTIONS
+from regress.report_sections import SECTIONS
 
 ABLATION = {"chosen": "plain", "rows": {"plain": {"mean": {"spot": 0.5, "type": 0.2}}},
             "table": "| recipe | S_1 | spot | type |\n|---|---|---|---|\n"
@@ -194,3 +194,10 @@ def test_thumbnail_is_a_box_average_read_in_bands(synthetic_h5, max_px):
     want = full[:n * f, :n * f].reshape(n, f, n, f, 3).mean(axis=(1, 3))
     assert np.abs(thumb - want).max() <= 0.5 + 1e-9
     assert max(counting.rows) <= 64 and len(counting.rows) > 1
+
+
+def test_no_chromium_is_a_clear_error(page, monkeypatch):
+    import regress.browser
+    monkeypatch.setattr(regress.browser, "find_chromium", lambda: None)
+    with pytest.raises(regress.browser.BrowserError, match="make chromium"):
+        check_in_browser(page)
