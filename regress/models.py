@@ -99,23 +99,28 @@ class RidgeLOSO(_Preprocessed):
         P = (Zt - zm) @ Vt.T
         return np.stack([P @ ((s / (s**2 + a))[:, None] * UtY) + ym for a in alphas])
 
+    def _score(self, T: np.ndarray, P: np.ndarray) -> np.ndarray | float:
+        """Inner-CV score of predictions P for truth T (higher is better): per output
+        column with per_type_alpha, else one number."""
+        if self.scoring == "mse":
+            err = -((P - T) ** 2).mean(0)
+            return err if self.per_type_alpha else float(err.mean())
+        if self.per_type_alpha:  # a column's alpha can only be judged across spots
+            return spearman_per_type(T, P)
+        fn = spearman_per_spot if self.scoring == "spot" else spearman_per_type
+        return float(fn(T, P).mean())
+
     def _cv_scores(self, Z, Y, groups) -> np.ndarray:
-        """(n_alphas, n_outputs) or (n_alphas,) inner-CV scores (higher is better)."""
+        """(n_alphas, n_outputs) with per_type_alpha, else (n_alphas,): inner-CV scores
+        weighted by the held-out fold sizes."""
         alphas = np.asarray(self.alphas, float)
-        per_col = np.zeros((len(alphas), Y.shape[1]))
-        total = np.zeros(len(alphas))
+        scores = np.zeros((len(alphas), Y.shape[1]) if self.per_type_alpha else len(alphas))
         for held in _inner_folds(len(Z), groups):
             train = np.setdiff1d(np.arange(len(Z)), held)
             preds = self._solve_path(Z[train], Y[train], Z[held], alphas)
             for i, P in enumerate(preds):
-                if self.scoring == "mse":
-                    per_col[i] -= ((P - Y[held]) ** 2).mean(0) * len(held)
-                    total[i] -= ((P - Y[held]) ** 2).mean() * len(held)
-                else:
-                    per_col[i] += spearman_per_type(Y[held], P) * len(held)
-                    fn = spearman_per_spot if self.scoring == "spot" else spearman_per_type
-                    total[i] += fn(Y[held], P).mean() * len(held)
-        return per_col if self.per_type_alpha else total
+                scores[i] += self._score(Y[held], P) * len(held)
+        return scores
 
     def fit(self, X, y, groups=None):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
@@ -153,9 +158,9 @@ class LGBMPerType(_Preprocessed):
     first (``n_components``) to keep the run time in check.
     """
 
-    def __init__(self, n_estimators=300, learning_rate=0.05, num_leaves=15,
+    def __init__(self, n_estimators=200, learning_rate=0.1, num_leaves=15,
                  min_child_samples=20, subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0,
-                 early_stopping_rounds=30, n_components=64, standardize=True, n_jobs=2,
+                 early_stopping_rounds=20, n_components=32, standardize=True, n_jobs=2,
                  random_state=0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate

@@ -58,8 +58,8 @@ class RegressConfig:
     targets: tuple[str, ...] = ("spot_rank", "type_rank")
     ridge_pca: int | None = None
     ridge_alpha_max: float = 1e7
-    lgbm_pca: int = 64
-    lgbm_trees: int = 300
+    lgbm_pca: int = 32
+    lgbm_trees: int = 200
     quiet: bool = False
 
 
