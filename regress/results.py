@@ -130,7 +130,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if "ablation" in report:
         parts.append(f"\n## Ablation (ridge, LOSO; chosen: {report['ablation']['chosen']})\n")
         parts.append("Cells: per-spot / per-type Spearman. 'better than plain': held-out "
-                     "slides where the per-spot score beats the plain recipe's.\n")
+                     "slides where the recipe beats the plain one on the metric its target "
+                     "serves (per-spot for spot_rank, per-type for type_rank).\n")
         parts.append(report["ablation"]["table"])
     if "config" in report:
         parts.append("\n## Configuration\n\n```json\n" + json.dumps(report["config"], indent=1)

@@ -79,7 +79,8 @@ def ablation_markdown(rows: dict[str, dict], chosen: str, reference: str = "plai
                  for s in slides]
         better = ""
         if ref and name != reference:
-            wins = sum(r["per_slide"][s]["spot"] > ref["per_slide"][s]["spot"] for s in slides)
+            m = "spot" if r["target"] == "spot_rank" else "type"  # the metric it serves
+            wins = sum(r["per_slide"][s][m] > ref["per_slide"][s][m] for s in slides)
             better = f"{wins}/{len(slides)}"
         mark = " (chosen)" if name == chosen and r["target"] == "spot_rank" else ""
         head.append(f"| {name}{mark} | {r['target']} | {' + '.join(rc['features'])} | " +
