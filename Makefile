@@ -96,3 +96,13 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(OUT)
+
+# fine-tuned CNN path: LOSO fine-tuning, predictions + report entry in stage 2's format
+FINETUNE_ARGS ?=
+.PHONY: finetune bench-finetune
+finetune: $(VENV)/.installed
+	$(PY) -m embed.finetune --h5 $(H5) --out $(OUT) $(FINETUNE_ARGS)
+
+# training throughput (images/s) in fp32 and bf16, and their ratio, in one run
+bench-finetune: $(VENV)/.installed $(OUT)/her2st.h5
+	$(PY) -m embed.bench_finetune --h5 $(H5) $(ARGS)

@@ -40,21 +40,32 @@ class DeviceChoice:
         return f"{self.device} ({name}), {self.dtype_name}, channels_last={self.channels_last}"
 
 
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU has native bf16 (AMX or AVX512-BF16), from /proc/cpuinfo flags."""
+def _cpu_flags(cpuinfo: str | None) -> set[str]:
     if cpuinfo is None:
         path = Path("/proc/cpuinfo")
         cpuinfo = path.read_text() if path.exists() else ""
-    flags = set(cpuinfo.split())
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return set(cpuinfo.split())
 
 
-def select_device(prefer: str = "auto", precision: str = "auto") -> DeviceChoice:
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has native bf16 (AMX or AVX512-BF16), from /proc/cpuinfo flags."""
+    return bool(_cpu_flags(cpuinfo) & {"amx_bf16", "avx512_bf16"})
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has AMX bf16 tiles (fast bf16 training, not only inference)."""
+    return "amx_bf16" in _cpu_flags(cpuinfo)
+
+
+def select_device(prefer: str = "auto", precision: str = "auto",
+                  training: bool = False) -> DeviceChoice:
     """Pick device and dtype.
 
     Args:
         prefer: "auto" (CUDA when present, else CPU), "cuda" or "cpu".
         precision: "auto", "fp32", "bf16" or "fp16".
+        training: for training, "auto" on a CPU takes bf16 only with AMX: with AVX512-BF16
+            alone bf16 training measured slower than fp32 here (make bench-finetune).
 
     Returns:
         CUDA with bf16 (fp16 where bf16 is unsupported) autocast; a CPU with AMX or
@@ -72,7 +83,8 @@ def select_device(prefer: str = "auto", precision: str = "auto") -> DeviceChoice
     elif use_cuda:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
-        dtype = torch.bfloat16 if cpu_has_bf16() else None
+        fast_bf16 = cpu_has_amx() if training else cpu_has_bf16()
+        dtype = torch.bfloat16 if fast_bf16 else None
     return DeviceChoice(device, dtype, channels_last=True)
 
 

@@ -39,7 +39,7 @@ from data.h5 import CanonicalH5
 from embed.augment import WINNING_AUGMENT, check_augment
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.checkpoints import check_settings
-from embed.device import keep_freed_memory, select_device
+from embed.device import select_device
 from embed.train_data import SlidePatches
 from embed.train_loop import HEADS, LOSSES, run_fold
 from embed.tta import TTA_CHOICES
@@ -98,7 +98,8 @@ PRESETS: dict[str, dict] = {
 }
 # settings that do not change what is trained (so a resumed run may change them)
 RUN_ONLY = ("h5", "out", "folds", "tta", "test", "workers", "device", "precision", "threads",
-            "eval_batch_size", "keep_checkpoints", "overwrite", "quiet", "model_id")
+            "eval_batch_size", "keep_checkpoints", "overwrite", "quiet", "model_id", "weights",
+            "fallback_backbone")
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -149,11 +150,14 @@ def default_model_id(cfg: FinetuneConfig, backbone: str) -> str:
 
 
 def training_settings(cfg: FinetuneConfig, backbone: str, weights_sha: str, dtype: str,
-                      fingerprints: dict[str, str]) -> dict:
-    """What determines the trained weights; stored in checkpoints, compared on resume."""
+                      data: SlidePatches) -> dict:
+    """What determines the trained weights; stored in checkpoints, compared on resume:
+    the config (less ``RUN_ONLY``), the backbone actually used and its weights, the
+    autocast dtype, the images and spots (fingerprints) and the targets."""
     kept = {k: v for k, v in config_dict(cfg).items() if k not in RUN_ONLY}
     return {**kept, "backbone": backbone, "weights_sha256": weights_sha, "dtype": dtype,
-            "input_fingerprints": dict(sorted(fingerprints.items()))}
+            "input_fingerprints": dict(sorted(data.fingerprints.items())),
+            "targets_sha256": data.targets_sha256()}
 
 
 def summarise(folds: dict[str, dict], data: SlidePatches, test_slides: list[str],
@@ -176,15 +180,43 @@ def summarise(folds: dict[str, dict], data: SlidePatches, test_slides: list[str]
     return res
 
 
+def describe_folds(results: dict[str, dict], entry, winfo, choice, tta: int) -> dict:
+    """The report's ``fitted``: backbone, best epochs, time per epoch, histories."""
+    def mean_of(key: str, r: dict) -> float:
+        return round(float(np.mean([h[key] for h in r["history"]])), 2)
+
+    return {
+        "backbone": entry.name, "weights_sha256": winfo.sha256, "device": choice.describe(),
+        "best_epoch": {f: r["best_epoch"] for f, r in results.items()},
+        "seconds_per_epoch": {f: mean_of("seconds", r) for f, r in results.items()},
+        "train_images_per_s": {f: mean_of("images_per_s", r) for f, r in results.items()},
+        "test_predictions": f"mean of the {len(results)} fold models (best epoch each), "
+                            f"TTA {tta}",
+        "epoch_selection": "best held-out per-spot Spearman (the held-out slide picks its "
+                           "epoch: optimistic)",
+        "history": {f: r["history"] for f, r in results.items()}}
+
+
 def run(cfg: FinetuneConfig) -> dict:
-    """LOSO fine-tuning; writes predictions and the report entry. Returns the entry."""
+    """LOSO fine-tuning; writes predictions and the report entry. Returns the entry.
+
+    ``cfg.threads`` applies for the duration of the run (the previous value is restored).
+    """
+    cfg = replace(cfg, augment=check_augment(cfg.augment))
     check_config(cfg)
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    choice = select_device(cfg.device, cfg.precision)
-    if choice.device.type == "cpu":
-        keep_freed_memory()
-    log.info("device: %s; config: %s", choice.describe(), json.dumps(config_dict(cfg)))
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: FinetuneConfig) -> dict:
+    choice = select_device(cfg.device, cfg.precision, training=True)
+    log.info("device: %s, %d threads; config: %s", choice.describe(), torch.get_num_threads(),
+             json.dumps(config_dict(cfg)))
     encoder, winfo, entry = build_encoder(cfg)
     model_id = default_model_id(cfg, entry.name)
     out = Path(cfg.out)
@@ -197,8 +229,7 @@ def run(cfg: FinetuneConfig) -> dict:
             raise ValueError(f"folds must be train slides ({train_slides}; LOSO needs two or "
                              f"more), got {bad}")
         data = SlidePatches.load(h5, train_slides + test_slides, cfg.patch_px, cfg.pad_mode)
-    settings = training_settings(cfg, entry.name, winfo.sha256, choice.dtype_name,
-                                 data.fingerprints)
+    settings = training_settings(cfg, entry.name, winfo.sha256, choice.dtype_name, data)
     check_settings(root, settings, cfg.overwrite)
     if set(folds) != set(train_slides):
         log.warning("running %d of %d folds (%s): the report's mean covers those only",
@@ -206,29 +237,18 @@ def run(cfg: FinetuneConfig) -> dict:
     results = {f: run_fold(cfg, f, data, train_slides, test_slides, encoder, entry, choice,
                            root, settings) for f in folds}
     res = summarise(results, data, test_slides)
-    res.fitted = {
-        "backbone": entry.name, "weights_sha256": winfo.sha256, "device": choice.describe(),
-        "best_epoch": {f: r["best_epoch"] for f, r in results.items()},
-        "seconds_per_epoch": {f: round(float(np.mean([h["seconds"] for h in r["history"]])), 1)
-                              for f, r in results.items()},
-        "train_images_per_s": {f: round(float(np.mean([h["images_per_s"]
-                                                        for h in r["history"]])), 2)
-                               for f, r in results.items()},
-        "test_predictions": f"mean of {len(folds)} fold models (best epoch each), "
-                            f"TTA {cfg.tta}",
-        "epoch_selection": "best held-out per-spot Spearman (the held-out slide picks its "
-                           "epoch: optimistic)",
-        "history": {f: r["history"] for f, r in results.items()}}
+    res.fitted = describe_folds(results, entry, winfo, choice, cfg.tta)
     write_predictions(out, model_id,
                       predictions_frame(res.oof, data.cell_types, data.xy, data.spot_ids),
                       predictions_frame(res.test, data.cell_types, data.xy, data.spot_ids))
-    entry_ = model_entry(res, data.cell_types, "finetune", cfg.target,
-                         {**config_dict(cfg), "model_id": model_id, "backbone": entry.name})
-    update_report(out, {model_id: entry_})
+    report_entry = model_entry(res, data.cell_types, "finetune", cfg.target,
+                               {**config_dict(cfg), "model_id": model_id,
+                                "backbone": entry.name})
+    update_report(out, {model_id: report_entry})
     log.info("%s: LOSO per-spot %.3f, per-type %.3f over %s (%.0f s); predictions in %s",
              model_id, res.mean["spot"], res.mean["type"], ",".join(folds), res.seconds,
              out / "predictions" / model_id)
-    return entry_
+    return report_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +304,8 @@ def resolve(argv: Sequence[str] | None = None) -> FinetuneConfig:
     explicit = set(vars(args)) - {"config"}
     if getattr(args, "config", None):
         explicit |= set(json.loads(Path(args.config).read_text()))
-    return apply_preset(cfg, explicit)
+    cfg = apply_preset(cfg, explicit)
+    return replace(cfg, augment=check_augment(cfg.augment))
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ so an epoch replays identically after a resume.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +66,15 @@ class SlidePatches:
             log.info("%s: %d patches of %d px cropped (%.1f s, %.0f MB)", slide, len(table),
                      patch_px, time.perf_counter() - t0, out.patches[slide].nbytes / 2**20)
         return out
+
+    def targets_sha256(self) -> str:
+        """sha256 over the cell-type names and every train slide's abundances (the image
+        fingerprints leave them out: tiers of one dataset share images)."""
+        h = hashlib.sha256("\n".join(self.cell_types).encode())
+        for slide in sorted(self.Y):
+            h.update(slide.encode())
+            h.update(np.ascontiguousarray(self.Y[slide], dtype=np.float64).tobytes())
+        return h.hexdigest()
 
     def stack(self, slides: Sequence[str], target: str) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (n, S, S, 3) patches and float32 (n, n_types) transformed targets.

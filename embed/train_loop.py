@@ -160,7 +160,11 @@ def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         outcome = FoldOutcome(state["best_epoch"], state["best_score"], state["history"])
-        log.info("fold %s: resuming after epoch %d of %d", fold, done[-1], st.epochs)
+        if done[-1] < st.epochs:
+            log.info("fold %s: resuming after epoch %d of %d", fold, done[-1], st.epochs)
+        else:
+            log.info("fold %s: all %d epochs done (best %d)", fold, st.epochs,
+                     outcome.best_epoch)
     last = min(st.epochs, stop_after) if stop_after else st.epochs
     for epoch in range(len(outcome.history), last):
         t0 = time.perf_counter()

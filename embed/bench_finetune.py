@@ -1,0 +1,127 @@
+"""Benchmark fine-tuning throughput: ``make bench-finetune`` (not a test).
+
+In one run, on real patches of the canonical file: the training step (forward, L1 loss,
+backward, AdamW step; channels_last) of the fine-tuning model in fp32 and under bf16
+autocast, same batch, same backbone, and the albumentations training pipeline's own rate
+on one core (what DataLoader workers must keep up with). The last line is the
+machine-readable summary, with the bf16/fp32 ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from data.errors import run_cli, setup_logging
+from data.h5 import CanonicalH5
+from data.patches import crop_patches
+from embed.augment import WINNING_AUGMENT, build_train_transform
+from embed.backbones import DEFAULT_BACKBONE, get_backbone
+from embed.device import DeviceChoice, cpu_has_bf16, select_device
+from embed.train_loop import SpotRegressor
+from embed.weights import WeightsError, build_model
+
+
+def train_images_per_s(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       choice: DeviceChoice, steps: int, warmup: int = 1) -> float:
+    """Training steps per second x batch size, after ``warmup`` untimed steps."""
+    model = copy.deepcopy(model).to(choice.device).train()
+    if choice.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x, y = x.to(choice.device), y.to(choice.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(choice.device.type, enabled=choice.dtype == torch.float16)
+    loss_fn = torch.nn.L1Loss()
+
+    def step() -> None:
+        with choice.autocast():
+            out = model(x)
+        loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    for _ in range(warmup):
+        step()
+    if choice.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if choice.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * len(x) / (time.perf_counter() - t0)
+
+
+def augment_images_per_s(patches: np.ndarray, mean, std, seconds: float = 3.0) -> float:
+    """The winning training pipeline's rate (images/s) in this process (one core)."""
+    t = build_train_transform(WINNING_AUGMENT, mean, std, patches.shape[1], seed=0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        t(image=patches[n % len(patches)])
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m embed.bench_finetune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--h5", default="out/her2st.h5")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--patch-px", type=int, default=224)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per precision")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    setup_logging(quiet=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = get_backbone(args.backbone)
+    base = select_device(args.device, "fp32")
+    with CanonicalH5(args.h5) as h5:
+        slide = h5.train_slides[0]
+        idx = np.arange(min(args.batch_size, len(h5.spots(slide))))
+        patches = crop_patches(h5, slide, args.patch_px, idx)
+        Y = h5.spots(slide).Y[idx]
+    encoder, _ = build_model(backbone)
+    torch.manual_seed(0)
+    model = SpotRegressor(encoder, encoder.num_features, Y.shape[1])
+    aug = build_train_transform((), backbone.mean, backbone.std, args.patch_px)
+    x = torch.stack([aug(image=q)["image"] for q in patches])
+    y = torch.from_numpy(Y).float()
+    out = sys.stdout
+    native = base.device.type == "cuda" or cpu_has_bf16()
+    out.write(f"device: {base.describe()}, threads {torch.get_num_threads()}, backbone "
+              f"{backbone.name}, batch {len(x)} x {args.patch_px} px, {args.steps} timed steps"
+              f" per precision{'' if native else ' (this CPU has no native bf16)'}\n")
+    rates = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        choice = DeviceChoice(base.device, dtype, base.channels_last)
+        rates[name] = train_images_per_s(model, x, y, choice, args.steps, args.warmup)
+        out.write(f"{name}: {rates[name]:.2f} training images/s\n")
+    aug_rate = augment_images_per_s(patches, backbone.mean, backbone.std)
+    out.write(f"augmentation (winning pipeline, one process): {aug_rate:.1f} images/s\n")
+    out.write(f"bench-finetune backbone={backbone.name} batch={len(x)} px={args.patch_px} "
+              f"threads={torch.get_num_threads()} fp32_images_per_s={rates['fp32']:.2f} "
+              f"bf16_images_per_s={rates['bf16']:.2f} "
+              f"bf16_vs_fp32={rates['bf16'] / rates['fp32']:.2f} "
+              f"augment_images_per_s={aug_rate:.1f}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, user_errors=(ValueError, WeightsError))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
