@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import resource
 import sys
 import tempfile
@@ -27,9 +28,9 @@ from PIL import Image
 from data.errors import run_cli, setup_logging
 from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
-from embed.device import DeviceChoice, select_device
+from embed.device import select_device
 from embed.extract import FeatureExtractor
-from embed.run import EmbedConfig, run
+from embed.run import EmbedConfig, default_batch_spots, run
 from embed.weights import build_model
 
 log = logging.getLogger("hespot")
@@ -51,14 +52,22 @@ def limit_views_per_s(extractor: FeatureExtractor, batch_spots: int, seconds: fl
     return n * batch_spots * extractor.n_views / (time.perf_counter() - t0)
 
 
-def naive_views_per_s(h5: CanonicalH5, slide: str, model: torch.nn.Module, backbone,
-                      n_spots: int, patch: int) -> float:
-    """Per spot: PIL crop, 8 views, fp32 NCHW, one forward per spot."""
-    image = Image.fromarray(h5.h5[f"images/{h5.split_of(slide)}/{slide}"][()])
-    table = h5.spots(slide)
+def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int,
+                      patch: int, threads: int | None) -> float:
+    """Per spot: PIL crop, 8 views, fp32 NCHW, one forward per spot.
+
+    Run in a fresh process (see :func:`naive_in_subprocess`): a notebook has neither our
+    allocator settings nor our threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    backbone = get_backbone(backbone_name)
+    model, _ = build_model(backbone)
+    with CanonicalH5(h5_path) as h5:
+        image = Image.fromarray(h5.h5[f"images/{h5.split_of(slide)}/{slide}"][()])
+        table = h5.spots(slide)
     mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
     std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-    model = model.to(memory_format=torch.contiguous_format).float().eval()
+    model = model.float().eval()
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(n_spots):
@@ -73,13 +82,21 @@ def naive_views_per_s(h5: CanonicalH5, slide: str, model: torch.nn.Module, backb
     return n_spots * 8 / (time.perf_counter() - t0)
 
 
+def naive_in_subprocess(*args) -> float:
+    """:func:`naive_views_per_s` in a freshly spawned interpreter."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(naive_views_per_s, args)
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embed.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--h5", default="out/her2st.h5")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--tta", type=int, default=8)
-    p.add_argument("--batch-spots", type=int, default=EmbedConfig.batch_spots)
+    p.add_argument("--batch-spots", type=int, default=None,
+                   help="spots per batch (default: the pipeline's, 4 on CPU)")
     p.add_argument("--slides", default="", help="comma-separated (default: all)")
     p.add_argument("--naive-spots", type=int, default=24)
     p.add_argument("--limit-seconds", type=float, default=20.0)
@@ -92,12 +109,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     backbone = get_backbone(args.backbone)
     choice = select_device(args.device, args.precision)
+    batch_spots = args.batch_spots or default_batch_spots(choice)
     model, _ = build_model(backbone)
     extractor = FeatureExtractor(model, backbone, choice, args.tta)
     out = sys.stdout
     out.write(f"device: {choice.describe()}, threads {torch.get_num_threads()}, "
-              f"backbone {backbone.name}, {args.tta} views, {args.batch_spots} spots/batch\n")
-    limit = limit_views_per_s(extractor, args.batch_spots, args.limit_seconds)
+              f"backbone {backbone.name}, {args.tta} views, {batch_spots} spots/batch\n")
+    limit = limit_views_per_s(extractor, batch_spots, args.limit_seconds)
     out.write(f"(a) limit: {limit:.1f} views/s (random input, same dtype and batch)\n")
     with CanonicalH5(args.h5) as h5:
         slides = tuple(s for s in args.slides.split(",") if s) or tuple(
@@ -107,7 +125,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(EmbedConfig(), h5=args.h5, store=f"{tmp}/bench.zarr",
                       backbones=(backbone.name,), slides=slides, tta=args.tta,
-                      batch_spots=args.batch_spots, device=args.device,
+                      batch_spots=batch_spots, device=args.device,
                       precision=args.precision, quiet=True)
         t0 = time.perf_counter()
         run(cfg)
@@ -115,12 +133,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     rss = peak_rss_mb()
     out.write(f"(b) pipeline: {pipeline:.1f} views/s over {len(slides)} slides "
               f"({n_views} views), peak RSS {rss:.0f} MB\n")
-    fp32 = DeviceChoice(choice.device, None, False)
-    with CanonicalH5(args.h5) as h5:
-        naive = naive_views_per_s(h5, first, model.to(fp32.device), backbone,
-                                  args.naive_spots, cfg.patch_px)
+    naive = naive_in_subprocess(args.h5, first, backbone.name, args.naive_spots, cfg.patch_px,
+                                args.threads)
     out.write(f"(c) naive: {naive:.1f} views/s (PIL crop per spot, fp32, "
-              f"{args.naive_spots} spots)\n")
+              f"{args.naive_spots} spots, fresh process)\n")
     out.write(f"bench-embed views_per_s={pipeline:.1f} limit_views_per_s={limit:.1f} "
               f"naive_views_per_s={naive:.1f} vs_limit={pipeline / limit:.2f} "
               f"vs_naive={pipeline / naive:.2f} peak_rss_mb={rss:.0f}\n")
