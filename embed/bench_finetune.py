@@ -24,7 +24,7 @@ from data.patches import crop_patches
 from embed.augment import WINNING_AUGMENT, build_train_transform
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import DeviceChoice, cpu_has_bf16, select_device
-from embed.train_loop import SpotRegressor
+from embed.train_loop import SpotRegressor, train_step
 from embed.weights import WeightsError, build_model
 
 
@@ -41,13 +41,7 @@ def train_images_per_s(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     loss_fn = torch.nn.L1Loss()
 
     def step() -> None:
-        with choice.autocast():
-            out = model(x)
-        loss = loss_fn(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, x, y, opt, scaler, loss_fn, choice)
 
     for _ in range(warmup):
         step()

@@ -124,6 +124,20 @@ def predict(model: nn.Module, patches: np.ndarray, transform: Callable, choice: 
     return torch.cat(outs).numpy() if outs else np.zeros((0, n_out), np.float32)
 
 
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss_fn: nn.Module,
+               choice: DeviceChoice) -> torch.Tensor:
+    """One optimisation step under the device's autocast; returns the loss (a scalar)."""
+    with choice.autocast():
+        out = model(x)
+    loss = loss_fn(out.float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
+
+
 def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
                val_patches: np.ndarray, val_Y: np.ndarray, valid_transform: Callable,
                choice: DeviceChoice, st: TrainSettings, settings: dict,
@@ -183,13 +197,7 @@ def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
             if choice.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(choice.device, non_blocking=True)
-            with choice.autocast():
-                out = model(x)
-            loss = loss_fn(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            loss = train_step(model, x, y, opt, scaler, loss_fn, choice)
             sched.step()
             total, n = total + float(loss.detach()) * len(x), n + len(x)
             bar.set_postfix(loss=f"{total / n:.4f}")
