@@ -45,7 +45,6 @@ from embed.train_loop import HEADS, LOSSES, run_fold
 from embed.tta import TTA_CHOICES
 from embed.weights import WeightsError, build_model
 from regress.loso import LosoResult
-from regress.metrics import spearman_per_spot, spearman_per_type
 from regress.results import model_entry, predictions_frame, update_report, write_predictions
 from regress.targets import TARGETS
 
@@ -164,15 +163,8 @@ def summarise(folds: dict[str, dict], data: SlidePatches, test_slides: list[str]
               ) -> LosoResult:
     """LosoResult of the folds run: per-slide scores, mean test predictions, timing."""
     res = LosoResult()
-    per_type = []
     for fold, r in folds.items():
-        P, T = r["oof"], data.Y[fold]
-        res.oof[fold] = P
-        pt = spearman_per_type(T, P)
-        per_type.append(pt)
-        res.per_slide[fold] = {"spot": float(spearman_per_spot(T, P).mean()),
-                               "type": float(pt.mean())}
-    res.per_type = np.mean(per_type, axis=0)
+        res.add_fold(fold, r["oof"], data.Y[fold])
     res.test = {s: np.mean([r["test"][s] for r in folds.values()], axis=0)
                 for s in test_slides}
     res.seconds = sum(sum(h["seconds"] for h in r["history"]) + r["predict_seconds"]

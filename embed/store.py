@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from data.errors import DataError, Problem
+from regress.features import FeatureSpec, open_store, read_array
 
 
 def array_name(layer: str, crop_px: int, primary_px: int) -> str:
@@ -110,31 +111,12 @@ def open_slide(root: str | Path, backbone: str, slide: str, n_spots: int,
 
 def read_features(root: str | Path, backbone: str, slide: str,
                   name: str = "features") -> np.ndarray:
-    """float32 (n_spots, dim) of a complete slide.
+    """float32 (n_spots, dim) of a complete slide (stage 2's reader of the store).
 
     Raises:
         DataError: missing store, backbone, slide or array, or an unfinished slide.
     """
-    path = Path(root)
-    fix = "run `make embeddings` (python -m embed.run) for this backbone and slide"
-    if not path.exists():
-        raise DataError(Problem(str(path), slide, "", "an embeddings store", "no such folder",
-                                fix))
-    store = zarr.open_group(str(path), mode="r")
-    key = f"{backbone}/{slide}"
-    if key not in store:
-        raise DataError(Problem(str(path), slide, key, "embeddings of this backbone and slide",
-                                "none", fix))
-    group = store[key]
-    if name not in group:
-        have = sorted(k for k in group.array_keys() if k not in ("done", "spot_index"))
-        raise DataError(Problem(str(path), slide, f"{key}/{name}", f"one of {have}",
-                                "no such array", "run stage 1 with the matching --stages/"
-                                "--context, or choose an existing array"))
-    if not np.all(group["done"][:] == 1):
-        raise DataError(Problem(str(path), slide, key, "a finished slide",
-                                "an interrupted run", "run `make embeddings` again to resume"))
-    return np.asarray(group[name][:], dtype=np.float32)
+    return read_array(open_store(root), str(root), FeatureSpec(backbone, name), slide)
 
 
 def slide_attrs(root: str | Path, backbone: str, slide: str) -> dict[str, Any]:

@@ -65,9 +65,18 @@ def assemble(data: SlideSet, specs: list[FeatureSpec]) -> SlideSet:
     return replace(data, X=X)
 
 
+def open_store(root: str | Path) -> zarr.Group:
+    """The stage-1 Zarr store, read-only; DataError when it does not exist."""
+    if not Path(root).exists():
+        raise DataError(Problem(str(root), "", "", "an embeddings store", "no such folder",
+                                "run `make embeddings` first"))
+    return zarr.open_group(str(root), mode="r")
+
+
 def read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
-               n_spots: int) -> np.ndarray:
-    """float32 (n_spots, dim) of one finished (backbone, slide, array)."""
+               n_spots: int | None = None) -> np.ndarray:
+    """float32 (n_spots, dim) of one finished (backbone, slide, array); with ``n_spots``
+    the row count is checked against the spot table."""
     fix = (f"run `make embeddings` (python -m embed.run --backbones {spec.backbone}"
            f"{' --stages' if spec.array.startswith('stages') else ''}) first")
     key = f"{spec.backbone}/{slide}"
@@ -83,7 +92,7 @@ def read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
         raise DataError(Problem(root, slide, key, "a finished slide", "an interrupted run",
                                 "run `make embeddings` again: it resumes"))
     X = np.asarray(group[spec.array][:], dtype=np.float32)
-    if len(X) != n_spots:
+    if n_spots is not None and len(X) != n_spots:
         raise DataError(Problem(root, slide, f"{key}/{spec.array}",
                                 f"{n_spots} rows (the spot table)", f"{len(X)} rows",
                                 "the HDF5 changed since: rerun embeddings with --overwrite"))
@@ -94,10 +103,7 @@ def load_slides(h5_path: str | Path, store_path: str | Path,
                 specs: list[FeatureSpec]) -> SlideSet:
     """Targets from the HDF5 file and every named feature part; X = their concatenation."""
     root = str(store_path)
-    if not Path(root).exists():
-        raise DataError(Problem(root, "", "", "an embeddings store", "no such folder",
-                                "run `make embeddings` first"))
-    store = zarr.open_group(root, mode="r")
+    store = open_store(root)
     with CanonicalH5(h5_path) as h5:
         data = SlideSet(h5.cell_types, h5.train_slides, h5.test_slides)
         for slide in data.slides:

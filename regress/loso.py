@@ -33,6 +33,16 @@ class LosoResult:
     per_type: np.ndarray | None = None
     seconds: float = 0.0
     fitted: dict = field(default_factory=dict)
+    _per_type: list = field(default_factory=list, repr=False)
+
+    def add_fold(self, slide: str, P: np.ndarray, T: np.ndarray) -> None:
+        """Record a held-out slide's predictions P and its scores against the truth T."""
+        self.oof[slide] = P
+        pt = spearman_per_type(T, P)
+        self._per_type.append(pt)
+        self.per_slide[slide] = {"spot": float(spearman_per_spot(T, P).mean()),
+                                 "type": float(pt.mean())}
+        self.per_type = np.mean(self._per_type, axis=0)
 
     @property
     def mean(self) -> dict[str, float]:
@@ -71,17 +81,10 @@ def run_loso(make: Callable[[], BaseEstimator], data: SlideSet, target: str,
     """Hold out each train slide in turn, then fit on all train slides for the test ones."""
     t0 = time.perf_counter()
     res = LosoResult()
-    per_type = []
     for held in data.train:
         rest = [s for s in data.train if s != held]
         _, pred = fit_predict(make, data, rest, [held], target, postprocess)
-        P, T = pred[held], data.Y[held]
-        res.oof[held] = P
-        pt = spearman_per_type(T, P)
-        per_type.append(pt)
-        res.per_slide[held] = {"spot": float(spearman_per_spot(T, P).mean()),
-                               "type": float(pt.mean())}
-    res.per_type = np.mean(per_type, axis=0)
+        res.add_fold(held, pred[held], data.Y[held])
     if data.test:
         model, res.test = fit_predict(make, data, data.train, data.test, target, postprocess)
         res.fitted = describe(model) if describe else {}
