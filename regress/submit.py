@@ -73,7 +73,8 @@ def check_submission(df: pd.DataFrame, ids: Sequence[str], cell_types: Sequence[
 
 
 def ensemble_weights(report: dict, models: Sequence[str]) -> np.ndarray:
-    """Weights from OOF per-spot Spearman above the constant baseline (same target)."""
+    """Weights from OOF per-spot Spearman above the constant baseline (same target),
+    compared on the held-out slides both have (a model may have run only some folds)."""
     scores = []
     for m in models:
         entry = report["models"].get(m)
@@ -81,7 +82,11 @@ def ensemble_weights(report: dict, models: Sequence[str]) -> np.ndarray:
             raise DataError(Problem("report.json", "", m, f"one of {sorted(report['models'])}",
                                     "no such model", "run make regress first"))
         base = report["models"].get(f"constant-{entry['target']}", {"mean": {"spot": 0.0}})
-        scores.append(max(entry["mean"]["spot"] - base["mean"]["spot"], 0.0))
+        shared = set(entry.get("per_slide", {})) & set(base.get("per_slide", {}))
+        gain = (np.mean([entry["per_slide"][s]["spot"] - base["per_slide"][s]["spot"]
+                         for s in shared]) if shared
+                else entry["mean"]["spot"] - base["mean"]["spot"])
+        scores.append(max(float(gain), 0.0))
     w = np.asarray(scores, float)
     return w / w.sum() if w.sum() > 0 else np.full(len(models), 1 / len(models))
 
