@@ -56,7 +56,7 @@ def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int
                       patch: int, threads: int | None) -> float:
     """Per spot: PIL crop, 8 views, fp32 NCHW, one forward per spot.
 
-    Run in a fresh process (see :func:`naive_in_subprocess`): a notebook has neither our
+    Run in a fresh process (see :func:`in_subprocess`): a notebook has neither our
     allocator settings nor our threads."""
     if threads:
         torch.set_num_threads(threads)
@@ -82,11 +82,23 @@ def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int
     return n_spots * 8 / (time.perf_counter() - t0)
 
 
-def naive_in_subprocess(*args) -> float:
-    """:func:`naive_views_per_s` in a freshly spawned interpreter."""
+def pipeline_seconds(cfg: EmbedConfig, threads: int | None) -> tuple[float, float]:
+    """(wall seconds of ``embed.run.run(cfg)``, peak RSS in MB of the process).
+
+    Run in a fresh process (see :func:`in_subprocess`), as ``make embeddings`` runs: it pays
+    its own start-up (weights, tracing) and its RSS is its own."""
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    run(cfg)
+    return time.perf_counter() - t0, peak_rss_mb()
+
+
+def in_subprocess(fn, *args):
+    """``fn(*args)`` in a freshly spawned interpreter."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(naive_views_per_s, args)
+        return pool.apply(fn, args)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +115,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runner", default="auto", help="forward runner (embed.runners)")
     args = p.parse_args(argv)
     setup_logging(quiet=True)
     if args.threads:
@@ -111,12 +124,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
     choice = select_device(args.device, args.precision)
     batch_spots = args.batch_spots or default_batch_spots(choice)
     model, _ = build_model(backbone)
-    extractor = FeatureExtractor(model, backbone, choice, args.tta)
+    extractor = FeatureExtractor(model, backbone, choice, args.tta, runner=args.runner)
     out = sys.stdout
     out.write(f"device: {choice.describe()}, threads {torch.get_num_threads()}, "
-              f"backbone {backbone.name}, {args.tta} views, {batch_spots} spots/batch\n")
-    limit = limit_views_per_s(extractor, batch_spots, args.limit_seconds)
-    out.write(f"(a) limit: {limit:.1f} views/s (random input, same dtype and batch)\n")
+              f"backbone {backbone.name}, {args.tta} views, {batch_spots} spots/batch, "
+              f"runner {extractor.runner}\n")
+    # the limit is taken before and after the pipeline and averaged: this machine's speed
+    # drifts by ~10 % over a minute, and a ratio of two numbers taken at different times
+    # would carry that drift
+    before = limit_views_per_s(extractor, batch_spots, args.limit_seconds / 2)
     with CanonicalH5(args.h5) as h5:
         slides = tuple(s for s in args.slides.split(",") if s) or tuple(
             h5.train_slides + h5.test_slides)
@@ -126,15 +142,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
         cfg = replace(EmbedConfig(), h5=args.h5, store=f"{tmp}/bench.zarr",
                       backbones=(backbone.name,), slides=slides, tta=args.tta,
                       batch_spots=batch_spots, device=args.device,
-                      precision=args.precision, quiet=True)
-        t0 = time.perf_counter()
-        run(cfg)
-        pipeline = n_views / (time.perf_counter() - t0)
-    rss = peak_rss_mb()
+                      precision=args.precision, runner=args.runner, quiet=True)
+        seconds, rss = in_subprocess(pipeline_seconds, cfg, args.threads)
+        pipeline = n_views / seconds
+    after = limit_views_per_s(extractor, batch_spots, args.limit_seconds / 2)
+    limit = (before + after) / 2
+    out.write(f"(a) limit: {limit:.1f} views/s (random input, same runner, dtype and batch; "
+              f"{before:.1f} before the pipeline, {after:.1f} after)\n")
     out.write(f"(b) pipeline: {pipeline:.1f} views/s over {len(slides)} slides "
-              f"({n_views} views), peak RSS {rss:.0f} MB\n")
-    naive = naive_in_subprocess(args.h5, first, backbone.name, args.naive_spots, cfg.patch_px,
-                                args.threads)
+              f"({n_views} views, fresh process, reading in a background thread), "
+              f"its peak RSS {rss:.0f} MB\n")
+    naive = in_subprocess(naive_views_per_s, args.h5, first, backbone.name, args.naive_spots,
+                          cfg.patch_px, args.threads)
     out.write(f"(c) naive: {naive:.1f} views/s (PIL crop per spot, fp32, "
               f"{args.naive_spots} spots, fresh process)\n")
     out.write(f"bench-embed views_per_s={pipeline:.1f} limit_views_per_s={limit:.1f} "

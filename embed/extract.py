@@ -11,6 +11,7 @@ from torch import nn
 
 from embed.backbones import Backbone
 from embed.device import DeviceChoice, keep_freed_memory
+from embed.runners import make_runner, resolve_runner
 from embed.tta import average_views, stack_views
 
 
@@ -32,6 +33,35 @@ def mean_std_pool(fmap: torch.Tensor) -> torch.Tensor:
     return torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3), unbiased=False)], dim=1)
 
 
+class ViewFeatures(nn.Module):
+    """The whole per-batch computation as one module (so a runner can trace it):
+    dihedral views -> backbone -> pooled (and mean+std pooled stages) -> view average.
+
+    ``forward(x)``: float32 (B, 3, in, in) -> (pooled (B, num_features),) or
+    (pooled, stages (B, stage_dims)).
+    """
+
+    def __init__(self, model: nn.Module, n_views: int, stage_indices: tuple[int, ...] = (),
+                 channels_last: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.n_views = n_views
+        self.stage_indices = list(stage_indices)
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = stack_views(x, self.n_views)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.stage_indices:
+            return (average_views(self.model(x).float(), self.n_views),)
+        final, inter = self.model.forward_intermediates(x, indices=self.stage_indices)
+        pooled = self.model.forward_head(final, pre_logits=True)
+        stages = torch.cat([mean_std_pool(f) for f in inter], dim=1)
+        return (average_views(pooled.float(), self.n_views),
+                average_views(stages, self.n_views))
+
+
 @dataclass
 class FeatureExtractor:
     """Runs a backbone over all TTA views of a batch of patches in one forward pass.
@@ -39,6 +69,7 @@ class FeatureExtractor:
     Attributes:
         stage_indices: intermediate stages (timm ``forward_intermediates`` indices) to
             mean+std pool from the same forward pass; empty for pooled features only.
+        runner: how the forward runs (:data:`embed.runners.RUNNERS`, or "auto").
     """
 
     model: nn.Module
@@ -46,6 +77,7 @@ class FeatureExtractor:
     choice: DeviceChoice
     n_views: int = 8
     stage_indices: tuple[int, ...] = ()
+    runner: str = "eager"
 
     def __post_init__(self) -> None:
         if self.choice.device.type == "cpu":
@@ -53,6 +85,8 @@ class FeatureExtractor:
         self.model = self.model.to(self.choice.device).eval()
         if self.choice.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.runner = resolve_runner(self.runner, self.choice)
+        self._forward = None  # built at the first call (meta-device models never run)
 
     def stage_dims(self) -> int:
         """Width of the stage features: 2 x the summed channels of the chosen stages."""
@@ -71,18 +105,10 @@ class FeatureExtractor:
             {"pooled": float32 (B, num_features)} and, with stages,
             {"stages": float32 (B, stage_dims)}.
         """
-        x = stack_views(x.to(self.choice.device, non_blocking=True), self.n_views)
-        if self.choice.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = {}
-        with self.choice.autocast():
-            if self.stage_indices:
-                final, inter = self.model.forward_intermediates(
-                    x, indices=list(self.stage_indices))
-                pooled = self.model.forward_head(final, pre_logits=True)
-                stages = torch.cat([mean_std_pool(f) for f in inter], dim=1)
-                out["stages"] = average_views(stages.float(), self.n_views)
-            else:
-                pooled = self.model(x)
-        out["pooled"] = average_views(pooled.float(), self.n_views)
-        return {k: v.cpu().numpy() for k, v in out.items()}
+        if self._forward is None:
+            module = ViewFeatures(self.model, self.n_views, self.stage_indices,
+                                  self.choice.channels_last).eval()
+            self._forward = make_runner(self.runner, module, self.choice)
+        out = self._forward(x.to(self.choice.device, non_blocking=True))
+        names = ("pooled", "stages")[:len(out)]
+        return {k: v.cpu().numpy() for k, v in zip(names, out, strict=True)}

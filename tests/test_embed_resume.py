@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = "tiny_random"
 SLIDES = ("S_1", "S_2")
 N_SPOTS = 49
-BATCH = 4  # many small chunks: 13 per slide
+BATCH = 4  # spots per batch and per stored chunk: 13 chunks per slide
 TTA = 2  # resuming does not depend on the views; fewer are faster
 
 
 def _cfg(h5, store, **kw) -> EmbedConfig:
     base = EmbedConfig(h5=str(h5), store=str(store), backbones=(BACKBONE,), slides=SLIDES,
-                       tta=TTA, patch_px=64, batch_spots=BATCH, device="cpu", precision="fp32",
-                       prefetch=2, quiet=True)
+                       tta=TTA, patch_px=64, batch_spots=BATCH, chunk_spots=BATCH, device="cpu",
+                       precision="fp32", prefetch=2, quiet=True)
     return replace(base, **kw)
 
 
@@ -141,7 +141,8 @@ def test_sigkill_then_resume(h5, reference, tmp_path):
     store = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "embed.run", "--h5", str(h5), "--store", str(store),
            "--backbones", BACKBONE, "--slides", ",".join(SLIDES), "--tta", str(TTA),
-           "--patch-px", "64", "--batch-spots", str(BATCH), "--device", "cpu",
+           "--patch-px", "64", "--batch-spots", str(BATCH), "--chunk-spots", str(BATCH),
+           "--device", "cpu",
            "--precision", "fp32", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -28,11 +28,13 @@ BACKBONE = "tiny_random"
 SLIDES = ("S_1", "S_4")  # a train and a test slide
 N_SPOTS = 49
 BATCH = 16
+CHUNK = 20  # stored chunks of 20 spots, each run as a batch of 16 and one of 4
 
 
 def _cfg(h5, store, **kw) -> EmbedConfig:
     base = EmbedConfig(h5=str(h5), store=str(store), backbones=(BACKBONE,), slides=SLIDES,
-                       tta=8, patch_px=64, batch_spots=BATCH, device="cpu", precision="fp32",
+                       tta=8, patch_px=64, batch_spots=BATCH, chunk_spots=CHUNK, device="cpu",
+                       precision="fp32",
                        prefetch=2, quiet=True)
     return replace(base, **kw)
 
@@ -40,7 +42,7 @@ def _cfg(h5, store, **kw) -> EmbedConfig:
 def _argv(h5, store, *extra, slides=SLIDES) -> list[str]:
     return ["--h5", str(h5), "--store", str(store), "--backbones", BACKBONE,
             "--slides", ",".join(slides), "--tta", "8", "--patch-px", "64",
-            "--batch-spots", str(BATCH), "--device", "cpu", "--precision", "fp32",
+            "--batch-spots", str(BATCH), "--chunk-spots", str(CHUNK), "--device", "cpu", "--precision", "fp32",
             "--quiet", *extra]
 
 
@@ -96,13 +98,13 @@ def test_store_layout(base):
         assert sorted(g.array_keys()) == ["done", "features", "spot_index"]
         f = g["features"]
         assert f.shape == (N_SPOTS, nf) and f.dtype == np.float32
-        assert f.chunks == (BATCH, nf)
+        assert f.chunks == (CHUNK, nf)
         values = f[:]
         assert np.all(np.isfinite(values))
         assert np.unique(values, axis=0).shape[0] == N_SPOTS  # every spot embedded
         np.testing.assert_array_equal(g["spot_index"][:], np.arange(N_SPOTS))
         assert g["spot_index"].dtype == np.int64
-        np.testing.assert_array_equal(g["done"][:], np.ones(-(-N_SPOTS // BATCH)))
+        np.testing.assert_array_equal(g["done"][:], np.ones(-(-N_SPOTS // CHUNK)))
         np.testing.assert_array_equal(read_features(store, BACKBONE, slide), values)
 
 
@@ -126,6 +128,7 @@ def test_store_attributes(base, synthetic_h5):
         assert s["input_fingerprint"] == fingerprints[slide]
         assert s["dtype"] == "float32"
         assert s["n_spots"] == N_SPOTS and s["batch_spots"] == BATCH
+        assert s["chunk_spots"] == CHUNK and s["runner"] == "jit"
         info = attrs["info"]
         assert info["weights_source"] == "random"
         assert "cpu" in info["device"]
@@ -137,18 +140,21 @@ def test_store_attributes(base, synthetic_h5):
     assert fingerprints["S_1"] != fingerprints["S_4"]
 
 
-def test_features_equal_direct_extraction(base, synthetic_h5):
-    """The stored rows of a chunk are the extractor's output for that chunk's patches."""
+@pytest.mark.parametrize("runner, rtol", [("jit", 1e-5), ("eager", 1e-4)])
+def test_features_equal_direct_extraction(base, synthetic_h5, runner, rtol):
+    """The stored rows of a chunk are the extractor's output for that chunk's patches, with
+    the run's runner (jit on a CPU) and, within float tolerance, the eager model."""
     store, _ = base
     backbone = get_backbone(BACKBONE)
     model, _ = build_model(backbone)
-    ex = FeatureExtractor(model, backbone, select_device("cpu", "fp32"), 8)
-    idx = np.arange(BATCH, 2 * BATCH)  # the second chunk
+    ex = FeatureExtractor(model, backbone, select_device("cpu", "fp32"), 8, runner=runner)
+    idx = np.arange(CHUNK, 2 * CHUNK)  # the second chunk: a batch of 16 and one of 4
     with CanonicalH5(synthetic_h5) as h5:
         patches = crop_patches(h5, "S_4", 64, idx)
-    expected = ex(preprocess(patches, backbone))["pooled"]
+    x = preprocess(patches, backbone)
+    expected = np.concatenate([ex(x[:BATCH])["pooled"], ex(x[BATCH:])["pooled"]])
     stored = _group(store, "S_4")["features"][idx]
-    np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stored, expected, rtol=rtol, atol=1e-7)
 
 
 def test_second_run_skips(base, synthetic_h5, store_copy):
@@ -169,6 +175,8 @@ def test_default_slides_are_all(synthetic_h5, tmp_path):
     (["--tta", "4"], "tta_views"),
     (["--patch-px", "48"], "crops_px"),
     (["--batch-spots", "8"], "batch_spots"),
+    (["--chunk-spots", "8"], "chunk_spots"),
+    (["--runner", "eager"], "runner"),
     (["--pad-mode", "edge"], "pad_mode"),
     (["--stages"], "stage_indices"),
 ])

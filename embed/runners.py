@@ -1,0 +1,174 @@
+"""How the forward pass runs: a registry of runners (eager autocast, traced oneDNN graph,
+torch.compile), picked per device.
+
+A runner wraps a module whose ``forward(x)`` returns a tuple of tensors and gives back a
+callable with the same outputs, in float32. Measured on the 2-core AMX CPU
+(efficientnet_lite0, 32 views per forward, 2 threads; ``make bench-embed`` and the
+figures in issue 4's note): eager bf16 autocast + channels_last 175 views/s;
+bf16 weights eager 187; ``torch.compile`` 188 (45 s to compile), with inductor freezing
+240 (15 s); ``torch.jit.trace`` + ``freeze`` 247; the same with oneDNN graph fusion 303
+(2-5 s to trace). mobilenet_v2: eager 210, oneDNN fusion 396.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from embed.device import DeviceChoice
+
+log = logging.getLogger("hespot")
+
+Outputs = tuple[torch.Tensor, ...]
+
+#: below this correlation with the eager outputs a traced graph is not used
+MIN_AGREEMENT = 0.99
+#: most runs of a new graph before its outputs must be stable (they are from the 2nd on)
+MAX_WARMUP = 6
+
+
+class RunnerError(RuntimeError):
+    """A runner cannot serve this model or device."""
+
+
+def _as_float(outputs: Outputs) -> Outputs:
+    return tuple(o.float() for o in outputs)
+
+
+@dataclass
+class EagerRunner:
+    """The module as is, under the device's autocast."""
+
+    module: nn.Module
+    choice: DeviceChoice
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> Outputs:
+        with self.choice.autocast():
+            return _as_float(self.module(x))
+
+
+@dataclass
+class TracedRunner:
+    """CPU: weights cast to the autocast dtype, ``torch.jit.trace`` + ``freeze`` with
+    oneDNN graph fusion (conv + batch norm + activation fused, weights prepacked).
+
+    One graph per input shape (C, H, W), traced at the first batch of that shape; smaller
+    batches are padded to that batch size so the graph never re-specialises, bigger ones
+    are split. Each new graph is checked against the eager module (under autocast) on its
+    first batch: below :data:`MIN_AGREEMENT` correlation it raises :class:`RunnerError`
+    rather than return other numbers.
+    """
+
+    module: nn.Module
+    choice: DeviceChoice
+
+    def __post_init__(self) -> None:
+        if self.choice.device.type != "cpu":
+            raise RunnerError("the traced oneDNN runner is for CPUs; use eager or compile")
+        self.dtype = self.choice.dtype or torch.float32
+        self.cast = (copy.deepcopy(self.module).to(self.dtype)
+                     if self.dtype != torch.float32 else self.module)
+        self.graphs: dict[tuple[int, ...], tuple[int, torch.jit.ScriptModule]] = {}
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.choice.channels_last \
+            else x
+
+    def _trace(self, x: torch.Tensor) -> tuple[torch.jit.ScriptModule, Outputs]:
+        """A frozen graph for ``x``'s shape, run until it settles, and its outputs on ``x``.
+
+        The profiling executor runs the first call unfused and fuses from the second on,
+        with other rounding: features would depend on how many batches a run had done, and
+        a resumed run would not equal an uninterrupted one. So the graph is run on the first
+        batch until two calls agree bit for bit (the second and third call, measured)."""
+        torch.jit.enable_onednn_fusion(True)
+        with warnings.catch_warnings():
+            # torch 2.14 marks trace/freeze deprecated in favour of torch.compile, which
+            # measured slower here (see the module docstring); they still work as before
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            graph = torch.jit.freeze(torch.jit.trace(self.cast, x, check_trace=False))
+            last = _as_float(graph(x))
+            for _ in range(MAX_WARMUP):
+                out = _as_float(graph(x))
+                if all(torch.equal(a, b) for a, b in zip(out, last, strict=True)):
+                    return graph, out
+                last = out
+        raise RunnerError(f"the traced graph's outputs still changed after {MAX_WARMUP + 1} "
+                          "runs on the same input; use --runner eager")
+
+    def _check(self, x: torch.Tensor, got: Outputs) -> None:
+        with self.choice.autocast():
+            want = _as_float(self.module(x))
+        for g, w in zip(got, want, strict=True):
+            if g.shape != w.shape:
+                raise RunnerError(f"traced graph gives shape {tuple(g.shape)}, the eager "
+                                  f"model {tuple(w.shape)}; use --runner eager")
+            if g.numel() < 2 or torch.equal(g, w):
+                continue
+            r = torch.corrcoef(torch.stack([g.flatten(), w.flatten()]))[0, 1].item()
+            if not r >= MIN_AGREEMENT:
+                raise RunnerError(f"traced graph disagrees with the eager model (correlation "
+                                  f"{r:.4f} < {MIN_AGREEMENT}); use --runner eager")
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> Outputs:
+        key, n = tuple(x.shape[1:]), x.shape[0]
+        if key not in self.graphs:
+            graph, out = self._trace(self._input(x))
+            self._check(x, out)
+            self.graphs[key] = (n, graph)
+            log.debug("traced a %s graph for input %s", self.dtype, tuple(x.shape))
+            return out
+        size, graph = self.graphs[key]
+        if n > size:
+            parts = [self(x[i:i + size]) for i in range(0, n, size)]
+            return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+        if n < size:
+            x = torch.cat([x, x[-1:].expand(size - n, *key)])
+        return tuple(o[:n] for o in _as_float(graph(self._input(x))))
+
+
+@dataclass
+class CompiledRunner:
+    """``torch.compile`` (inductor) under the device's autocast; dynamic batch sizes."""
+
+    module: nn.Module
+    choice: DeviceChoice
+
+    def __post_init__(self) -> None:
+        self.compiled = torch.compile(self.module, dynamic=True)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> Outputs:
+        with self.choice.autocast():
+            return _as_float(self.compiled(x))
+
+
+RUNNERS: dict[str, Callable[[nn.Module, DeviceChoice], Callable[..., Outputs]]] = {
+    "eager": EagerRunner,
+    "jit": TracedRunner,
+    "compile": CompiledRunner,
+}
+
+
+def resolve_runner(name: str, choice: DeviceChoice) -> str:
+    """``auto``: the traced oneDNN graph on a CPU (fastest measured), eager on CUDA."""
+    if name == "auto":
+        return "jit" if choice.device.type == "cpu" else "eager"
+    if name not in RUNNERS:
+        raise ValueError(f"unknown runner {name!r}; known: auto, {', '.join(RUNNERS)}")
+    return name
+
+
+def make_runner(name: str, module: nn.Module, choice: DeviceChoice) -> Callable[..., Outputs]:
+    """A runner from :data:`RUNNERS` (after :func:`resolve_runner`) around ``module``."""
+    return RUNNERS[resolve_runner(name, choice)](module, choice)

@@ -1,0 +1,109 @@
+"""Forward runners (embed.runners): the traced oneDNN graph gives the eager model's numbers,
+pads and splits batches, keeps TTA invariance, and refuses a graph that disagrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embed import runners
+from embed.backbones import get_backbone
+from embed.device import DeviceChoice
+from embed.extract import FeatureExtractor, ViewFeatures, preprocess
+from embed.runners import RunnerError, TracedRunner, make_runner, resolve_runner
+from embed.weights import build_model
+
+FP32_CL = DeviceChoice(torch.device("cpu"), None, True)
+BF16_CL = DeviceChoice(torch.device("cpu"), torch.bfloat16, True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    backbone = get_backbone("tiny_random")
+    return backbone, build_model(backbone)[0].eval()
+
+
+@pytest.fixture(scope="module")
+def x(tiny):
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (5, 72, 72, 3), dtype=np.uint8)
+    patches[:, :20, :30] //= 3  # asymmetric, so views differ
+    return preprocess(patches, tiny[0])
+
+
+def _module(tiny, n_views=8, stages=()):
+    return ViewFeatures(tiny[1], n_views, stages, channels_last=True).eval()
+
+
+def test_resolve_runner():
+    assert resolve_runner("auto", FP32_CL) == "jit"
+    cuda = DeviceChoice(torch.device("cuda"), torch.bfloat16, True)
+    assert resolve_runner("auto", cuda) == "eager"
+    assert resolve_runner("compile", cuda) == "compile"
+    with pytest.raises(ValueError, match="known: auto, eager, jit, compile"):
+        resolve_runner("tensorrt", FP32_CL)
+
+
+def test_traced_runner_refuses_cuda(tiny):
+    with pytest.raises(RunnerError, match="for CPUs"):
+        TracedRunner(_module(tiny), DeviceChoice(torch.device("cuda"), None, True))
+
+
+@pytest.mark.parametrize("stages", [(), "default"])
+def test_jit_equals_eager_fp32(tiny, x, stages):
+    stages = tiny[0].stage_indices if stages == "default" else ()
+    eager = make_runner("eager", _module(tiny, 8, stages), FP32_CL)(x)
+    traced = make_runner("jit", _module(tiny, 8, stages), FP32_CL)(x)
+    assert len(traced) == len(eager) == (2 if stages else 1)
+    for t, e in zip(traced, eager, strict=True):
+        assert t.dtype == torch.float32 and t.shape == e.shape
+        torch.testing.assert_close(t, e, rtol=1e-4, atol=1e-5)
+
+
+def test_jit_bf16_close_to_fp32(tiny, x):
+    eager = make_runner("eager", _module(tiny), FP32_CL)(x)[0]
+    traced = make_runner("jit", _module(tiny), BF16_CL)(x)[0]
+    r = np.corrcoef(traced.flatten().numpy(), eager.flatten().numpy())[0, 1]
+    assert r > 0.99, r
+
+
+def test_jit_pads_smaller_and_splits_bigger_batches(tiny, x):
+    runner = make_runner("jit", _module(tiny), FP32_CL)
+    full = runner(x[:4])[0]  # traces the 4-patch graph
+    assert list(runner.graphs.values())[0][0] == 4
+    torch.testing.assert_close(runner(x[:3])[0], full[:3], rtol=1e-5, atol=1e-6)
+    five = runner(x)[0]  # split 4 + 1 (padded)
+    assert five.shape[0] == 5
+    torch.testing.assert_close(five[:4], full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(five[4:], runner(x[4:])[0], rtol=1e-5, atol=1e-6)
+    assert len(runner.graphs) == 1  # no re-tracing for other batch sizes
+
+
+def test_jit_new_input_shape_gets_its_own_graph(tiny, x):
+    runner = make_runner("jit", _module(tiny), FP32_CL)
+    runner(x)
+    runner(torch.nn.functional.interpolate(x, size=(48, 48)))
+    assert len(runner.graphs) == 2
+
+
+def test_jit_keeps_tta_invariance(tiny, x):
+    runner = make_runner("jit", _module(tiny), BF16_CL)
+    base = runner(x)[0]
+    rotated = runner(torch.rot90(x, 1, dims=(2, 3)).contiguous())[0]
+    rel = ((rotated - base).norm() / base.norm()).item()
+    assert rel < 2e-2, rel  # bf16: the views' sums add in another order
+
+
+def test_disagreeing_graph_is_refused(tiny, x, monkeypatch):
+    monkeypatch.setattr(runners, "MIN_AGREEMENT", 1.01)  # bf16 can never agree that well
+    with pytest.raises(RunnerError, match="disagrees with the eager model.*--runner eager"):
+        make_runner("jit", _module(tiny), BF16_CL)(x)
+
+
+def test_extractor_runner_choice(tiny, x):
+    backbone, model = tiny
+    eager = FeatureExtractor(model, backbone, FP32_CL, 4, runner="eager")(x)
+    jit = FeatureExtractor(model, backbone, FP32_CL, 4, runner="auto")(x)
+    assert FeatureExtractor(model, backbone, FP32_CL, 4, runner="auto").runner == "jit"
+    np.testing.assert_allclose(jit["pooled"], eager["pooled"], rtol=1e-4, atol=1e-5)
