@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import resource
 import sys
 import tempfile
 import time
@@ -30,14 +29,10 @@ from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
 from embed.device import select_device
 from embed.extract import FeatureExtractor
-from embed.run import EmbedConfig, default_batch_spots, run
+from embed.run import EmbedConfig, default_batch_spots, default_prefetch, peak_rss_mb, run
 from embed.weights import build_model
 
 log = logging.getLogger("hespot")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def limit_views_per_s(extractor: FeatureExtractor, batch_spots: int, seconds: float) -> float:
@@ -144,13 +139,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch_spots=batch_spots, device=args.device,
                       precision=args.precision, runner=args.runner, quiet=True)
         seconds, rss = in_subprocess(pipeline_seconds, cfg, args.threads)
+        reading = ("patches read in the model's thread" if default_prefetch(choice) == 0
+                   else "patches read in a background thread")
         pipeline = n_views / seconds
     after = limit_views_per_s(extractor, batch_spots, args.limit_seconds / 2)
     limit = (before + after) / 2
     out.write(f"(a) limit: {limit:.1f} views/s (random input, same runner, dtype and batch; "
               f"{before:.1f} before the pipeline, {after:.1f} after)\n")
     out.write(f"(b) pipeline: {pipeline:.1f} views/s over {len(slides)} slides "
-              f"({n_views} views, fresh process, reading in a background thread), "
+              f"({n_views} views, fresh process, {reading}), "
               f"its peak RSS {rss:.0f} MB\n")
     naive = in_subprocess(naive_views_per_s, args.h5, first, backbone.name, args.naive_spots,
                           cfg.patch_px, args.threads)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import resource
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -216,6 +217,11 @@ def embed_slide(h5: CanonicalH5, slide: str, extractor: FeatureExtractor, cfg: E
     return status
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def default_prefetch(choice) -> int:
     """Batches read ahead in a background thread: 3 while a GPU computes; 0 (read between
     forward passes) on a CPU whose every core runs the model, where a reader thread can
@@ -276,8 +282,8 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
                 t0 = time.perf_counter()
                 results[name][slide] = embed_slide(h5, slide, extractor, cfg, winfo, run_info,
                                                    job.contexts)
-                log.info("%s / %s: %s in %.1f s", name, slide, results[name][slide],
-                         time.perf_counter() - t0)
+                log.info("%s / %s: %s in %.1f s (peak RSS %.0f MB)", name, slide,
+                         results[name][slide], time.perf_counter() - t0, peak_rss_mb())
     return results
 
 

@@ -42,8 +42,8 @@ def _cfg(h5, store, **kw) -> EmbedConfig:
 def _argv(h5, store, *extra, slides=SLIDES) -> list[str]:
     return ["--h5", str(h5), "--store", str(store), "--backbones", BACKBONE,
             "--slides", ",".join(slides), "--tta", "8", "--patch-px", "64",
-            "--batch-spots", str(BATCH), "--chunk-spots", str(CHUNK), "--device", "cpu", "--precision", "fp32",
-            "--quiet", *extra]
+            "--batch-spots", str(BATCH), "--chunk-spots", str(CHUNK), "--device", "cpu",
+            "--precision", "fp32", "--quiet", *extra]
 
 
 def _group(store, slide):

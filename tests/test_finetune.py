@@ -55,7 +55,7 @@ def test_linear_head_is_unbounded_and_unknown_head_refused():
     model = _tiny_model(head="linear")
     with torch.no_grad():
         model.head.bias.fill_(5.0)
-    assert float(model(torch.randn(2, 3, 32, 32)).min()) > 1.0
+    assert float(model(torch.randn(2, 3, 32, 32)).detach().min()) > 1.0
     with pytest.raises(ValueError, match="head must be one of"):
         _tiny_model(head="softmax")
 
