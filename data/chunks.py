@@ -69,10 +69,9 @@ class ChunkWindows:
     def _raw(self, key: tuple[int, int]) -> tuple[int, bytes] | None:
         """(filter mask, stored bytes) of a chunk; None if it was never written."""
         offset = (key[0] * self.chunks[0], key[1] * self.chunks[1], 0)
-        try:
-            return self.dset.id.read_direct_chunk(offset)
-        except (KeyError, RuntimeError, OSError):
+        if self.dset.id.get_chunk_info_by_coord(offset).byte_offset is None:
             return None
+        return self.dset.id.read_direct_chunk(offset)
 
     def _decode(self, stored: tuple[int, bytes] | None) -> np.ndarray:
         """uint8 chunks-shaped pixels (inflate releases the GIL: runs in parallel)."""
@@ -106,6 +105,9 @@ class ChunkWindows:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """uint8 (y1 - y0, x1 - x0, C), equal to ``dset[y0:y1, x0:x1]`` (inside the image)."""
+        if not (0 <= y0 <= y1 <= self.shape[0] and 0 <= x0 <= x1 <= self.shape[1]):
+            raise ValueError(f"window rows {y0}:{y1}, columns {x0}:{x1} is not inside the "
+                             f"image of {self.shape[0]} x {self.shape[1]} pixels")
         ch, cw = self.chunks[:2]
         out = np.empty((y1 - y0, x1 - x0, self.shape[2]), np.uint8)
         rows = range(y0 // ch, (y1 - 1) // ch + 1) if y1 > y0 else range(0)

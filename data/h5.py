@@ -314,11 +314,14 @@ class CanonicalH5:
         Deflate-chunked uint8 images (what the importers write) are inflated chunk by chunk
         with ISA-L (:mod:`data.chunks`, ~3x h5py's zlib); other layouts via h5py slicing.
         """
-        if slide not in self._windows:
+        cached = self._windows  # one slide at a time; read once (another thread may replace it)
+        if slide in cached:
+            windows = cached[slide]
+        else:
             dset = self._image(slide)
-            self._windows = {slide: ChunkWindows(dset, self.chunk_cache_mb)
-                             if chunk_windows_support(dset) else None}  # one slide cached
-        windows = self._windows[slide]
+            windows = ChunkWindows(dset, self.chunk_cache_mb) \
+                if chunk_windows_support(dset) else None
+            self._windows = {slide: windows}
         if windows is None:
             return self._image(slide)[y0:y1, x0:x1]
         return windows.read(y0, y1, x0, x1)

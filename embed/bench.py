@@ -119,7 +119,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     choice = select_device(args.device, args.precision)
     batch_spots = args.batch_spots or default_batch_spots(choice)
     model, _ = build_model(backbone)
-    extractor = FeatureExtractor(model, backbone, choice, args.tta, runner=args.runner)
+    extractor = FeatureExtractor(model, backbone, choice, args.tta, runner=args.runner,
+                                 batch_spots=batch_spots)
     out = sys.stdout
     out.write(f"device: {choice.describe()}, threads {torch.get_num_threads()}, "
               f"backbone {backbone.name}, {args.tta} views, {batch_spots} spots/batch, "

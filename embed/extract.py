@@ -70,6 +70,8 @@ class FeatureExtractor:
         stage_indices: intermediate stages (timm ``forward_intermediates`` indices) to
             mean+std pool from the same forward pass; empty for pooled features only.
         runner: how the forward runs (:data:`embed.runners.RUNNERS`, or "auto").
+        batch_spots: patches per call; a traced graph is built for this many (default: the
+            first call's).
     """
 
     model: nn.Module
@@ -78,6 +80,7 @@ class FeatureExtractor:
     n_views: int = 8
     stage_indices: tuple[int, ...] = ()
     runner: str = "eager"
+    batch_spots: int | None = None  # patches per call (fixes a traced graph's batch size)
 
     def __post_init__(self) -> None:
         if self.choice.device.type == "cpu":
@@ -85,7 +88,7 @@ class FeatureExtractor:
         self.model = self.model.to(self.choice.device).eval()
         if self.choice.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.runner = resolve_runner(self.runner, self.choice)
+        self.runner = resolve_runner(self.runner, self.choice, self.model)
         self._forward = None  # built at the first call (meta-device models never run)
 
     def stage_dims(self) -> int:
@@ -108,7 +111,7 @@ class FeatureExtractor:
         if self._forward is None:
             module = ViewFeatures(self.model, self.n_views, self.stage_indices,
                                   self.choice.channels_last).eval()
-            self._forward = make_runner(self.runner, module, self.choice)
+            self._forward = make_runner(self.runner, module, self.choice, self.batch_spots)
         out = self._forward(x.to(self.choice.device, non_blocking=True))
         names = ("pooled", "stages")[:len(out)]
         return {k: v.cpu().numpy() for k, v in zip(names, out, strict=True)}

@@ -34,7 +34,7 @@ from data.patches import PatchCropper, resolve_patch_px
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import select_device
 from embed.extract import FeatureExtractor, preprocess
-from embed.runners import RUNNERS, RunnerError, resolve_runner
+from embed.runners import RUNNERS, RunnerError
 from embed.store import array_name, open_slide
 from embed.tta import TTA_CHOICES
 from embed.weights import WeightsError, build_model
@@ -258,7 +258,7 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
         cfg = replace(cfg, batch_spots=default_batch_spots(choice))
     if cfg.prefetch is None:
         cfg = replace(cfg, prefetch=default_prefetch(choice))
-    log.info("device: %s, runner %s", choice.describe(), resolve_runner(cfg.runner, choice))
+    log.info("device: %s", choice.describe())
     log.info("config: %s", json.dumps(config_dict(cfg)))
     run_info = {"hespot_version": version("hespot"), "torch_version": torch.__version__,
                 "timm_version": version("timm"), "device": choice.describe(),
@@ -276,7 +276,8 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
                      winfo.sha256[:16])
             stage_idx = backbone.stage_indices if job.stages else ()
             extractor = FeatureExtractor(model, backbone, choice, cfg.tta, stage_idx,
-                                         cfg.runner)
+                                         cfg.runner, cfg.batch_spots)
+            log.info("%s: runner %s", name, extractor.runner)
             results[name] = {}
             for slide in tqdm(slides, desc=name, unit="slide", disable=cfg.quiet):
                 t0 = time.perf_counter()

@@ -66,6 +66,12 @@ class SlideWriter:
         self.group["done"][chunk] = 1
 
 
+def _any_done(group: zarr.Group) -> bool:
+    """Whether a slide's group holds any finished chunk (a group without one, e.g. from a run
+    that failed before its first chunk, is replaced freely: nothing is lost)."""
+    return "done" not in group or bool(np.any(group["done"][:]))
+
+
 def _canon(settings: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(settings))
 
@@ -77,7 +83,8 @@ def open_slide(root: str | Path, backbone: str, slide: str, n_spots: int,
     """Open (resume) or create the group of one backbone x slide.
 
     Raises:
-        DataError: the group exists with other settings and ``overwrite`` is False.
+        DataError: the group exists with other settings and finished chunks, and
+            ``overwrite`` is False.
     """
     store = zarr.open_group(str(root), mode="a")
     key = f"{backbone}/{slide}"
@@ -86,7 +93,7 @@ def open_slide(root: str | Path, backbone: str, slide: str, n_spots: int,
         old = dict(store[key].attrs.get("settings", {}))
         if old == settings and not overwrite:
             return SlideWriter(store[key], chunk_spots, n_spots)
-        if not overwrite:
+        if not overwrite and _any_done(store[key]):
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {settings.get(k)!r}"
                                for k in diff[:4])

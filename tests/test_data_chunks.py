@@ -43,6 +43,15 @@ def test_unwritten_chunks_read_as_fill_value(tmp_path):
         np.testing.assert_array_equal(ChunkWindows(d).read(0, 70, 0, 70), d[()])
 
 
+def test_window_outside_the_image_is_an_error(tmp_path):
+    f, d = _dataset(tmp_path, compression="gzip")
+    w = ChunkWindows(d)
+    for box in [(90, 110, 0, 10), (-1, 5, 0, 5), (0, 5, 80, 91), (5, 4, 0, 5)]:
+        with pytest.raises(ValueError, match="not inside the image of 100 x 90"):
+            w.read(*box)
+    f.close()
+
+
 @pytest.mark.parametrize("kw, dtype", [(dict(compression="lzf"), "u1"), ({}, "u1"),
                                        (dict(compression="gzip"), "f4")])
 def test_other_layouts_left_to_h5py(tmp_path, kw, dtype):

@@ -70,18 +70,8 @@ def reference(h5, tmp_path_factory):
 def test_crash_then_resume(h5, reference, tmp_path, monkeypatch):
     """The model raises after 5 chunks of S_1; the rerun resumes S_1 at chunk 5."""
     n_ok = 5
-
-    class Crashing(FeatureExtractor):
-        calls = 0
-
-        def __call__(self, x):
-            type(self).calls += 1
-            if type(self).calls > n_ok:
-                raise RuntimeError("simulated crash")
-            return super().__call__(x)
-
     store = tmp_path / "crash.zarr"
-    monkeypatch.setattr(run_mod, "FeatureExtractor", Crashing)
+    _crash_after(monkeypatch, n_ok)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(_cfg(h5, store))
     monkeypatch.undo()
@@ -181,3 +171,50 @@ def test_sigkill_then_resume(h5, reference, tmp_path):
 
     assert run(_cfg(h5, store))[BACKBONE] == expected
     _assert_equal_to(store, reference[1])
+
+
+def _crash_after(monkeypatch, n_ok):
+    """Make the run's extractor raise after ``n_ok`` calls."""
+
+    class Crashing(FeatureExtractor):
+        calls = 0
+
+        def __call__(self, x):
+            type(self).calls += 1
+            if type(self).calls > n_ok:
+                raise RuntimeError("simulated crash")
+            return super().__call__(x)
+
+    monkeypatch.setattr(run_mod, "FeatureExtractor", Crashing)
+
+
+def test_resume_with_chunks_not_a_multiple_of_batches(h5, tmp_path, monkeypatch):
+    """Chunks of 6 spots run as batches of 4 + 2: a crash inside a chunk loses only that
+    chunk, and the resumed features equal an uninterrupted run's with the same settings."""
+    cfg = dict(chunk_spots=6, slides=("S_1",))
+    ref = tmp_path / "ref.zarr"
+    run(_cfg(h5, ref, **cfg))
+    store = tmp_path / "crash.zarr"
+    _crash_after(monkeypatch, 5)  # chunks 0, 1 done; chunk 2 crashes after its first batch
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(_cfg(h5, store, **cfg))
+    monkeypatch.undo()
+    assert _group(store, "S_1")["done"][:].tolist()[:3] == [1, 1, 0]
+    assert run(_cfg(h5, store, **cfg)) == {BACKBONE: {"S_1": "resumed"}}
+    assert np.array_equal(read_features(store, BACKBONE, "S_1"),
+                          read_features(ref, BACKBONE, "S_1"))
+
+
+def test_group_without_finished_chunks_takes_new_settings(h5, tmp_path, monkeypatch):
+    """A run that failed before its first chunk (e.g. a runner refused) leaves a group with
+    nothing in it: a rerun with other settings replaces it without --overwrite."""
+    store = tmp_path / "empty.zarr"
+    _crash_after(monkeypatch, 0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(_cfg(h5, store, slides=("S_1",)))
+    monkeypatch.undo()
+    assert not np.any(_group(store, "S_1")["done"][:])
+    assert run(_cfg(h5, store, slides=("S_1",), runner="eager")) == {
+        BACKBONE: {"S_1": "written"}}
+    assert zarr.open_group(str(store), mode="r")[f"{BACKBONE}/S_1"].attrs[
+        "settings"]["runner"] == "eager"

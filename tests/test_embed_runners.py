@@ -96,9 +96,36 @@ def test_jit_keeps_tta_invariance(tiny, x):
 
 
 def test_disagreeing_graph_is_refused(tiny, x, monkeypatch):
-    monkeypatch.setattr(runners, "MIN_AGREEMENT", 1.01)  # bf16 can never agree that well
+    """A graph whose spots come out in the wrong order (right mean features, wrong
+    spot-to-spot variation) is refused; the bf16 graph itself passes."""
+    make_runner("jit", _module(tiny), BF16_CL)(x)
+    trace = TracedRunner._trace
+
+    def scrambled(self, inputs):
+        graph, out = trace(self, inputs)
+        return graph, tuple(o.flip(0) for o in out)
+
+    monkeypatch.setattr(TracedRunner, "_trace", scrambled)
     with pytest.raises(RunnerError, match="disagrees with the eager model.*--runner eager"):
         make_runner("jit", _module(tiny), BF16_CL)(x)
+
+
+def test_graph_size_is_the_configured_batch(tiny, x):
+    """A run that starts with a short batch (a resumed short last chunk) still traces a
+    graph of the configured size, and its rows equal a full batch's."""
+    runner = make_runner("jit", _module(tiny), FP32_CL, batch=4)
+    one = runner(x[:1])[0]
+    assert [size for size, _ in runner.graphs.values()] == [4]
+    full = runner(x[:4])[0]
+    torch.testing.assert_close(one, full[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_big_models_run_eager_under_auto(tiny, monkeypatch):
+    module = _module(tiny)
+    assert resolve_runner("auto", FP32_CL, module) == "jit"
+    monkeypatch.setattr(runners, "JIT_MAX_PARAMS", 10)
+    assert resolve_runner("auto", FP32_CL, module) == "eager"
+    assert resolve_runner("jit", FP32_CL, module) == "jit"  # asked for by name: kept
 
 
 def test_extractor_runner_choice(tiny, x):
