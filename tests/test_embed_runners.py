@@ -134,3 +134,12 @@ def test_extractor_runner_choice(tiny, x):
     jit = FeatureExtractor(model, backbone, FP32_CL, 4, runner="auto")(x)
     assert FeatureExtractor(model, backbone, FP32_CL, 4, runner="auto").runner == "jit"
     np.testing.assert_allclose(jit["pooled"], eager["pooled"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_runner_equals_eager(tiny, x):
+    """torch.compile (inductor; ~30 s to compile even the tiny model on 2 cores)."""
+    eager = make_runner("eager", _module(tiny, 2), FP32_CL)
+    compiled = make_runner("compile", _module(tiny, 2), FP32_CL)
+    for batch in (x[:3], x):  # dynamic batch sizes, no error on the second
+        torch.testing.assert_close(compiled(batch)[0], eager(batch)[0], rtol=1e-4, atol=1e-5)
