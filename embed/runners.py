@@ -6,8 +6,9 @@ callable with the same outputs, in float32. Measured on the 2-core AMX CPU
 (efficientnet_lite0, 32 views per forward, 2 threads; ``make bench-embed`` and the
 figures in issue 4's note): eager bf16 autocast + channels_last 175 views/s;
 bf16 weights eager 187; ``torch.compile`` 188 (45 s to compile), with inductor freezing
-240 (15 s); ``torch.jit.trace`` + ``freeze`` 247; the same with oneDNN graph fusion 303
-(2-5 s to trace). mobilenet_v2: eager 210, oneDNN fusion 396.
+240 (15 s); ``torch.jit.trace`` + ``freeze`` 247; the same with oneDNN graph fusion 292-303
+(about 2 s once per graph: trace, fusion compile, the check against eager).
+mobilenet_v2: eager 210, oneDNN fusion 396.
 """
 
 from __future__ import annotations
