@@ -47,6 +47,13 @@ def _as_float(outputs: Outputs) -> Outputs:
     return tuple(o.float() for o in outputs)
 
 
+def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, ...) -> (size, ...) with the last row repeated; ``x`` itself when n >= size."""
+    if len(x) >= size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])])
+
+
 @dataclass
 class EagerRunner:
     """The module as is, under the device's autocast."""
@@ -133,9 +140,7 @@ class TracedRunner:
         key, n = tuple(x.shape[1:]), x.shape[0]
         if key not in self.graphs:
             size = self.batch or n
-            first = x[:size]
-            if len(first) < size:  # e.g. a resumed run starting at a short last chunk
-                first = torch.cat([first, first[-1:].expand(size - len(first), *key)])
+            first = _pad(x[:size], size)  # e.g. a resumed run starting at a short chunk
             graph, out = self._trace(self._input(first))
             self._check(first, out)
             self.graphs[key] = (size, graph)
@@ -146,9 +151,7 @@ class TracedRunner:
         if n > size:
             parts = [self(x[i:i + size]) for i in range(0, n, size)]
             return tuple(torch.cat(p) for p in zip(*parts, strict=True))
-        if n < size:
-            x = torch.cat([x, x[-1:].expand(size - n, *key)])
-        return tuple(o[:n] for o in _as_float(graph(self._input(x))))
+        return tuple(o[:n] for o in _as_float(graph(self._input(_pad(x, size)))))
 
 
 @dataclass
