@@ -24,11 +24,21 @@ def _coerce(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
+def config_parser(prog: str, description: str | None, cls: type) -> argparse.ArgumentParser:
+    """A stage's argument parser: flags default to absent (``argparse.SUPPRESS``), as
+    :func:`resolve_config` needs, and ``--config`` reads a JSON file of ``cls`` settings."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help=f"JSON file of {cls.__name__} settings (flags win)")
+    return p
+
+
 def resolve_config(cls: type[C], args: argparse.Namespace) -> C:
     """Build ``cls`` from defaults, then ``args.config`` (JSON) if given, then the flags.
 
-    ``args`` must come from a parser built with ``argument_default=argparse.SUPPRESS`` so
-    that it holds only the flags the user gave.
+    ``args`` must come from :func:`config_parser` (or any parser built with
+    ``argument_default=argparse.SUPPRESS``) so that it holds only the flags the user gave.
     """
     given = {k: v for k, v in vars(args).items() if k != "config"}
     values: dict[str, Any] = {}

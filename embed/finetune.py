@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.config import config_dict, parse_list, resolve_config
+from data.config import config_dict, config_parser, parse_list, resolve_config
 from data.errors import run_cli, setup_logging
 from data.h5 import CanonicalH5
 from embed.augment import WINNING_AUGMENT, check_augment
@@ -244,11 +244,8 @@ def _run(cfg: FinetuneConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embed.finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
+    p = config_parser("python -m embed.finetune", __doc__, FinetuneConfig)
     add = p.add_argument
-    add("--config", help="JSON file of FinetuneConfig settings (flags win)")
     add("--h5", help="canonical HDF5 file (default out/her2st.h5)")
     add("--out", help="output folder: report, predictions/, finetune/ (default out)")
     add("--preset", help=f"one of {', '.join(PRESETS)} (default winning)")

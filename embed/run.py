@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.config import config_dict, parse_list, resolve_config
+from data.config import config_dict, config_parser, parse_list, resolve_config
 from data.errors import run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper, resolve_patch_px
@@ -289,10 +289,7 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embed.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", help="JSON file of EmbedConfig settings (flags win)")
+    p = config_parser("python -m embed.run", __doc__, EmbedConfig)
     p.add_argument("--h5", help="canonical HDF5 file (default out/her2st.h5)")
     p.add_argument("--store", help="Zarr store to write (default out/embeddings.zarr)")
     p.add_argument("--backbones", type=parse_list,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.config import config_dict, parse_list, resolve_config
+from data.config import config_dict, config_parser, parse_list, resolve_config
 from data.errors import DataError, Problem, run_cli, setup_logging
 from regress.browser import BrowserError, check_in_browser
 from regress.report_sections import SECTIONS, Absent, Inputs
@@ -133,10 +133,7 @@ def build_report(cfg: ReportConfig) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m regress.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", help="JSON file of ReportConfig settings (flags win)")
+    p = config_parser("python -m regress.report", __doc__, ReportConfig)
     p.add_argument("--h5", help="canonical HDF5 file")
     p.add_argument("--store", help="stage-1 Zarr store")
     p.add_argument("--out", help="output folder (report.json, predictions/; writes report/)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.config import config_dict, parse_list, resolve_config
+from data.config import config_dict, config_parser, parse_list, resolve_config
 from data.errors import run_cli, setup_logging
 from regress.features import FeatureSpec, load_slides
 from regress.loso import run_loso
@@ -147,10 +147,7 @@ def run(cfg: RegressConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m regress.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", help="JSON file of RegressConfig settings (flags win)")
+    p = config_parser("python -m regress.run", __doc__, RegressConfig)
     p.add_argument("--h5")
     p.add_argument("--store", help="stage-1 Zarr store")
     p.add_argument("--out", help="output folder (predictions/, report.json, report.md)")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.config import config_dict, parse_list, resolve_config
+from data.config import config_dict, config_parser, parse_list, resolve_config
 from data.errors import run_cli, setup_logging
 from regress.features import FeatureSpec, SlideSet, load_slides
 from regress.loso import run_loso
@@ -118,10 +118,7 @@ def run(cfg: TuneConfig) -> dict:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m regress.tune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--config")
+    p = config_parser("python -m regress.tune", __doc__, TuneConfig)
     p.add_argument("--h5")
     p.add_argument("--store")
     p.add_argument("--out")
