@@ -11,7 +11,7 @@ from embed import runners
 from embed.backbones import get_backbone
 from embed.device import DeviceChoice
 from embed.extract import FeatureExtractor, ViewFeatures, preprocess
-from embed.runners import RunnerError, TracedRunner, make_runner, resolve_runner
+from embed.runners import EagerRunner, RunnerError, TracedRunner, make_runner, resolve_runner
 from embed.weights import build_model
 
 FP32_CL = DeviceChoice(torch.device("cpu"), None, True)
@@ -78,6 +78,32 @@ def test_jit_pads_smaller_and_splits_bigger_batches(tiny, x):
     torch.testing.assert_close(five[:4], full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(five[4:], runner(x[4:])[0], rtol=1e-5, atol=1e-6)
     assert len(runner.graphs) == 1  # no re-tracing for other batch sizes
+
+
+class _Rows(torch.nn.Module):
+    """Records the batch sizes it is called with; row i's output depends on row i only."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(len(x))
+        return (x.flatten(1).sum(1, keepdim=True) * 2,)
+
+
+def test_eager_pads_short_batches_on_cuda_only(x):
+    # a CUDA choice on CPU tensors: autocast is off (dtype None), so only padding differs
+    cuda = DeviceChoice(torch.device("cuda"), None, False)
+    module = _Rows()
+    full = EagerRunner(module, FP32_CL, batch=4)(x[:3])
+    assert module.seen == [3]  # CPU: each batch as it comes
+    out = EagerRunner(module, cuda, batch=4)(x[:3])
+    assert module.seen[1:] == [4]  # padded to the one batch size cuDNN is set up for
+    assert out[0].shape == (3, 1) and torch.equal(out[0], full[0])
+    EagerRunner(module, cuda, batch=4)(x)  # longer than the batch: as is
+    EagerRunner(module, cuda)(x[:2])  # no batch size given: as is
+    assert module.seen[2:] == [5, 2]
 
 
 def test_jit_new_input_shape_gets_its_own_graph(tiny, x):
