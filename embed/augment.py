@@ -21,11 +21,17 @@ Normalize + ToTensorV2 (plus a Resize in both when the model input differs from 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 
-import albumentations as A
-import torch
-from albumentations.pytorch import ToTensorV2
+# albumentations asks PyPI for its latest version at import (up to 2 s, then a warning,
+# where the network is closed: Kaggle's offline notebooks, our GPU machines). hespot runs
+# offline, so the check is off unless the user set the variable themselves.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import torch  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 # GaussNoise in albumentations 2.x takes the noise std as a fraction of the value range:
 # a variance of 5..30 on the 0-255 scale is a std of sqrt(5)/255 .. sqrt(30)/255.

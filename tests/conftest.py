@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from data.synthetic import SyntheticConfig, write_synthetic
+
+# test modules import albumentations themselves: no PyPI update check (embed.augment)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "her2st"
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -134,3 +138,17 @@ def test_cutmix_probability():
     assert x0 is x and y0 is y
     mixed = sum(not torch.equal(cutmix(x, y, 0.5, g)[1], y) for _ in range(400))
     assert 150 < mixed < 250
+
+
+def test_importing_the_augmentations_stays_offline():
+    """albumentations' update check (a PyPI request at import) is off: with every socket
+    refused and warnings as errors, importing embed.augment still works."""
+    code = ("import socket, warnings\n"
+            "def refuse(*a, **k): raise OSError('network used at import')\n"
+            "socket.getaddrinfo = refuse; socket.socket.connect = refuse\n"
+            "warnings.simplefilter('error')\n"
+            "import embed.augment\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
