@@ -48,21 +48,22 @@ def limit_views_per_s(extractor: FeatureExtractor, batch_spots: int, seconds: fl
 
 
 def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int,
-                      patch: int, threads: int | None) -> float:
-    """Per spot: PIL crop, 8 views, fp32 NCHW, one forward per spot.
+                      patch: int, threads: int | None, device: str = "cpu",
+                      weights: str | None = None) -> float:
+    """Per spot: PIL crop, 8 views, fp32 NCHW, one forward per spot on ``device``.
 
     Run in a fresh process (see :func:`in_subprocess`): a notebook has neither our
     allocator settings nor our threads."""
     if threads:
         torch.set_num_threads(threads)
     backbone = get_backbone(backbone_name)
-    model, _ = build_model(backbone)
+    model, _ = build_model(backbone, weights)
     with CanonicalH5(h5_path) as h5:
         image = Image.fromarray(h5.h5[f"images/{h5.split_of(slide)}/{slide}"][()])
         table = h5.spots(slide)
-    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-    model = model.float().eval()
+    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
+    model = model.float().eval().to(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(n_spots):
@@ -72,8 +73,8 @@ def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int
             arr = np.asarray(crop, dtype=np.float32) / 255.0
             views = [np.rot90(arr, k) for k in range(4)]
             views += [np.rot90(arr[:, ::-1], k) for k in range(4)]
-            batch = torch.from_numpy(np.stack(views).copy()).permute(0, 3, 1, 2)
-            model((batch - mean) / std).mean(0)
+            batch = torch.from_numpy(np.stack(views).copy()).permute(0, 3, 1, 2).to(device)
+            model((batch - mean) / std).mean(0).cpu()
     return n_spots * 8 / (time.perf_counter() - t0)
 
 
@@ -111,6 +112,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--runner", default="auto", help="forward runner (embed.runners)")
+    p.add_argument("--weights", default=None,
+                   help="local weights file for the backbone (e.g. UNI: --backbone uni)")
     args = p.parse_args(argv)
     setup_logging(quiet=True)
     if args.threads:
@@ -118,7 +121,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     backbone = get_backbone(args.backbone)
     choice = select_device(args.device, args.precision)
     batch_spots = args.batch_spots or default_batch_spots(choice)
-    model, _ = build_model(backbone)
+    model, _ = build_model(backbone, args.weights)
     extractor = FeatureExtractor(model, backbone, choice, args.tta, runner=args.runner,
                                  batch_spots=batch_spots)
     out = sys.stdout
@@ -138,7 +141,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         cfg = replace(EmbedConfig(), h5=args.h5, store=f"{tmp}/bench.zarr",
                       backbones=(backbone.name,), slides=slides, tta=args.tta,
                       batch_spots=batch_spots, device=args.device,
-                      precision=args.precision, runner=args.runner, quiet=True)
+                      precision=args.precision, runner=args.runner, weights=args.weights,
+                      quiet=True)
         seconds, rss = in_subprocess(pipeline_seconds, cfg, args.threads)
         reading = ("patches read in the model's thread" if default_prefetch(choice) == 0
                    else "patches read in a background thread")
@@ -151,8 +155,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
               f"({n_views} views, fresh process, {reading}), "
               f"its peak RSS {rss:.0f} MB\n")
     naive = in_subprocess(naive_views_per_s, args.h5, first, backbone.name, args.naive_spots,
-                          cfg.patch_px, args.threads)
-    out.write(f"(c) naive: {naive:.1f} views/s (PIL crop per spot, fp32, "
+                          cfg.patch_px, args.threads, str(choice.device), args.weights)
+    out.write(f"(c) naive: {naive:.1f} views/s (PIL crop per spot, fp32 on {choice.device}, "
               f"{args.naive_spots} spots, fresh process)\n")
     out.write(f"bench-embed views_per_s={pipeline:.1f} limit_views_per_s={limit:.1f} "
               f"naive_views_per_s={naive:.1f} vs_limit={pipeline / limit:.2f} "
