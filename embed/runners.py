@@ -7,7 +7,7 @@ callable with the same outputs, in float32. Measured on the 2-core AMX CPU
 figures in issue 4's note): eager bf16 autocast + channels_last 175 views/s;
 bf16 weights eager 187; ``torch.compile`` 188 (45 s to compile), with inductor freezing
 240 (15 s); ``torch.jit.trace`` + ``freeze`` 247; the same with oneDNN graph fusion 292-303
-(about 2 s once per graph: trace, fusion compile, the check against eager).
+(about 1.5 s once per graph: trace, fusion compile, the check against eager).
 mobilenet_v2: eager 210, oneDNN fusion 396.
 """
 
