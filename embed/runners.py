@@ -74,11 +74,9 @@ class EagerRunner:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> Outputs:
         n = len(x)
-        if self.batch is None or self.choice.device.type != "cuda" or n >= self.batch:
-            with self.choice.autocast():
-                return _as_float(self.module(x))
+        size = self.batch if self.batch and self.choice.device.type == "cuda" else n
         with self.choice.autocast():
-            return tuple(o[:n] for o in _as_float(self.module(_pad(x, self.batch))))
+            return tuple(o[:n] for o in _as_float(self.module(_pad(x, size))))
 
 
 @dataclass
