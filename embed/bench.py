@@ -49,14 +49,12 @@ def limit_views_per_s(extractor: FeatureExtractor, batch_spots: int, seconds: fl
 
 
 def limit_in_process(backbone_name: str, weights: str | None, tta: int, batch_spots: int,
-                     device: str, precision: str, runner: str, threads: int | None,
+                     device: str, precision: str, runner: str,
                      seconds: float) -> tuple[float, str]:
     """(:func:`limit_views_per_s`, the runner used), measured in a fresh process (see
     :func:`in_subprocess`) like the pipeline: nothing else of the benchmark's is resident
     beside either measurement (a parent holding the traced model measured ~6 % slower
     pipelines in alternating runs)."""
-    if threads:
-        torch.set_num_threads(threads)
     backbone = get_backbone(backbone_name)
     model, _ = build_model(backbone, weights)
     extractor = FeatureExtractor(model, backbone, select_device(device, precision), tta,
@@ -65,14 +63,12 @@ def limit_in_process(backbone_name: str, weights: str | None, tta: int, batch_sp
 
 
 def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int,
-                      patch: int, threads: int | None, device: str = "cpu",
+                      patch: int, device: str = "cpu",
                       weights: str | None = None) -> float:
     """Per spot: PIL crop, 8 views, fp32 NCHW, one forward per spot on ``device``.
 
     Run in a fresh process (see :func:`in_subprocess`): a notebook has neither our
     allocator settings nor our threads."""
-    if threads:
-        torch.set_num_threads(threads)
     backbone = get_backbone(backbone_name)
     model, _ = build_model(backbone, weights)
     with CanonicalH5(h5_path) as h5:
@@ -95,22 +91,26 @@ def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int
     return n_spots * 8 / (time.perf_counter() - t0)
 
 
-def pipeline_seconds(cfg: EmbedConfig, threads: int | None) -> tuple[float, float]:
+def pipeline_seconds(cfg: EmbedConfig) -> tuple[float, float]:
     """(wall seconds of ``embed.run.run(cfg)``, peak RSS in MB of the process).
 
     Run in a fresh process (see :func:`in_subprocess`), as ``make embeddings`` runs: it pays
     its own start-up (weights, tracing) and its RSS is its own."""
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     run(cfg)
     return time.perf_counter() - t0, peak_rss_mb()
 
 
-def in_subprocess(fn, *args):
-    """``fn(*args)`` in a freshly spawned interpreter."""
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def in_subprocess(fn, *args, threads: int | None = None):
+    """``fn(*args)`` in a freshly spawned interpreter, with ``threads`` torch threads
+    (default: torch's own choice)."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
+    with ctx.Pool(1, initializer=_set_threads, initargs=(threads,)) as pool:
         return pool.apply(fn, args)
 
 
@@ -133,8 +133,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                    help="local weights file for the backbone (e.g. UNI: --backbone uni)")
     args = p.parse_args(argv)
     setup_logging(quiet=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     backbone = get_backbone(args.backbone)
     choice = select_device(args.device, args.precision)
     batch_spots = args.batch_spots or default_batch_spots(choice)
@@ -142,8 +141,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     # drifts by ~10 % over a minute, and a ratio of two numbers taken at different times
     # would carry that drift
     limit_args = (backbone.name, args.weights, args.tta, batch_spots, args.device,
-                  args.precision, args.runner, args.threads, args.limit_seconds / 2)
-    before, runner = in_subprocess(limit_in_process, *limit_args)
+                  args.precision, args.runner, args.limit_seconds / 2)
+    before, runner = in_subprocess(limit_in_process, *limit_args, threads=args.threads)
     out = sys.stdout
     out.write(f"device: {choice.describe()}, threads {torch.get_num_threads()}, "
               f"backbone {backbone.name}, {args.tta} views, {batch_spots} spots/batch, "
@@ -159,11 +158,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       batch_spots=batch_spots, device=args.device,
                       precision=args.precision, runner=args.runner, weights=args.weights,
                       quiet=True)
-        seconds, rss = in_subprocess(pipeline_seconds, cfg, args.threads)
+        seconds, rss = in_subprocess(pipeline_seconds, cfg, threads=args.threads)
         reading = ("patches read in the model's thread" if default_prefetch(choice) == 0
                    else "patches read in a background thread")
         pipeline = n_views / seconds
-    after, _ = in_subprocess(limit_in_process, *limit_args)
+    after, _ = in_subprocess(limit_in_process, *limit_args, threads=args.threads)
     limit = (before + after) / 2
     out.write(f"(a) limit: {limit:.1f} views/s (random input, same runner, dtype and batch, "
               f"fresh processes; {before:.1f} before the pipeline, {after:.1f} after)\n")
@@ -171,7 +170,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
               f"({n_views} views, fresh process, {reading}), "
               f"its peak RSS {rss:.0f} MB\n")
     naive = in_subprocess(naive_views_per_s, args.h5, first, backbone.name, args.naive_spots,
-                          cfg.patch_px, args.threads, str(choice.device), args.weights)
+                          cfg.patch_px, str(choice.device), args.weights, threads=args.threads)
     out.write(f"(c) naive: {naive:.1f} views/s (PIL crop per spot, fp32 on {choice.device}, "
               f"{args.naive_spots} spots, fresh process)\n")
     out.write(f"bench-embed views_per_s={pipeline:.1f} limit_views_per_s={limit:.1f} "
