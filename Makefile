@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 $(OUT)/her2st.h5: $(VENV)/.installed
-	$(PY) -m data.import_her2st --src data/samples/her2st --tier $(TIER) --out $@
+	$(PY) -m data.importers.her2st --src data/samples/her2st --tier $(TIER) --out $@
 
 import: $(OUT)/her2st.h5
 

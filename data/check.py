@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from data import validate
-from data.errors import DataError, Problem, run_cli, setup_logging
+from data.cli import run_cli, setup_logging
+from data.errors import DataError, Problem
 from data.h5 import SPLITS, CanonicalH5, cell_type_fields
 from data.patches import PatchCropper
 

@@ -1,20 +1,19 @@
-"""User-facing input errors and the command-line wrapper that reports them.
+"""The two errors a user can fix: bad input (:class:`DataError`) and bad settings
+(:class:`ConfigError`).
 
 A :class:`Problem` names the file, slide and field at fault, what was expected, what was
-found and how to fix it. A :class:`DataError` carries one or more problems; command-line
-entry points turn it into one message and exit code 2, never a traceback.
+found and how to fix it. A :class:`DataError` carries one or more problems. Command-line
+entry points (:func:`data.cli.run_cli`) turn either error into one message and exit code 2;
+every other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger("hespot")
-
-EXIT_USER_ERROR = 2
 
 
 @dataclass(frozen=True)
@@ -71,21 +70,7 @@ def raise_errors(problems: Sequence[Problem]) -> None:
         raise DataError(errors)
 
 
-def setup_logging(quiet: bool = False) -> None:
-    """Configure the ``hespot`` logger once for a command-line run."""
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
-def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
-            user_errors: tuple[type[Exception], ...] = ()) -> int:
-    """Run ``main(argv)``; a :class:`DataError` (or one of ``user_errors``, exceptions that
-    mean a wrong setting) becomes one message and exit code 2, never a traceback."""
-    try:
-        return main(argv)
-    except (DataError, *user_errors) as exc:
-        sys.stderr.write(f"hespot: {exc}\n")
-        return EXIT_USER_ERROR
+class ConfigError(ValueError):
+    """A setting is unknown or cannot be honoured (a recipe, model, backbone, target or
+    preset name, a value out of range, a combination of flags). The message says which
+    setting, what is allowed and how to fix the call."""

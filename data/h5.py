@@ -18,8 +18,6 @@ The reader reads the challenge's ``elucidata_ai_challenge_data.h5`` as it is.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from data.atomic import atomic_path
 from data.chunks import ChunkWindows
 from data.chunks import supports as chunk_windows_support
 from data.errors import DataError, Problem
@@ -144,37 +143,26 @@ def write_h5(path: str | Path, slides: Iterable[SlideRecord], compression_level:
     Images are stored chunked (512 x 512 x 3) and gzip-compressed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.h5", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for rec in slides:
-                image = rec.image() if callable(rec.image) else rec.image
-                chunks = tuple(min(c, s) for c, s in zip(IMAGE_CHUNK, image.shape, strict=True))
-                dset = f.create_dataset(
-                    f"images/{rec.split}/{rec.name}",
-                    data=image,
-                    chunks=chunks,
-                    compression="gzip",
-                    compression_opts=compression_level,
-                    shuffle=True,
-                )
-                del image
-                if rec.pixel_size_um is not None:
-                    dset.attrs["pixel_size_um"] = float(rec.pixel_size_um)
-                if rec.source:
-                    dset.attrs["source"] = rec.source
-                tab = f.create_dataset(f"spots/{rec.split}/{rec.name}", data=rec.table)
-                if rec.extra_fields:
-                    tab.attrs["extra_fields"] = list(rec.extra_fields)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".tmp.h5") as tmp, h5py.File(tmp, "w") as f:
+        for rec in slides:
+            image = rec.image() if callable(rec.image) else rec.image
+            chunks = tuple(min(c, s) for c, s in zip(IMAGE_CHUNK, image.shape, strict=True))
+            dset = f.create_dataset(
+                f"images/{rec.split}/{rec.name}",
+                data=image,
+                chunks=chunks,
+                compression="gzip",
+                compression_opts=compression_level,
+                shuffle=True,
+            )
+            del image
+            if rec.pixel_size_um is not None:
+                dset.attrs["pixel_size_um"] = float(rec.pixel_size_um)
+            if rec.source:
+                dset.attrs["source"] = rec.source
+            tab = f.create_dataset(f"spots/{rec.split}/{rec.name}", data=rec.table)
+            if rec.extra_fields:
+                tab.attrs["extra_fields"] = list(rec.extra_fields)
     return path
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.errors import DataError, Problem
+from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 
 PAD_MODES = ("reflect", "constant", "edge")
@@ -33,7 +33,7 @@ def resolve_patch_px(size_px: int | None = 224, size_um: float | None = None,
                                     "re-import with --pixel-size"))
         return max(1, int(round(size_um / pixel_size_um)))
     if size_px is None or size_px < 1:
-        raise ValueError(f"patch size must be a positive number of pixels, got {size_px}")
+        raise ConfigError(f"patch size must be a positive number of pixels, got {size_px}")
     return int(size_px)
 
 
@@ -60,7 +60,7 @@ class PatchCropper:
 
     def __post_init__(self) -> None:
         if self.pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+            raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
         self.height, self.width = self.h5.image_shape(self.slide)[:2]
 
     def _read_box(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from data.errors import run_cli
+from data.cli import run_cli
 from data.h5 import CanonicalH5
 
 

@@ -33,6 +33,8 @@ import albumentations as A  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from data.errors import ConfigError
+
 # GaussNoise in albumentations 2.x takes the noise std as a fraction of the value range:
 # a variance of 5..30 on the 0-255 scale is a std of sqrt(5)/255 .. sqrt(30)/255.
 NOISE_STD_RANGE = (math.sqrt(5.0) / 255.0, math.sqrt(30.0) / 255.0)
@@ -88,7 +90,7 @@ def check_augment(parts: Sequence[str]) -> tuple[str, ...]:
     parts = tuple(p for p in parts if p != "none")
     unknown = [p for p in parts if p not in AUGMENT_PARTS]
     if unknown:
-        raise ValueError(f"unknown augmentation part(s) {unknown}; known: "
+        raise ConfigError(f"unknown augmentation part(s) {unknown}; known: "
                          f"{', '.join(AUGMENT_PARTS)} (or none)")
     return parts
 

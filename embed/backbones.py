@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SOURCES = ("pypi", "hub", "file", "random")
@@ -108,7 +110,7 @@ def get_backbone(name: str) -> Backbone:
         return REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(REGISTRY))
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {known}") from None
+        raise ConfigError(f"unknown backbone {name!r}; known backbones: {known}") from None
 
 
 def list_backbones(source: str | None = None) -> list[str]:

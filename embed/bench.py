@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.errors import run_cli, setup_logging
+from data.cli import run_cli, setup_logging
 from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
 from embed.device import select_device

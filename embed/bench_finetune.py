@@ -18,14 +18,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from data.errors import run_cli, setup_logging
+from data.cli import run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
 from embed.augment import WINNING_AUGMENT, build_train_transform
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import DeviceChoice, cpu_has_bf16, select_device
 from embed.train_loop import SpotRegressor, train_step
-from embed.weights import WeightsError, build_model
+from embed.weights import build_model
 
 
 def train_images_per_s(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -114,7 +114,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, user_errors=(ValueError, WeightsError))
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

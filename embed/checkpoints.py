@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from data.atomic import atomic_write_bytes, atomic_write_json
+from data.errors import ConfigError
 
 log = logging.getLogger("hespot")
 
@@ -40,30 +42,19 @@ def prune_checkpoints(folder: Path, keep: set[int]) -> None:
             checkpoint_path(folder, e).unlink(missing_ok=True)
 
 
-def _replace_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``: a run
     killed while saving leaves the previous checkpoints intact and no partial file."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _replace_atomic(Path(path), buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_arrays(path: Path, **arrays: Any) -> None:
     """``np.savez`` written atomically."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    _replace_atomic(Path(path), buf.getvalue())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    _replace_atomic(Path(path), json.dumps(obj, indent=1).encode())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _differences(stored: dict, settings: dict) -> list[str]:
@@ -80,7 +71,7 @@ def load_checkpoint(path: Path, settings: dict) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     diff = _differences(state.get("settings", {}), settings)
     if diff:
-        raise ValueError(f"checkpoint {path} was written with other settings "
+        raise ConfigError(f"checkpoint {path} was written with other settings "
                          f"({'; '.join(diff)}); pass --overwrite to train from scratch, or "
                          "another --out")
     return state
@@ -100,8 +91,8 @@ def check_settings(root: Path, settings: dict, overwrite: bool) -> None:
     if path.is_file():
         diff = _differences(json.loads(path.read_text()), settings)
         if diff:
-            raise ValueError(f"{root} holds a run with other settings ({'; '.join(diff)}); "
+            raise ConfigError(f"{root} holds a run with other settings ({'; '.join(diff)}); "
                              "pass --overwrite to train from scratch, --model-id NAME to keep "
                              "both, or the same settings to resume")
     root.mkdir(parents=True, exist_ok=True)
-    write_json(path, settings)
+    atomic_write_json(path, settings)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from data.errors import ConfigError
+
 log = logging.getLogger("hespot")
 
 _M_TRIM_THRESHOLD = -1
@@ -73,13 +75,13 @@ def select_device(prefer: str = "auto", precision: str = "auto",
     """
     use_cuda = prefer == "cuda" or (prefer == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
     device = torch.device("cuda" if use_cuda else "cpu")
     explicit = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision in explicit:
         dtype = explicit[precision]
     elif precision != "auto":
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     elif use_cuda:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:

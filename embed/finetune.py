@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.config import config_dict, config_parser, parse_list, resolve_config
-from data.errors import run_cli, setup_logging
+from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.errors import ConfigError
 from data.h5 import CanonicalH5
 from embed.augment import WINNING_AUGMENT, check_augment
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
@@ -104,16 +104,16 @@ RUN_ONLY = ("h5", "out", "folds", "tta", "test", "workers", "device", "precision
 def check_config(cfg: FinetuneConfig) -> None:
     """Raise ValueError naming the first bad setting."""
     if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
     choices = {"target": TARGETS, "head": HEADS, "loss": tuple(LOSSES), "tta": TTA_CHOICES,
                "val_tta": TTA_CHOICES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+            raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
     if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patch_px < 8:
-        raise ValueError("need epochs >= 1, batch size >= 2 and patch px >= 8")
+        raise ConfigError("need epochs >= 1, batch size >= 2 and patch px >= 8")
     if not 0.0 <= cfg.cutmix_p <= 1.0:
-        raise ValueError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
+        raise ConfigError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
     check_augment(cfg.augment)
     get_backbone(cfg.backbone)
 
@@ -121,7 +121,7 @@ def check_config(cfg: FinetuneConfig) -> None:
 def apply_preset(cfg: FinetuneConfig, explicit: set[str]) -> FinetuneConfig:
     """``cfg`` with its preset's values for every field not set explicitly."""
     if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
     values = {k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit}
     return replace(cfg, **values)
 
@@ -218,7 +218,7 @@ def _run(cfg: FinetuneConfig) -> dict:
         folds = list(cfg.folds) or train_slides
         bad = [f for f in folds if f not in train_slides]
         if bad or len(train_slides) < 2:
-            raise ValueError(f"folds must be train slides ({train_slides}; LOSO needs two or "
+            raise ConfigError(f"folds must be train slides ({train_slides}; LOSO needs two or "
                              f"more), got {bad}")
         data = SlidePatches.load(h5, train_slides + test_slides, cfg.patch_px, cfg.pad_mode)
     settings = training_settings(cfg, entry.name, winfo.sha256, choice.dtype_name, data)
@@ -305,7 +305,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, user_errors=(ValueError, WeightsError))
+    return run_cli(_main, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -27,17 +27,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.config import config_dict, config_parser, parse_list, resolve_config
-from data.errors import run_cli, setup_logging
+from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.errors import ConfigError
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper, resolve_patch_px
+from data.store import array_name, open_slide
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import select_device
 from embed.extract import FeatureExtractor, preprocess
-from embed.runners import RUNNERS, RunnerError
-from embed.store import array_name, open_slide
+from embed.runners import RUNNERS
 from embed.tta import TTA_CHOICES
-from embed.weights import WeightsError, build_model
+from embed.weights import build_model
 
 log = logging.getLogger("hespot")
 
@@ -63,7 +63,7 @@ class BackboneJob:
             elif o.isdigit():
                 extra.append(int(o))
             else:
-                raise ValueError(f"backbone option {o!r} in {text!r}: expected 'stages' or a "
+                raise ConfigError(f"backbone option {o!r} in {text!r}: expected 'stages' or a "
                                  "crop size in px, e.g. efficientnet_lite0+stages+448")
         return cls(name, stages, tuple(dict.fromkeys((*contexts, *extra))))
 
@@ -244,12 +244,12 @@ def default_batch_spots(choice) -> int:
 def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
     """Embed every requested backbone x slide. Returns {backbone: {slide: status}}."""
     if cfg.tta not in TTA_CHOICES:
-        raise ValueError(f"--tta must be one of {TTA_CHOICES}")
+        raise ConfigError(f"--tta must be one of {TTA_CHOICES}")
     for field in ("batch_spots", "chunk_spots"):
         if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
-            raise ValueError(f"--{field.replace('_', '-')} must be at least 1")
+            raise ConfigError(f"--{field.replace('_', '-')} must be at least 1")
     if cfg.weights and len(cfg.backbones) != 1:
-        raise ValueError("--weights applies to exactly one backbone")
+        raise ConfigError("--weights applies to exactly one backbone")
     jobs = [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -337,7 +337,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, user_errors=(ValueError, WeightsError, RunnerError))
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from data.errors import ConfigError
 from embed.device import DeviceChoice
 
 log = logging.getLogger("hespot")
@@ -42,7 +43,7 @@ CHECK_ROWS = 2
 MAX_WARMUP = 6
 
 
-class RunnerError(RuntimeError):
+class RunnerError(ConfigError):
     """A runner cannot serve this model or device."""
 
 
@@ -203,7 +204,7 @@ def resolve_runner(name: str, choice: DeviceChoice, module: nn.Module | None = N
             return "eager"
         return "jit"
     if name not in RUNNERS:
-        raise ValueError(f"unknown runner {name!r}; known: auto, {', '.join(RUNNERS)}")
+        raise ConfigError(f"unknown runner {name!r}; known: auto, {', '.join(RUNNERS)}")
     return name
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from data.errors import ConfigError
 from embed.augment import build_train_transform, build_valid_transform, cutmix
 from embed.backbones import Backbone
 from embed.checkpoints import (
@@ -59,7 +60,7 @@ class SpotRegressor(nn.Module):
                  head: str = "sigmoid") -> None:
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+            raise ConfigError(f"head must be one of {HEADS}, got {head!r}")
         self.encoder = encoder
         self.head = nn.Linear(n_features, n_outputs)
         self.sigmoid = head == "sigmoid"

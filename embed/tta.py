@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from data.errors import ConfigError
+
 TTA_CHOICES = (1, 2, 4, 8)
 
 
@@ -14,7 +16,7 @@ def dihedral_views(n_views: int) -> list[tuple[int, bool]]:
     4 and 8 are closed under rotation, so their averaged features are rotation invariant.
     """
     if n_views not in TTA_CHOICES:
-        raise ValueError(f"TTA views must be one of {TTA_CHOICES}, got {n_views}")
+        raise ConfigError(f"TTA views must be one of {TTA_CHOICES}, got {n_views}")
     if n_views == 1:
         return [(0, False)]
     if n_views == 2:

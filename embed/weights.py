@@ -20,13 +20,15 @@ import timm
 import torch
 from torch import nn
 
+from data.errors import ConfigError
 from embed.backbones import Backbone
 
 log = logging.getLogger("hespot")
 
 
-class WeightsError(RuntimeError):
-    """No real weights could be loaded for a backbone."""
+class WeightsError(ConfigError):
+    """No real weights could be loaded for a backbone: the backbone or ``--weights`` setting
+    cannot be honoured (the message names the sources tried and how to fix the call)."""
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from data.errors import ConfigError
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--virtual-time-budget=5000")
 
 
-class BrowserError(RuntimeError):
+class BrowserError(ConfigError):
     """No Chromium, or it failed to load the page."""
 
 

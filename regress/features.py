@@ -1,4 +1,5 @@
-"""Feature sets from the stage-1 Zarr store, and the slides' targets from the HDF5 file."""
+"""Stage 2's inputs: feature parts read from the embeddings store (:mod:`data.store`) and
+the slides' targets from the HDF5 file, gathered per slide."""
 
 from __future__ import annotations
 
@@ -6,27 +7,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One array of the store: ``backbone`` and array name (``features``, ``stages``,
-    ``features_448px``...). Written ``backbone`` or ``backbone:array`` on the command line."""
-
-    backbone: str
-    array: str = "features"
-
-    @classmethod
-    def parse(cls, text: str) -> FeatureSpec:
-        backbone, _, array = text.partition(":")
-        return cls(backbone.strip(), array.strip() or "features")
-
-    def __str__(self) -> str:
-        return self.backbone if self.array == "features" else f"{self.backbone}:{self.array}"
+from data.store import FeatureSpec, open_store, read_array
 
 
 @dataclass
@@ -63,40 +46,6 @@ def assemble(data: SlideSet, specs: list[FeatureSpec]) -> SlideSet:
     X = {sl: np.concatenate([data.parts[str(s)][sl] for s in specs], axis=1)
          for sl in data.slides}
     return replace(data, X=X)
-
-
-def open_store(root: str | Path) -> zarr.Group:
-    """The stage-1 Zarr store, read-only; DataError when it does not exist."""
-    if not Path(root).exists():
-        raise DataError(Problem(str(root), "", "", "an embeddings store", "no such folder",
-                                "run `make embeddings` first"))
-    return zarr.open_group(str(root), mode="r")
-
-
-def read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
-               n_spots: int | None = None) -> np.ndarray:
-    """float32 (n_spots, dim) of one finished (backbone, slide, array); with ``n_spots``
-    the row count is checked against the spot table."""
-    fix = (f"run `make embeddings` (python -m embed.run --backbones {spec.backbone}"
-           f"{' --stages' if spec.array.startswith('stages') else ''}) first")
-    key = f"{spec.backbone}/{slide}"
-    if key not in store:
-        raise DataError(Problem(root, slide, key, f"embeddings of {spec.backbone}",
-                                "none stored", fix))
-    group = store[key]
-    if spec.array not in group:
-        have = sorted(k for k in group.array_keys() if k not in ("done", "spot_index"))
-        raise DataError(Problem(root, slide, f"{key}/{spec.array}", f"one of {have}",
-                                "no such array", fix))
-    if not np.all(group["done"][:] == 1):
-        raise DataError(Problem(root, slide, key, "a finished slide", "an interrupted run",
-                                "run `make embeddings` again: it resumes"))
-    X = np.asarray(group[spec.array][:], dtype=np.float32)
-    if n_spots is not None and len(X) != n_spots:
-        raise DataError(Problem(root, slide, f"{key}/{spec.array}",
-                                f"{n_spots} rows (the spot table)", f"{len(X)} rows",
-                                "the HDF5 changed since: rerun embeddings with --overwrite"))
-    return X
 
 
 def load_slides(h5_path: str | Path, store_path: str | Path,

@@ -15,6 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
+from data.errors import ConfigError
 from regress.metrics import spearman_per_spot, spearman_per_type
 
 DEFAULT_ALPHAS = tuple(10.0 ** np.arange(-1, 7.5, 0.5))
@@ -125,7 +126,7 @@ class RidgeLOSO(_Preprocessed):
     def fit(self, X, y, groups=None):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
         if self.scoring not in ("spot", "type", "mse"):
-            raise ValueError(f"scoring must be spot, type or mse, got {self.scoring!r}")
+            raise ConfigError(f"scoring must be spot, type or mse, got {self.scoring!r}")
         Y = y.reshape(len(y), -1).astype(float)
         Z = self._fit_prep(X)
         alphas = np.asarray(self.alphas, float)
@@ -229,4 +230,4 @@ def make_model(name: str, **params) -> BaseEstimator:
     try:
         return MODELS[name](**params)
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}") from None
+        raise ConfigError(f"unknown model {name!r}; known: {sorted(MODELS)}") from None

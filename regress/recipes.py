@@ -14,6 +14,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from data.errors import ConfigError
+from data.store import FeatureSpec
+from regress.features import assemble
+from regress.spatial import SpatialContext, center_per_slide, smooth_predictions
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -64,7 +69,7 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
 
 
 def prepare(data, recipe: Recipe):
@@ -76,9 +81,6 @@ def prepare(data, recipe: Recipe):
     Returns:
         (SlideSet with the recipe's X, postprocess(slide, P) -> P or None).
     """
-    from regress.features import FeatureSpec, assemble
-    from regress.spatial import SpatialContext, center_per_slide, smooth_predictions
-
     data = assemble(data, [FeatureSpec.parse(f) for f in recipe.features])
     X = {}
     for slide, Xs in data.X.items():

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.config import config_dict, config_parser, parse_list, resolve_config
-from data.errors import DataError, Problem, run_cli, setup_logging
+from data.atomic import atomic_write_text
+from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.errors import DataError, Problem
 from regress.browser import BrowserError, check_in_browser
 from regress.report_sections import SECTIONS, Absent, Inputs
-from regress.results import atomic_write_text
 
 log = logging.getLogger("hespot")
 
@@ -168,7 +168,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, user_errors=(BrowserError,))
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from data.check import background_share
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5, SpotTable
+from data.store import FeatureSpec, read_array
 from regress import plots
-from regress.features import FeatureSpec, read_array
 from regress.metrics import spearman_per_type
 from regress.results import read_predictions
 

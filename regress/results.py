@@ -9,8 +9,6 @@ Every model (stage 2's regressors, the fine-tuned CNN) writes
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,22 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.atomic import atomic_write_text
 from data.errors import DataError, Problem
 
 META_COLUMNS = ["slide", "row", "spot_id", "x", "y"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def predictions_frame(preds: Mapping[str, np.ndarray], cell_types, xy, spot_ids) -> pd.DataFrame:

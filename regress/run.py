@@ -17,11 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from data.config import config_dict, config_parser, parse_list, resolve_config
-from data.errors import run_cli, setup_logging
-from regress.features import FeatureSpec, load_slides
+from data.cli import (
+    check_name,
+    config_dict,
+    config_parser,
+    parse_list,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
+from data.errors import DataError, Problem
+from data.store import FeatureSpec
+from regress.features import load_slides
 from regress.loso import run_loso
-from regress.models import DEFAULT_ALPHAS, make_model
+from regress.models import DEFAULT_ALPHAS, MODELS, make_model
 from regress.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe, prepare
 from regress.results import (
     loso_table,
@@ -105,8 +114,9 @@ def describe(model) -> dict:
 def run(cfg: RegressConfig) -> dict:
     """LOSO for every model x target; returns the report dict."""
     for t in cfg.targets:
-        if t not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {t!r}")
+        check_name("target", t, TARGETS)
+    for m in cfg.models:
+        check_name("model", m, list(MODELS))
     recipe = resolve_recipe(cfg)
     t0 = time.perf_counter()
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in recipe.features])
@@ -116,7 +126,8 @@ def run(cfg: RegressConfig) -> dict:
              next(iter(data.X.values())).shape[1], len(data.cell_types),
              time.perf_counter() - t0)
     if len(data.train) < 2:
-        raise ValueError("LOSO needs at least 2 train slides")
+        raise DataError(Problem(cfg.h5, "", "spots/Train", "at least 2 train slides (LOSO)",
+                                f"{len(data.train)}", "import more training slides"))
     entries = {}
     out = Path(cfg.out)
     models = ["constant"] + [m for m in cfg.models if m != "constant"]

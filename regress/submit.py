@@ -23,10 +23,11 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: python regress/submit.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.config import parse_list  # noqa: E402
-from data.errors import DataError, Problem, run_cli, setup_logging  # noqa: E402
+from data.atomic import atomic_path, atomic_write_text  # noqa: E402
+from data.cli import parse_list, run_cli, setup_logging  # noqa: E402
+from data.errors import DataError, Problem  # noqa: E402
 from data.h5 import CanonicalH5  # noqa: E402
-from regress.results import atomic_write_text, load_report, read_predictions  # noqa: E402
+from regress.results import load_report, read_predictions  # noqa: E402
 from regress.targets import rank_scale  # noqa: E402
 
 log = logging.getLogger("hespot")
@@ -120,9 +121,8 @@ def write_anndata(path: Path, frame: pd.DataFrame, values: np.ndarray,
     adata = ad.AnnData(X=values.astype(np.float32), obs=obs,
                        var=pd.DataFrame(index=list(cell_types)))
     adata.obsm["spatial"] = frame[["x", "y"]].to_numpy(float)
-    tmp = path.with_name(f".{path.name}.tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".h5ad") as tmp:
+        adata.write_h5ad(tmp)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from data.errors import ConfigError
+
 TARGETS = ("spot_rank", "type_rank", "raw")
 
 
@@ -34,4 +36,4 @@ def transform_targets(Y: np.ndarray, target: str) -> np.ndarray:
         return rank_scale(Y, axis=0)
     if target == "raw":
         return np.asarray(Y, dtype=float)
-    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    raise ConfigError(f"target must be one of {TARGETS}, got {target!r}")

@@ -11,20 +11,29 @@ slides' targets are never read: the HDF5 reader gives test slides no targets.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.config import config_dict, config_parser, parse_list, resolve_config
-from data.errors import run_cli, setup_logging
-from regress.features import FeatureSpec, SlideSet, load_slides
+from data.atomic import atomic_write_json
+from data.cli import (
+    check_name,
+    config_dict,
+    config_parser,
+    parse_list,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
+from data.store import FeatureSpec
+from regress.features import SlideSet, load_slides
 from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, RidgeLOSO
 from regress.recipes import TUNE_GRID, Recipe, get_recipe, prepare
-from regress.results import atomic_write_text, update_report
+from regress.results import update_report
+from regress.targets import TARGETS
 
 log = logging.getLogger("hespot")
 
@@ -92,6 +101,8 @@ def ablation_markdown(rows: dict[str, dict], chosen: str, reference: str = "plai
 
 def run(cfg: TuneConfig) -> dict:
     recipes = [get_recipe(n) for n in cfg.recipes]
+    for t in cfg.targets:
+        check_name("target", t, TARGETS)
     specs = sorted({f for r in recipes for f in r.features})
     t0 = time.perf_counter()
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in specs])
@@ -106,10 +117,9 @@ def run(cfg: TuneConfig) -> dict:
                      rows[key]["seconds"])
     chosen = choose(rows, cfg.targets[0])
     out = Path(cfg.out)
-    atomic_write_text(out / "tuned.json", json.dumps(
-        {"recipe": chosen, "scores": rows[f"{chosen}/{cfg.targets[0]}"]["mean"],
-         "target": cfg.targets[0],
-         "train_slides": data.train}, indent=1))
+    atomic_write_json(out / "tuned.json",
+                      {"recipe": chosen, "scores": rows[f"{chosen}/{cfg.targets[0]}"]["mean"],
+                       "target": cfg.targets[0], "train_slides": data.train})
     table = ablation_markdown(rows, chosen)
     update_report(out, {}, ablation={"rows": rows, "chosen": chosen, "table": table,
                                      "config": config_dict(cfg)})

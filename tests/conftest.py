@@ -29,7 +29,7 @@ def synthetic_h5(tmp_path_factory, synthetic_cfg) -> Path:
 @pytest.fixture(scope="session")
 def her2st_h5(tmp_path_factory) -> Path:
     """The bundled sample imported once (tier subset)."""
-    from data.import_her2st import main
+    from data.importers.her2st import main
 
     out = tmp_path_factory.mktemp("her2st") / "her2st.h5"
     assert main(["--src", str(SAMPLE), "--out", str(out), "--quiet"]) == 0

@@ -15,8 +15,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from data import import_her2st, import_table, import_visium
 from data.h5 import CanonicalH5
+from data.importers import her2st as import_her2st
+from data.importers import table as import_table
+from data.importers import visium as import_visium
 
 H, W = 60, 80
 TYPES = ["B cells", "NK cells ", "Tumour"]  # trailing space, as in the her2st files

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import embed.device as device_mod
+from data.errors import ConfigError
 from embed.device import DeviceChoice, cpu_has_bf16, select_device
 
 
@@ -57,7 +58,7 @@ def test_invalid_precision_raises(precision):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_requested_without_cuda_raises():
-    with pytest.raises(RuntimeError, match="cuda"):
+    with pytest.raises(ConfigError, match="cuda"):
         select_device("cuda", "fp32")
 
 

@@ -19,9 +19,9 @@ import zarr
 
 import embed.run as run_mod
 from data.errors import DataError
+from data.store import read_features
 from embed.extract import FeatureExtractor
 from embed.run import EmbedConfig, run
-from embed.store import read_features
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = "tiny_random"

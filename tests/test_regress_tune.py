@@ -11,7 +11,8 @@ import embed.run
 import regress.recipes as recipes
 import regress.tune as tune
 from data.h5 import CanonicalH5
-from regress.features import FeatureSpec, load_slides
+from data.store import FeatureSpec
+from regress.features import load_slides
 from regress.recipes import Recipe
 from regress.spatial import (
     SpatialContext,

@@ -1,4 +1,4 @@
-"""Import slides listed in a manifest: ``python -m data.import_table --manifest CSV --out FILE``.
+"""Import slides listed in a manifest: ``python -m data.importers.table --manifest CSV --out FILE``.
 
 The manifest has one row per slide with columns ``slide, image, spots, split`` and an
 optional ``pixel_size_um``; paths are relative to the manifest. A spots CSV has ``x``
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataError, Problem, run_cli, setup_logging
-from data.importing import PendingSlide, numeric_columns, read_table, write_slides
+from data.cli import run_cli, setup_logging
+from data.errors import DataError, Problem
+from data.importers.common import PendingSlide, numeric_columns, read_table, write_slides
 
 MANIFEST_COLUMNS = ["slide", "image", "spots", "split"]
 
@@ -53,7 +54,7 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.import_table", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m data.importers.table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)

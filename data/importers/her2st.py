@@ -1,6 +1,6 @@
 """Import the her2st layout (the bundled sample) into the canonical HDF5 layout.
 
-``python -m data.import_her2st --src data/samples/her2st --tier subset --out out/her2st.h5``
+``python -m data.importers.her2st --src data/samples/her2st --tier subset --out out/her2st.h5``
 
 Spots come from ``spots/<S>_selection.tsv`` (rows with ``selected == 1``; ``pixel_x`` is the
 column, ``pixel_y`` the row); proportions from ``proportions/<tier>/<S>-proportion.tsv``,
@@ -17,8 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError, Problem, run_cli, setup_logging
-from data.importing import PendingSlide, numeric_columns, read_table, require_path, write_slides
+from data.cli import run_cli, setup_logging
+from data.errors import DataError, Problem
+from data.importers.common import (
+    PendingSlide,
+    numeric_columns,
+    read_table,
+    require_path,
+    write_slides,
+)
 
 log = logging.getLogger("hespot")
 
@@ -96,7 +103,7 @@ def gather(src: Path, tier: str = "subset", pixel_size_um: float = DEFAULT_PIXEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data.import_her2st", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m data.importers.her2st", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", type=Path, default=SAMPLE_DIR, help="her2st folder")
     p.add_argument("--tier", choices=TIERS, default="subset",

@@ -1,6 +1,6 @@
 """Import Space Ranger (Visium) outputs into the canonical HDF5 layout.
 
-``python -m data.import_visium --outs OUTS --image IMAGE [--abundances CSV] [--slide NAME]
+``python -m data.importers.visium --outs OUTS --image IMAGE [--abundances CSV] [--slide NAME]
 [--outs ... --image ...] --out FILE`` (the flags repeat, one group per slide, in order), or
 ``--manifest CSV`` with columns ``slide, outs, image[, abundances]``.
 
@@ -22,8 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataError, Problem, run_cli, setup_logging
-from data.importing import PendingSlide, numeric_columns, read_table, require_path, write_slides
+from data.cli import run_cli, setup_logging
+from data.errors import DataError, Problem
+from data.importers.common import (
+    PendingSlide,
+    numeric_columns,
+    read_table,
+    require_path,
+    write_slides,
+)
 
 log = logging.getLogger("hespot")
 
@@ -121,7 +128,7 @@ def _groups(args: argparse.Namespace) -> list[tuple[str, Path, Path, Path | None
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.import_visium", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m data.importers.visium", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outs", type=Path, action="append", help="Space Ranger outs/ folder")
     p.add_argument("--image", type=Path, action="append", help="full-resolution image")
