@@ -27,7 +27,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.cli import (
+    DEFAULT_H5,
+    DEFAULT_STORE,
+    config_dict,
+    config_parser,
+    parse_list,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper, resolve_patch_px
@@ -72,8 +81,8 @@ class BackboneJob:
 class EmbedConfig:
     """Settings of a stage-1 run (defaults < --config JSON < flags)."""
 
-    h5: str = "out/her2st.h5"
-    store: str = "out/embeddings.zarr"
+    h5: str = DEFAULT_H5
+    store: str = DEFAULT_STORE
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
     slides: tuple[str, ...] = ()          # empty: every train and test slide
     tta: int = 8
@@ -289,9 +298,8 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m embed.run", __doc__, EmbedConfig)
-    p.add_argument("--h5", help="canonical HDF5 file (default out/her2st.h5)")
-    p.add_argument("--store", help="Zarr store to write (default out/embeddings.zarr)")
+    p = config_parser("python -m embed.run", __doc__, EmbedConfig,
+                      common=("h5", "store", "device", "precision", "threads", "quiet"))
     p.add_argument("--backbones", type=parse_list,
                    help="comma-separated registry names, each optionally with +stages and "
                    "+<crop px>, e.g. mobilenet_v2,efficientnet_lite0+stages+448")
@@ -317,14 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches read ahead in a background thread; 0 reads in the model's "
                    "thread (default: 3 on a GPU or with spare CPU cores, else 0)")
     p.add_argument("--weights", help="local weights file (safetensors or state dict)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--pad-mode", dest="pad_mode", choices=["reflect", "constant", "edge"])
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
                    help="recompute every requested slide, finished or not, whatever its "
                    "stored settings")
-    p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
     return p
 
 

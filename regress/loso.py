@@ -4,50 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
 from regress.features import SlideSet
-from regress.metrics import spearman_per_spot, spearman_per_type
+from regress.results import LosoResult
 from regress.targets import transform_targets
-
-
-@dataclass
-class LosoResult:
-    """Out-of-fold and test predictions with their scores.
-
-    Attributes:
-        oof: held-out slide -> float (n_spots, n_types) predictions.
-        test: test slide -> float (n_spots, n_types) predictions (fit on all train slides).
-        per_slide: slide -> {"spot": mean per-spot Spearman, "type": mean per-type}.
-        per_type: float (n_types,) per-type Spearman averaged over held-out slides.
-        seconds: wall time of the whole LOSO + final fit.
-        fitted: params of interest of the final model (e.g. alpha).
-    """
-
-    oof: dict[str, np.ndarray] = field(default_factory=dict)
-    test: dict[str, np.ndarray] = field(default_factory=dict)
-    per_slide: dict[str, dict[str, float]] = field(default_factory=dict)
-    per_type: np.ndarray | None = None
-    seconds: float = 0.0
-    fitted: dict = field(default_factory=dict)
-    _per_type: list = field(default_factory=list, repr=False)
-
-    def add_fold(self, slide: str, P: np.ndarray, T: np.ndarray) -> None:
-        """Record a held-out slide's predictions P and its scores against the truth T."""
-        self.oof[slide] = P
-        pt = spearman_per_type(T, P)
-        self._per_type.append(pt)
-        self.per_slide[slide] = {"spot": float(spearman_per_spot(T, P).mean()),
-                                 "type": float(pt.mean())}
-        self.per_type = np.mean(self._per_type, axis=0)
-
-    @property
-    def mean(self) -> dict[str, float]:
-        return {m: float(np.mean([s[m] for s in self.per_slide.values()]))
-                for m in ("spot", "type")}
 
 
 def stack(data: SlideSet, slides: list[str], target: str) -> tuple[np.ndarray, ...]:

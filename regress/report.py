@@ -24,7 +24,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.atomic import atomic_write_text
-from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.cli import (
+    DEFAULT_H5,
+    DEFAULT_OUT,
+    DEFAULT_STORE,
+    config_dict,
+    config_parser,
+    parse_list,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
 from data.errors import DataError, Problem
 from regress.browser import BrowserError, check_in_browser
 from regress.report_sections import SECTIONS, Absent, Inputs
@@ -41,9 +51,9 @@ class ReportConfig:
     highest mean abundance over the train spots).
     """
 
-    h5: str = "out/her2st.h5"
-    store: str = "out/embeddings.zarr"
-    out: str = "out"
+    h5: str = DEFAULT_H5
+    store: str = DEFAULT_STORE
+    out: str = DEFAULT_OUT
     models: tuple[str, ...] | None = None
     cell_types: tuple[str, ...] | None = None
     thumb_px: int = 1024
@@ -133,10 +143,8 @@ def build_report(cfg: ReportConfig) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m regress.report", __doc__, ReportConfig)
-    p.add_argument("--h5", help="canonical HDF5 file")
-    p.add_argument("--store", help="stage-1 Zarr store")
-    p.add_argument("--out", help="output folder (report.json, predictions/; writes report/)")
+    p = config_parser("python -m regress.report", __doc__, ReportConfig,
+                      common=("h5", "store", "out", "quiet"))
     p.add_argument("--models", type=parse_list,
                    help="comma-separated model ids to map (default: best per spot)")
     p.add_argument("--cell-types", dest="cell_types", type=parse_list,
@@ -145,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", action=argparse.BooleanOptionalAction,
                    help="open the page in headless Chromium, check its images, write "
                    "OUT/report/screenshot.png")
-    p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
     return p
 
 

@@ -1,4 +1,6 @@
-"""Predictions on disk and the LOSO report (``report.json`` + ``report.md``).
+"""The result contract, torch-free: LOSO results and their scores, predictions on disk and
+the LOSO report (``report.json`` + ``report.md``). Stage 2 and the fine-tuned CNN path
+(``embed.finetune``) both write through it, so reports, ensembles and submit treat them alike.
 
 Every model (stage 2's regressors, the fine-tuned CNN) writes
 ``<out>/predictions/<model_id>/oof.csv`` and ``test.csv`` with columns
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,45 @@ import pandas as pd
 
 from data.atomic import atomic_write_text
 from data.errors import DataError, Problem
+from regress.metrics import spearman_per_spot, spearman_per_type
 
 META_COLUMNS = ["slide", "row", "spot_id", "x", "y"]
+
+
+@dataclass
+class LosoResult:
+    """Out-of-fold and test predictions with their scores.
+
+    Attributes:
+        oof: held-out slide -> float (n_spots, n_types) predictions.
+        test: test slide -> float (n_spots, n_types) predictions (fit on all train slides).
+        per_slide: slide -> {"spot": mean per-spot Spearman, "type": mean per-type}.
+        per_type: float (n_types,) per-type Spearman averaged over held-out slides.
+        seconds: wall time of the whole LOSO + final fit.
+        fitted: params of interest of the final model (e.g. alpha).
+    """
+
+    oof: dict[str, np.ndarray] = field(default_factory=dict)
+    test: dict[str, np.ndarray] = field(default_factory=dict)
+    per_slide: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_type: np.ndarray | None = None
+    seconds: float = 0.0
+    fitted: dict = field(default_factory=dict)
+    _per_type: list = field(default_factory=list, repr=False)
+
+    def add_fold(self, slide: str, P: np.ndarray, T: np.ndarray) -> None:
+        """Record a held-out slide's predictions P and its scores against the truth T."""
+        self.oof[slide] = P
+        pt = spearman_per_type(T, P)
+        self._per_type.append(pt)
+        self.per_slide[slide] = {"spot": float(spearman_per_spot(T, P).mean()),
+                                 "type": float(pt.mean())}
+        self.per_type = np.mean(self._per_type, axis=0)
+
+    @property
+    def mean(self) -> dict[str, float]:
+        return {m: float(np.mean([s[m] for s in self.per_slide.values()]))
+                for m in ("spot", "type")}
 
 
 def predictions_frame(preds: Mapping[str, np.ndarray], cell_types, xy, spot_ids) -> pd.DataFrame:

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from data.cli import (
+    DEFAULT_H5,
+    DEFAULT_OUT,
+    DEFAULT_STORE,
     check_name,
     config_dict,
     config_parser,
@@ -53,9 +56,9 @@ class RegressConfig:
     override the recipe when set.
     """
 
-    h5: str = "out/her2st.h5"
-    store: str = "out/embeddings.zarr"
-    out: str = "out"
+    h5: str = DEFAULT_H5
+    store: str = DEFAULT_STORE
+    out: str = DEFAULT_OUT
     recipe: str = "auto"
     features: tuple[str, ...] | None = None   # backbone[:array], concatenated
     context_k: int | None = None
@@ -158,10 +161,8 @@ def run(cfg: RegressConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m regress.run", __doc__, RegressConfig)
-    p.add_argument("--h5")
-    p.add_argument("--store", help="stage-1 Zarr store")
-    p.add_argument("--out", help="output folder (predictions/, report.json, report.md)")
+    p = config_parser("python -m regress.run", __doc__, RegressConfig,
+                      common=("h5", "store", "out", "quiet"))
     p.add_argument("--recipe", help=f"auto (tuned, else {DEFAULT_RECIPE}) or one of "
                    f"{', '.join(RECIPES)}")
     p.add_argument("--features", type=parse_list,
@@ -181,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ridge-alpha-max", dest="ridge_alpha_max", type=float)
     p.add_argument("--lgbm-pca", dest="lgbm_pca", type=int)
     p.add_argument("--lgbm-trees", dest="lgbm_trees", type=int)
-    p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
     return p
 
 

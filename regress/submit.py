@@ -11,26 +11,44 @@ file is written atomically: an existing submission is never left half-overwritte
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):  # run as a script: python regress/submit.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.atomic import atomic_path, atomic_write_text  # noqa: E402
-from data.cli import parse_list, run_cli, setup_logging  # noqa: E402
-from data.errors import DataError, Problem  # noqa: E402
-from data.h5 import CanonicalH5  # noqa: E402
-from regress.results import load_report, read_predictions  # noqa: E402
-from regress.targets import rank_scale  # noqa: E402
+from data.atomic import atomic_path, atomic_write_text
+from data.cli import (
+    DEFAULT_H5,
+    DEFAULT_OUT,
+    config_dict,
+    config_parser,
+    parse_list,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
+from data.errors import DataError, Problem
+from data.h5 import CanonicalH5
+from regress.results import load_report, read_predictions
+from regress.targets import rank_scale
 
 log = logging.getLogger("hespot")
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """Settings of submit (defaults < --config JSON < flags)."""
+
+    h5: str = DEFAULT_H5
+    out: str = DEFAULT_OUT                  # folder of report.json and predictions/
+    models: tuple[str, ...] | None = None   # model ids; None: the best OOF model
+    weights: tuple[float, ...] | None = None  # ensemble weights; None: from OOF scores
+    submission: str | None = None           # default OUT/submission.csv
+    h5ad: str | None = None                 # default OUT/predictions.h5ad
+    quiet: bool = False
 
 
 def expected_ids(h5: CanonicalH5) -> list[str]:
@@ -125,19 +143,21 @@ def write_anndata(path: Path, frame: pd.DataFrame, values: np.ndarray,
         adata.write_h5ad(tmp)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python regress/submit.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--h5", default="out/her2st.h5")
-    p.add_argument("--out", default="out", help="folder of report.json and predictions/")
+def build_parser():
+    p = config_parser("python regress/submit.py", __doc__, SubmitConfig,
+                      common=("h5", "out", "quiet"))
     p.add_argument("--models", type=parse_list, help="model ids (default: best OOF)")
     p.add_argument("--weights", type=lambda s: parse_list(s, float),
                    help="ensemble weights (default: from OOF scores)")
     p.add_argument("--submission", help="default OUT/submission.csv")
     p.add_argument("--h5ad", help="default OUT/predictions.h5ad")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
     setup_logging(args.quiet)
+    log.info("config: %s", config_dict(args))
     out = Path(args.out)
     report = load_report(out)
     models = list(args.models or [best_model(report)])

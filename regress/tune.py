@@ -10,7 +10,6 @@ slides' targets are never read: the HDF5 reader gives test slides no targets.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +18,9 @@ from pathlib import Path
 
 from data.atomic import atomic_write_json
 from data.cli import (
+    DEFAULT_H5,
+    DEFAULT_OUT,
+    DEFAULT_STORE,
     check_name,
     config_dict,
     config_parser,
@@ -42,9 +44,9 @@ LEVERS = ("context_k", "smooth_k", "per_type_alpha", "center")
 
 @dataclass(frozen=True)
 class TuneConfig:
-    h5: str = "out/her2st.h5"
-    store: str = "out/embeddings.zarr"
-    out: str = "out"
+    h5: str = DEFAULT_H5
+    store: str = DEFAULT_STORE
+    out: str = DEFAULT_OUT
     recipes: tuple[str, ...] = TUNE_GRID
     targets: tuple[str, ...] = ("spot_rank", "type_rank")
     alpha_max: float = 1e7
@@ -128,15 +130,12 @@ def run(cfg: TuneConfig) -> dict:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = config_parser("python -m regress.tune", __doc__, TuneConfig)
-    p.add_argument("--h5")
-    p.add_argument("--store")
-    p.add_argument("--out")
+    p = config_parser("python -m regress.tune", __doc__, TuneConfig,
+                      common=("h5", "store", "out", "quiet"))
     p.add_argument("--recipes", type=parse_list, help="comma-separated recipe names")
     p.add_argument("--targets", type=parse_list,
                    help="comma-separated; the first one chooses the recipe")
     p.add_argument("--alpha-max", dest="alpha_max", type=float)
-    p.add_argument("--quiet", action=argparse.BooleanOptionalAction)
     cfg = resolve_config(TuneConfig, p.parse_args(argv))
     setup_logging(cfg.quiet)
     run(cfg)
