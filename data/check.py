@@ -18,8 +18,9 @@ import numpy as np
 from data import validate
 from data.cli import run_cli, setup_logging
 from data.errors import DataError, Problem
-from data.h5 import SPLITS, CanonicalH5, cell_type_fields
+from data.h5 import SPLITS, CanonicalH5
 from data.patches import PatchCropper
+from data.spots import cell_type_fields
 
 BACKGROUND_BOX_UM = 30.0
 BACKGROUND_BOX_PX = 16

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.h5 import SlideRecord, make_spot_table, write_h5
+from data.h5 import SlideRecord, write_h5
+from data.spots import make_spot_table
 
 
 @dataclass(frozen=True)

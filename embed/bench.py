@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.cli import run_cli, setup_logging
+from data.cli import DEFAULT_H5, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
+from embed.config import EmbedConfig, default_batch_spots, default_prefetch
 from embed.device import select_device
 from embed.extract import FeatureExtractor
-from embed.run import EmbedConfig, default_batch_spots, default_prefetch, peak_rss_mb, run
+from embed.run import peak_rss_mb, run
 from embed.weights import build_model
 
 log = logging.getLogger("hespot")
@@ -114,10 +115,11 @@ def in_subprocess(fn, *args, threads: int | None = None):
         return pool.apply(fn, args)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m embed.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--h5", default="out/her2st.h5")
+    add_common(p, "h5", "device", "precision", "threads")
+    p.set_defaults(h5=DEFAULT_H5, device="auto", precision="auto")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--tta", type=int, default=8)
     p.add_argument("--batch-spots", type=int, default=None,
@@ -125,13 +127,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slides", default="", help="comma-separated (default: all)")
     p.add_argument("--naive-spots", type=int, default=24)
     p.add_argument("--limit-seconds", type=float, default=20.0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--runner", default="auto", help="forward runner (embed.runners)")
     p.add_argument("--weights", default=None,
                    help="local weights file for the backbone (e.g. UNI: --backbone uni)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
     _set_threads(args.threads)
     backbone = get_backbone(args.backbone)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from data.errors import DataError
-from data.h5 import CanonicalH5, SlideRecord, make_spot_table, write_h5
+from data.h5 import CanonicalH5, SlideRecord, write_h5
+from data.spots import make_spot_table
 
 TYPES = ("T cells", "B cells", "Tumour")
 

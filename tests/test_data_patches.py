@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from data.errors import DataError
-from data.h5 import CanonicalH5, SlideRecord, make_spot_table, write_h5
+from data.h5 import CanonicalH5, SlideRecord, write_h5
 from data.patches import PatchCropper, crop_patches, iter_patch_batches, resolve_patch_px
+from data.spots import make_spot_table
 
 H, W = 70, 90
 # corners, edges, near-edges and the middle (x = column, y = row)

@@ -20,8 +20,9 @@ import zarr
 import embed.run as run_mod
 from data.errors import DataError
 from data.store import read_features
+from embed.config import EmbedConfig
 from embed.extract import FeatureExtractor
-from embed.run import EmbedConfig, run
+from embed.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = "tiny_random"

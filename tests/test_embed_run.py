@@ -19,9 +19,10 @@ from data.h5 import CanonicalH5
 from data.patches import crop_patches
 from data.store import read_features, slide_attrs
 from embed.backbones import get_backbone
+from embed.config import EmbedConfig
 from embed.device import select_device
 from embed.extract import FeatureExtractor, preprocess
-from embed.run import EmbedConfig, main, run
+from embed.run import main, run
 from embed.weights import WeightsError, build_model, sha256_file
 
 BACKBONE = "tiny_random"

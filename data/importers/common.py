@@ -12,8 +12,9 @@ import pandas as pd
 
 from data import validate
 from data.errors import DataError, Problem, raise_errors
-from data.h5 import SlideRecord, make_spot_table, write_h5
+from data.h5 import SlideRecord, write_h5
 from data.images import image_shape, load_image
+from data.spots import make_spot_table
 
 log = logging.getLogger("hespot")
 

@@ -1,0 +1,122 @@
+"""Settings of stage 1: :class:`EmbedConfig` (defaults < --config JSON < flags), the
+``--backbones`` items it names (:class:`BackboneJob`), their checks, and the defaults that
+depend on the device (spots per batch, batches read ahead)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from data.cli import DEFAULT_H5, DEFAULT_STORE
+from data.errors import ConfigError
+from data.patches import PAD_MODES
+from embed.backbones import DEFAULT_BACKBONE, get_backbone
+from embed.device import DeviceChoice
+from embed.runners import RUNNERS
+from embed.tta import TTA_CHOICES
+
+
+@dataclass(frozen=True)
+class BackboneJob:
+    """One backbone and its options, from a ``--backbones`` item
+    ``name[+stages][+<crop px>...]``, e.g. ``efficientnet_lite0+stages+448``."""
+
+    name: str
+    stages: bool = False
+    contexts: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, stages: bool = False, contexts: tuple[int, ...] = ()
+              ) -> BackboneJob:
+        name, *opts = text.strip().split("+")
+        get_backbone(name)  # unknown names fail before any work
+        extra = []
+        for o in opts:
+            if o == "stages":
+                stages = True
+            elif o.isdigit():
+                extra.append(int(o))
+            else:
+                raise ConfigError(f"backbone option {o!r} in {text!r}: expected 'stages' or a "
+                                 "crop size in px, e.g. efficientnet_lite0+stages+448")
+        return cls(name, stages, tuple(dict.fromkeys((*contexts, *extra))))
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Settings of a stage-1 run (defaults < --config JSON < flags)."""
+
+    h5: str = DEFAULT_H5
+    store: str = DEFAULT_STORE
+    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    slides: tuple[str, ...] = ()          # empty: every train and test slide
+    tta: int = 8
+    patch_px: int = 224                   # primary crop side (pixels)
+    patch_um: float | None = None         # or in µm where the pixel size is known
+    contexts: tuple[int, ...] = ()        # extra crop sides (px) for every backbone
+    stages: bool = False                  # intermediate stages for every backbone
+    batch_spots: int | None = None        # spots per forward pass (x tta views); None:
+                                          # 4 on a CPU (fastest, least memory), 64 on CUDA
+    chunk_spots: int = 64                 # spots per stored chunk and per window read
+    runner: str = "auto"                  # forward runner (embed.runners): jit on a CPU
+    weights: str | None = None            # local weights file (one backbone)
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    pad_mode: str = "reflect"
+    prefetch: int | None = None           # batches read ahead in a background thread;
+                                          # 0: read in the model's thread; None: auto
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
+    """Every setting and name of ``cfg`` checked before any work; the parsed backbone jobs.
+
+    Raises:
+        ConfigError: naming the setting, what is allowed and how to fix the call.
+    """
+    if cfg.tta not in TTA_CHOICES:
+        raise ConfigError(f"--tta must be one of {TTA_CHOICES}, got {cfg.tta}")
+    for field in ("batch_spots", "chunk_spots"):
+        if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
+            raise ConfigError(f"--{field.replace('_', '-')} must be at least 1")
+    if cfg.runner not in ("auto", *RUNNERS):
+        raise ConfigError(f"unknown runner {cfg.runner!r}; known: auto, {', '.join(RUNNERS)}")
+    if cfg.pad_mode not in PAD_MODES:
+        raise ConfigError(f"--pad-mode must be one of {PAD_MODES}, got {cfg.pad_mode!r}")
+    if cfg.weights and len(cfg.backbones) != 1:
+        raise ConfigError("--weights applies to exactly one backbone")
+    if not cfg.backbones:
+        raise ConfigError("--backbones is empty: name at least one backbone")
+    return [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
+
+
+def default_prefetch(choice: DeviceChoice) -> int:
+    """Batches read ahead in a background thread: 3 while a GPU computes; 0 (read between
+    forward passes) on a CPU whose every core runs the model, where a reader thread can
+    only take time from the model's threads: on the 2-core machine, 6 alternating runs of
+    each, 219 views/s reading in the model's thread vs 210 with a reader thread (issue 4's
+    note)."""
+    if choice.device.type != "cpu":
+        return 3
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 3 if torch.get_num_threads() < (cores or 1) else 0
+
+
+def default_batch_spots(choice: DeviceChoice) -> int:
+    """Spots per forward pass. On the 2-core CPU, 4 spots (32 views with 8-view TTA) ran
+    as fast as bigger batches and kept peak RSS flat at ~1.3 GB over the sample (8: ~2 GB,
+    growing; 32: 5 GB; make bench-embed); a GPU wants bigger batches."""
+    return 64 if choice.device.type == "cuda" else 4
+
+
+def with_device_defaults(cfg: EmbedConfig, choice: DeviceChoice) -> EmbedConfig:
+    """``cfg`` with ``batch_spots`` and ``prefetch`` filled in for the device when unset."""
+    if cfg.batch_spots is None:
+        cfg = replace(cfg, batch_spots=default_batch_spots(choice))
+    if cfg.prefetch is None:
+        cfg = replace(cfg, prefetch=default_prefetch(choice))
+    return cfg

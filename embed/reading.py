@@ -1,0 +1,111 @@
+"""The reading side of stage 1: a slide's inputs gathered once (spot table, content
+fingerprint, pixel size, primary crop), its patches cut chunk by chunk and handed out in
+model batches, optionally read ahead in a background thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.h5 import CanonicalH5
+from data.patches import PatchCropper, resolve_patch_px
+from data.spots import SpotTable
+from embed.backbones import Backbone
+from embed.config import EmbedConfig
+from embed.extract import preprocess
+
+
+@dataclass(frozen=True)
+class SlideInputs:
+    """What every backbone needs of one slide, read once before the backbone loop.
+
+    Attributes:
+        table: the spot table (x, y float (n_spots,)).
+        fingerprint: sha256 of spot positions and image content (``CanonicalH5.fingerprint``).
+        pixel_size_um: µm per pixel, or None where the file does not record it.
+        primary_px: the primary crop side in pixels (``--patch-px``, or ``--patch-um``
+            converted with the pixel size).
+    """
+
+    slide: str
+    table: SpotTable
+    fingerprint: str
+    pixel_size_um: float | None
+    primary_px: int
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.table)
+
+    def crops(self, contexts: Sequence[int]) -> list[int]:
+        """Crop sides in px: the primary one first, then the other ``contexts``."""
+        return [self.primary_px] + [c for c in contexts if c != self.primary_px]
+
+
+def read_slide_inputs(h5: CanonicalH5, slide: str, cfg: EmbedConfig) -> SlideInputs:
+    """Gather one slide's :class:`SlideInputs` (hashes the image once).
+
+    Raises:
+        DataError: unknown slide, or a patch size in µm on a slide without a pixel size.
+    """
+    pixel = h5.pixel_size_um(slide)
+    primary = resolve_patch_px(cfg.patch_px, cfg.patch_um, pixel, f"{h5.path}, slide {slide}")
+    return SlideInputs(slide, h5.spots(slide), h5.fingerprint(slide), pixel, primary)
+
+
+def patch_batches(h5: CanonicalH5, inputs: SlideInputs, crops: Sequence[int],
+                  start_chunk: int, cfg: EmbedConfig, backbone: Backbone) -> Iterator:
+    """(chunk index, last batch of the chunk?, [preprocessed (b, 3, in, in) per crop]).
+
+    From ``start_chunk`` on, the patches of each stored chunk (``cfg.chunk_spots`` spots)
+    are cropped with one window read and handed out in model batches of
+    ``cfg.batch_spots``."""
+    table = inputs.table
+    croppers = [PatchCropper(h5, inputs.slide, c, cfg.pad_mode) for c in crops]
+    for chunk, g in enumerate(range(start_chunk * cfg.chunk_spots, len(table),
+                                    cfg.chunk_spots), start=start_chunk):
+        gidx = np.arange(g, min(g + cfg.chunk_spots, len(table)))
+        patches = [cr.crop(table.x[gidx], table.y[gidx]) for cr in croppers]
+        for s in range(0, len(gidx), cfg.batch_spots):
+            inputs_ = [preprocess(p[s:s + cfg.batch_spots], backbone) for p in patches]
+            yield chunk, s + cfg.batch_spots >= len(gidx), inputs_
+
+
+def prefetch(iterator: Iterator, depth: int) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead; re-raise its errors.
+    ``depth`` 0: run it in the caller's thread."""
+    if depth <= 0:
+        yield from iterator
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            q.put(exc)
+        q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True, name="patch-reader")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
