@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data import validate
-from data.cli import run_cli, setup_logging
+from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
 from data.h5 import SPLITS, CanonicalH5
 from data.patches import PatchCropper
@@ -128,7 +128,7 @@ def check_file(path: str) -> CheckResult:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.check", description=__doc__,
+    p = Parser(prog="python -m data.check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="canonical HDF5 file (or the challenge's file)")
     args = p.parse_args(argv)

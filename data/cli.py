@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from data.errors import ConfigError, DataError, Problem
 
@@ -68,14 +68,22 @@ def run_cli(main: Callable[[Sequence[str] | None], int],
         return EXIT_USER_ERROR
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors (unknown flag, bad choice, wrong type) are one
+    line on stderr and exit code 2, like every other user error of hespot."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"hespot: {self.prog}: {message} (--help lists the flags)\n")
+
+
 def config_parser(prog: str, description: str | None, cls: type,
                   common: Sequence[str] = ()) -> argparse.ArgumentParser:
     """A stage's argument parser: flags default to absent (``argparse.SUPPRESS``), as
     :func:`resolve_config` needs; ``--config`` reads a JSON file of ``cls`` settings; the
     shared flags named in ``common`` (keys of :data:`COMMON_FLAGS`) come first."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
+    p = Parser(prog=prog, description=description,
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help=f"JSON file of {cls.__name__} settings (flags win)")
     add_common(p, *common)
     return p

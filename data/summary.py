@@ -5,11 +5,10 @@ Slides per split, spots, cell types, image sizes and pixel size.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from data.cli import run_cli
+from data.cli import Parser, run_cli
 from data.h5 import CanonicalH5
 
 
@@ -40,7 +39,7 @@ def summarize(path: str) -> str:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.summary", description=__doc__)
+    p = Parser(prog="python -m data.summary", description=__doc__)
     p.add_argument("file")
     args = p.parse_args(argv)
     sys.stdout.write(summarize(args.file) + "\n")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.cli import DEFAULT_H5, add_common, run_cli, setup_logging
+from data.cli import DEFAULT_H5, Parser, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
 from embed.config import EmbedConfig, default_batch_spots, default_prefetch
@@ -116,7 +116,7 @@ def in_subprocess(fn, *args, threads: int | None = None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m embed.bench", description=__doc__,
+    p = Parser(prog="python -m embed.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p, "h5", "device", "precision", "threads")
     p.set_defaults(h5=DEFAULT_H5, device="auto", precision="auto")

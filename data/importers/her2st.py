@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import run_cli, setup_logging
+from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
@@ -103,7 +103,7 @@ def gather(src: Path, tier: str = "subset", pixel_size_um: float = DEFAULT_PIXEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data.importers.her2st", description=__doc__,
+    p = Parser(prog="python -m data.importers.her2st", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", type=Path, default=SAMPLE_DIR, help="her2st folder")
     p.add_argument("--tier", choices=TIERS, default="subset",

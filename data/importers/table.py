@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import run_cli, setup_logging
+from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
 from data.importers.common import PendingSlide, numeric_columns, read_table, write_slides
 
@@ -54,7 +54,7 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.importers.table", description=__doc__,
+    p = Parser(prog="python -m data.importers.table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)

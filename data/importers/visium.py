@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import run_cli, setup_logging
+from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
@@ -128,7 +128,7 @@ def _groups(args: argparse.Namespace) -> list[tuple[str, Path, Path, Path | None
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.importers.visium", description=__doc__,
+    p = Parser(prog="python -m data.importers.visium", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outs", type=Path, action="append", help="Space Ranger outs/ folder")
     p.add_argument("--image", type=Path, action="append", help="full-resolution image")
