@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("data.summary", "slides, spots and cell types of a canonical HDF5 file"),
     "embed": ("embed.run", "stage 1: CNN embeddings of every spot into the Zarr store"),
     "bench-embed": ("embed.bench", "stage 1 speed: pipeline vs model limit vs a naive loop"),
-    "finetune": ("embed.finetune", "the fine-tuned CNN path, LOSO, stage-2 predictions"),
+    "finetune": ("embed.finetune.run", "the fine-tuned CNN path, LOSO, stage-2 predictions"),
     "bench-finetune": ("embed.finetune.bench", "fine-tuning throughput, fp32 vs bf16"),
     "regress": ("regress.run", "stage 2: LOSO over the train slides, then predict the test"),
     "tune": ("regress.tune", "choose a recipe by LOSO (ablation table, OUT/tuned.json)"),

@@ -9,7 +9,7 @@ import pytest
 
 from data.synthetic import SyntheticConfig, write_synthetic
 
-# test modules import albumentations themselves: no PyPI update check (embed.augment)
+# test modules import albumentations themselves: no PyPI update check (embed.finetune.augment)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "her2st"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,18 +15,20 @@ import pandas as pd
 import pytest
 import torch
 
-import embed.finetune as finetune
+import embed.finetune.run as finetune
 import embed.run
 import regress.run
 import regress.submit
 from data.h5 import CanonicalH5
-from embed.augment import build_train_transform, build_valid_transform
 from embed.backbones import get_backbone
-from embed.checkpoints import check_settings, load_checkpoint, saved_epochs
 from embed.device import select_device
-from embed.finetune import FinetuneConfig, resolve
-from embed.train_data import SlidePatches, SpotDataset
-from embed.train_loop import LOSSES, SpotRegressor, TrainSettings, train_fold
+from embed.finetune.augment import build_train_transform, build_valid_transform
+from embed.finetune.checkpoints import check_settings, load_checkpoint, saved_epochs
+from embed.finetune.config import FinetuneConfig, apply_preset
+from embed.finetune.data import SlidePatches, SpotDataset
+from embed.finetune.loop import TrainSettings, train_fold
+from embed.finetune.model import LOSSES, SpotRegressor
+from embed.finetune.run import resolve
 from embed.weights import WeightsError, build_model
 from regress.results import META_COLUMNS
 
@@ -151,6 +155,7 @@ def test_presets_fill_unset_fields_and_flags_win(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "best"], "unknown preset"),
     (["--backbone", "vgg"], "unknown backbone"),
+    (["--fallback-backbone", "vgg"], "unknown backbone"),
     (["--augment", "flips,warp"], "unknown augmentation"),
     (["--cutmix-p", "2"], "cutmix p"),
     (["--folds", "S_9"], "folds must be train slides"),
@@ -169,13 +174,23 @@ def test_fallback_backbone_is_logged(monkeypatch, caplog):
         return build_model(get_backbone("tiny_random"))
 
     monkeypatch.setattr(finetune, "build_model", fake)
-    cfg = finetune.apply_preset(FinetuneConfig(preset="seed_baseline"), set())
+    cfg = apply_preset(FinetuneConfig(preset="seed_baseline"), set())
     with caplog.at_level(logging.WARNING, "hespot"):
         _, _, entry = finetune.build_encoder(cfg)
     assert entry.name == "efficientnet_lite0"
     assert "resnet18: no weights here" in caplog.text and "efficientnet_lite0" in caplog.text
     with pytest.raises(WeightsError):
         finetune.build_encoder(replace(cfg, fallback_backbone=None))
+
+
+def test_config_and_loop_do_not_import_the_command():
+    """The config lives with the config: the training loop and the config import without
+    the command module (no cycle through it, type-only ones included)."""
+    code = ("import sys, embed.finetune.loop, embed.finetune.config\n"
+            "assert 'embed.finetune.run' not in sys.modules, 'embed.finetune.run imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # ---- end to end on the synthetic fixture --------------------------------------------------

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from embed.augment import (
+from embed.backbones import get_backbone
+from embed.extract import preprocess
+from embed.finetune.augment import (
     AUGMENT_PARTS,
     NOISE_STD_RANGE,
     WINNING_AUGMENT,
@@ -24,8 +26,6 @@ from embed.augment import (
     paste_box,
     seed_transform,
 )
-from embed.backbones import get_backbone
-from embed.extract import preprocess
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -142,12 +142,12 @@ def test_cutmix_probability():
 
 def test_importing_the_augmentations_stays_offline():
     """albumentations' update check (a PyPI request at import) is off: with every socket
-    refused and warnings as errors, importing embed.augment still works."""
+    refused and warnings as errors, importing embed.finetune.augment still works."""
     code = ("import socket, warnings\n"
             "def refuse(*a, **k): raise OSError('network used at import')\n"
             "socket.getaddrinfo = refuse; socket.socket.connect = refuse\n"
             "warnings.simplefilter('error')\n"
-            "import embed.augment\n")
+            "import embed.finetune.augment\n")
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
                           env=env, capture_output=True, text=True, timeout=120)

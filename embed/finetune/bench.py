@@ -1,4 +1,5 @@
-"""Benchmark fine-tuning throughput: ``make bench-finetune`` (not a test).
+"""Benchmark fine-tuning throughput: ``python -m embed.finetune.bench`` (also
+``hespot bench-finetune``, ``make bench-finetune``; not a test).
 
 In one run, on real patches of the canonical file: the training step (forward, L1 loss,
 backward, AdamW step; channels_last) of the fine-tuning model in fp32 and under bf16
@@ -18,19 +19,24 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from data.cli import run_cli, setup_logging
+from data.cli import DEFAULT_H5, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
-from embed.augment import WINNING_AUGMENT, build_train_transform
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import DeviceChoice, cpu_has_bf16, select_device
-from embed.train_loop import SpotRegressor, train_step
+from embed.finetune.augment import WINNING_AUGMENT, build_train_transform
+from embed.finetune.loop import train_step
+from embed.finetune.model import SpotRegressor
 from embed.weights import build_model
 
 
 def train_images_per_s(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                        choice: DeviceChoice, steps: int, warmup: int = 1) -> float:
-    """Training steps per second x batch size, after ``warmup`` untimed steps."""
+    """Training steps per second x batch size, after ``warmup`` untimed steps.
+
+    Args:
+        model: copied, then trained on the copy; x: float (B, 3, S, S); y: float (B, T).
+    """
     model = copy.deepcopy(model).to(choice.device).train()
     if choice.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -55,8 +61,13 @@ def train_images_per_s(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return steps * len(x) / (time.perf_counter() - t0)
 
 
-def augment_images_per_s(patches: np.ndarray, mean, std, seconds: float = 3.0) -> float:
-    """The winning training pipeline's rate (images/s) in this process (one core)."""
+def augment_images_per_s(patches: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                         seconds: float = 3.0) -> float:
+    """The winning training pipeline's rate (images/s) in this process (one core).
+
+    Args:
+        patches: uint8 (n, S, S, 3), cycled through for ``seconds``.
+    """
     t = build_train_transform(WINNING_AUGMENT, mean, std, patches.shape[1], seed=0)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -65,18 +76,23 @@ def augment_images_per_s(patches: np.ndarray, mean, std, seconds: float = 3.0) -
     return n / (time.perf_counter() - t0)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m embed.bench_finetune", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m embed.finetune.bench``."""
+    p = argparse.ArgumentParser(prog="python -m embed.finetune.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--h5", default="out/her2st.h5")
+    add_common(p, "h5")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--patch-px", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps per precision")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
+    add_common(p, "device", "threads")
+    p.set_defaults(h5=DEFAULT_H5, device="auto", threads=None)
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,6 +130,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m embed.finetune.bench``; exit code 2 (one line on stderr) for a bad
+    setting or input."""
     return run_cli(_main, argv)
 
 

@@ -85,7 +85,7 @@ def check_augment(parts: Sequence[str]) -> tuple[str, ...]:
     """The parts, validated; ``("none",)`` or ``()`` means no augmentation.
 
     Raises:
-        ValueError: an unknown part; the message lists the known ones.
+        ConfigError: (a ValueError) an unknown part; the message lists the known ones.
     """
     parts = tuple(p for p in parts if p != "none")
     unknown = [p for p in parts if p not in AUGMENT_PARTS]

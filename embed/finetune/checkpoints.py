@@ -26,6 +26,7 @@ log = logging.getLogger("hespot")
 
 
 def checkpoint_path(folder: Path, epoch: int) -> Path:
+    """The checkpoint file of ``epoch`` (1-based) in ``folder``."""
     return Path(folder) / f"epoch_{epoch}.pt"
 
 
@@ -66,7 +67,7 @@ def load_checkpoint(path: Path, settings: dict) -> dict:
     """A checkpoint, refused when it was written with other settings.
 
     Raises:
-        ValueError: naming the settings that differ and how to proceed.
+        ConfigError: (a ValueError) naming the settings that differ and how to proceed.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     diff = _differences(state.get("settings", {}), settings)
@@ -81,7 +82,7 @@ def check_settings(root: Path, settings: dict, overwrite: bool) -> None:
     """Refuse a model folder trained with other settings; ``overwrite`` removes it first.
 
     Raises:
-        ValueError: naming the settings that differ and how to proceed.
+        ConfigError: (a ValueError) naming the settings that differ and how to proceed.
     """
     root = Path(root)
     path = root / "settings.json"

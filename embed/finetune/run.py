@@ -1,7 +1,8 @@
 """The fine-tuned CNN path: LOSO fine-tuning of a registry backbone, written in stage 2's
 format (``OUT/predictions/<model_id>/{oof,test}.csv`` and an entry of ``OUT/report.json``).
 
-``python -m embed.finetune --h5 out/her2st.h5 --out out --epochs 3`` (``make finetune``).
+``python -m embed.finetune --h5 out/her2st.h5 --out out --epochs 3`` (also
+``hespot finetune``, ``make finetune``).
 
 Each train slide is held out in turn (``--folds`` runs some): a model is trained on the
 others (the recipe below), the held-out slide is scored after every epoch by its per-spot
@@ -11,10 +12,10 @@ epoch): no extra full-data fit. Note that the held-out slide picks its own epoch
 seed recipe, so the out-of-fold score is slightly optimistic.
 
 Recipe ("winning" preset, each part a setting): patches centred on spots (224 px);
-albumentations training pipeline (``embed.augment``) and CutMix; targets rank-scaled per
-spot to [0, 1]; head Linear -> Sigmoid; L1 loss; AdamW + cosine annealing (per step).
-The "seed_baseline" preset: timm resnet18 (or, where its weights cannot be had, the
-offline default backbone, said in the log), linear head, MSE on raw abundances.
+albumentations training pipeline (``embed.finetune.augment``) and CutMix; targets
+rank-scaled per spot to [0, 1]; head Linear -> Sigmoid; L1 loss; AdamW + cosine annealing
+(per step). The "seed_baseline" preset: timm resnet18 (or, where its weights cannot be
+had, the offline default backbone, said in the log), linear head, MSE on raw abundances.
 
 Patches are cropped once per slide and kept in memory. Checkpoints:
 ``OUT/finetune/<model_id>/fold_<slide>/epoch_<n>.pt``; a killed run resumes after its last
@@ -27,108 +28,46 @@ import argparse
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
-from embed.augment import WINNING_AUGMENT, check_augment
-from embed.backbones import DEFAULT_BACKBONE, get_backbone
-from embed.checkpoints import check_settings
-from embed.device import select_device
-from embed.train_data import SlidePatches
-from embed.train_loop import HEADS, LOSSES, run_fold
+from data.patches import PAD_MODES
+from embed.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
+from embed.device import DeviceChoice, select_device
+from embed.finetune.augment import WINNING_AUGMENT, check_augment
+from embed.finetune.checkpoints import check_settings
+from embed.finetune.config import PRESETS, RUN_ONLY, FinetuneConfig, apply_preset, check_config
+from embed.finetune.data import SlidePatches
+from embed.finetune.fold import run_fold
+from embed.finetune.model import HEADS, LOSSES
 from embed.tta import TTA_CHOICES
-from embed.weights import WeightsError, build_model
-from regress.loso import LosoResult
-from regress.results import model_entry, predictions_frame, update_report, write_predictions
+from embed.weights import WeightsError, WeightsInfo, build_model
+from regress.results import (
+    LosoResult,
+    model_entry,
+    predictions_frame,
+    update_report,
+    write_predictions,
+)
 from regress.targets import TARGETS
 
 log = logging.getLogger("hespot")
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of a fine-tuning run (defaults < preset < --config JSON < flags)."""
+def build_encoder(cfg: FinetuneConfig) -> tuple[nn.Module, WeightsInfo, Backbone]:
+    """(encoder, WeightsInfo, backbone entry); the fallback backbone, logged, if the
+    requested one has no weights here and the config names one.
 
-    h5: str = "out/her2st.h5"
-    out: str = "out"
-    preset: str = "winning"
-    backbone: str = DEFAULT_BACKBONE
-    fallback_backbone: str | None = None  # used (and logged) when backbone has no weights
-    weights: str | None = None            # a local weights file for the backbone
-    model_id: str | None = None           # default finetune-[<preset>-]<backbone>
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
-    patch_px: int = 224
-    input_px: int | None = None           # resize patches to this model input (None: as cut)
-    augment: tuple[str, ...] = WINNING_AUGMENT
-    cutmix_p: float = 0.5
-    target: str = "spot_rank"
-    head: str = "sigmoid"
-    loss: str = "l1"
-    tta: int = 8                          # dihedral views for the OOF and test predictions
-    val_tta: int = 1                      # views when scoring each epoch
-    folds: tuple[str, ...] = ()           # held-out slides to run (default: every train slide)
-    test: bool = True                     # predict the test slides
-    workers: int = 2                      # DataLoader workers (augmentation)
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    seed: int = 0
-    eval_batch_size: int = 64
-    pad_mode: str = "reflect"
-    keep_checkpoints: bool = False        # keep every epoch's checkpoint (else last + best)
-    overwrite: bool = False
-    quiet: bool = False
-
-
-PRESETS: dict[str, dict] = {
-    "winning": {},
-    "seed_baseline": {"backbone": "resnet18", "fallback_backbone": DEFAULT_BACKBONE,
-                      "target": "raw", "head": "linear", "loss": "mse", "augment": (),
-                      "cutmix_p": 0.0, "tta": 1},
-}
-# settings that do not change what is trained (so a resumed run may change them)
-RUN_ONLY = ("h5", "out", "folds", "tta", "test", "workers", "device", "precision", "threads",
-            "eval_batch_size", "keep_checkpoints", "overwrite", "quiet", "model_id", "weights",
-            "fallback_backbone")
-
-
-def check_config(cfg: FinetuneConfig) -> None:
-    """Raise ValueError naming the first bad setting."""
-    if cfg.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
-    choices = {"target": TARGETS, "head": HEADS, "loss": tuple(LOSSES), "tta": TTA_CHOICES,
-               "val_tta": TTA_CHOICES}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
-    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patch_px < 8:
-        raise ConfigError("need epochs >= 1, batch size >= 2 and patch px >= 8")
-    if not 0.0 <= cfg.cutmix_p <= 1.0:
-        raise ConfigError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
-    check_augment(cfg.augment)
-    get_backbone(cfg.backbone)
-
-
-def apply_preset(cfg: FinetuneConfig, explicit: set[str]) -> FinetuneConfig:
-    """``cfg`` with its preset's values for every field not set explicitly."""
-    if cfg.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
-    values = {k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit}
-    return replace(cfg, **values)
-
-
-def build_encoder(cfg: FinetuneConfig):
-    """(encoder, backbone entry, WeightsInfo); the fallback backbone, logged, if the
-    requested one has no weights here and the config names one."""
+    Raises:
+        WeightsError: no weights for the backbone, and no fallback backbone.
+    """
     try:
         entry = get_backbone(cfg.backbone)
         return (*build_model(entry, cfg.weights), entry)
@@ -142,6 +81,8 @@ def build_encoder(cfg: FinetuneConfig):
 
 
 def default_model_id(cfg: FinetuneConfig, backbone: str) -> str:
+    """``cfg.model_id``, else ``finetune-<backbone>`` (winning preset) or
+    ``finetune-<preset>-<backbone>``."""
     if cfg.model_id:
         return cfg.model_id
     return f"finetune-{backbone}" if cfg.preset == "winning" else \
@@ -161,7 +102,8 @@ def training_settings(cfg: FinetuneConfig, backbone: str, weights_sha: str, dtyp
 
 def summarise(folds: dict[str, dict], data: SlidePatches, test_slides: list[str],
               ) -> LosoResult:
-    """LosoResult of the folds run: per-slide scores, mean test predictions, timing."""
+    """LosoResult of the folds run (``run_fold``'s results by held-out slide): per-slide
+    scores, test predictions float (n_spots, n_types) averaged over the folds, timing."""
     res = LosoResult()
     for fold, r in folds.items():
         res.add_fold(fold, r["oof"], data.Y[fold])
@@ -172,7 +114,8 @@ def summarise(folds: dict[str, dict], data: SlidePatches, test_slides: list[str]
     return res
 
 
-def describe_folds(results: dict[str, dict], entry, winfo, choice, tta: int) -> dict:
+def describe_folds(results: dict[str, dict], entry: Backbone, winfo: WeightsInfo,
+                   choice: DeviceChoice, tta: int) -> dict:
     """The report's ``fitted``: backbone, best epochs, time per epoch, histories."""
     def mean_of(key: str, r: dict) -> float:
         return round(float(np.mean([h[key] for h in r["history"]])), 2)
@@ -193,6 +136,11 @@ def run(cfg: FinetuneConfig) -> dict:
     """LOSO fine-tuning; writes predictions and the report entry. Returns the entry.
 
     ``cfg.threads`` applies for the duration of the run (the previous value is restored).
+
+    Raises:
+        ConfigError: a bad setting (checked before any work), or checkpoints of a run
+            with other settings.
+        DataError: a bad canonical HDF5 file.
     """
     cfg = replace(cfg, augment=check_augment(cfg.augment))
     check_config(cfg)
@@ -219,7 +167,7 @@ def _run(cfg: FinetuneConfig) -> dict:
         bad = [f for f in folds if f not in train_slides]
         if bad or len(train_slides) < 2:
             raise ConfigError(f"folds must be train slides ({train_slides}; LOSO needs two or "
-                             f"more), got {bad}")
+                              f"more), got {bad}")
         data = SlidePatches.load(h5, train_slides + test_slides, cfg.patch_px, cfg.pad_mode)
     settings = training_settings(cfg, entry.name, winfo.sha256, choice.dtype_name, data)
     check_settings(root, settings, cfg.overwrite)
@@ -244,10 +192,11 @@ def _run(cfg: FinetuneConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m embed.finetune", __doc__, FinetuneConfig)
+    """The parser of ``python -m embed.finetune``: flags default to absent (see
+    :func:`data.cli.config_parser`)."""
+    p = config_parser("python -m embed.finetune", __doc__, FinetuneConfig,
+                      common=("h5", "out", "device", "precision", "threads", "quiet"))
     add = p.add_argument
-    add("--h5", help="canonical HDF5 file (default out/her2st.h5)")
-    add("--out", help="output folder: report, predictions/, finetune/ (default out)")
     add("--preset", help=f"one of {', '.join(PRESETS)} (default winning)")
     add("--backbone", help=f"registry name (default {DEFAULT_BACKBONE})")
     add("--fallback-backbone", dest="fallback_backbone",
@@ -272,22 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("--folds", type=parse_list, help="held-out slides to run (default: all train slides)")
     add("--test", action=argparse.BooleanOptionalAction, help="predict the test slides")
     add("--workers", type=int, help="DataLoader workers (default 2)")
-    add("--device", choices=["auto", "cpu", "cuda"])
-    add("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    add("--threads", type=int, help="torch intra-op threads")
     add("--seed", type=int)
     add("--eval-batch-size", dest="eval_batch_size", type=int)
-    add("--pad-mode", dest="pad_mode", choices=["reflect", "constant", "edge"])
+    add("--pad-mode", dest="pad_mode", choices=PAD_MODES)
     add("--keep-checkpoints", dest="keep_checkpoints", action=argparse.BooleanOptionalAction,
         help="keep every epoch's checkpoint (default: the last and the best)")
     add("--overwrite", action=argparse.BooleanOptionalAction,
         help="remove this model's checkpoints and train from scratch")
-    add("--quiet", action=argparse.BooleanOptionalAction)
     return p
 
 
 def resolve(argv: Sequence[str] | None = None) -> FinetuneConfig:
-    """Defaults < preset < --config JSON < flags."""
+    """The run's config from ``argv``: defaults < preset < --config JSON < flags.
+
+    Raises:
+        ConfigError: an unknown preset or augmentation part, or unknown settings.
+        DataError: an unreadable --config file.
+    """
     args = build_parser().parse_args(argv)
     cfg = resolve_config(FinetuneConfig, args)
     explicit = set(vars(args)) - {"config"}
@@ -305,7 +255,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m embed.finetune``; exit code 2 (one line on stderr) for a bad setting or
+    input."""
     return run_cli(_main, argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

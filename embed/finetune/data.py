@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
-from embed.augment import seed_transform
+from embed.finetune.augment import seed_transform
 from regress.targets import transform_targets
 
 log = logging.getLogger("hespot")

@@ -1,0 +1,111 @@
+"""The settings of a fine-tuning run: :class:`FinetuneConfig`, its presets and its checks.
+
+Precedence: dataclass defaults < preset (:data:`PRESETS`, for the fields not set
+explicitly) < ``--config`` JSON < flags. :func:`check_config` checks every name the run
+takes (preset, backbones, target, head, loss, augmentation parts, ...) before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from data.cli import DEFAULT_H5, DEFAULT_OUT, check_name
+from data.errors import ConfigError
+from data.patches import PAD_MODES
+from embed.backbones import DEFAULT_BACKBONE, get_backbone
+from embed.finetune.augment import WINNING_AUGMENT, check_augment
+from embed.finetune.model import HEADS, LOSSES
+from embed.tta import TTA_CHOICES
+from regress.targets import TARGETS
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of a fine-tuning run (defaults < preset < --config JSON < flags)."""
+
+    h5: str = DEFAULT_H5
+    out: str = DEFAULT_OUT
+    preset: str = "winning"
+    backbone: str = DEFAULT_BACKBONE
+    fallback_backbone: str | None = None  # used (and logged) when backbone has no weights
+    weights: str | None = None            # a local weights file for the backbone
+    model_id: str | None = None           # default finetune-[<preset>-]<backbone>
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    patch_px: int = 224
+    input_px: int | None = None           # resize patches to this model input (None: as cut)
+    augment: tuple[str, ...] = WINNING_AUGMENT
+    cutmix_p: float = 0.5
+    target: str = "spot_rank"
+    head: str = "sigmoid"
+    loss: str = "l1"
+    tta: int = 8                          # dihedral views for the OOF and test predictions
+    val_tta: int = 1                      # views when scoring each epoch
+    folds: tuple[str, ...] = ()           # held-out slides to run (default: every train slide)
+    test: bool = True                     # predict the test slides
+    workers: int = 2                      # DataLoader workers (augmentation)
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    eval_batch_size: int = 64
+    pad_mode: str = "reflect"
+    keep_checkpoints: bool = False        # keep every epoch's checkpoint (else last + best)
+    overwrite: bool = False
+    quiet: bool = False
+
+
+PRESETS: dict[str, dict] = {
+    "winning": {},
+    "seed_baseline": {"backbone": "resnet18", "fallback_backbone": DEFAULT_BACKBONE,
+                      "target": "raw", "head": "linear", "loss": "mse", "augment": (),
+                      "cutmix_p": 0.0, "tta": 1},
+}
+# settings that do not change what is trained (so a resumed run may change them)
+RUN_ONLY = ("h5", "out", "folds", "tta", "test", "workers", "device", "precision", "threads",
+            "eval_batch_size", "keep_checkpoints", "overwrite", "quiet", "model_id", "weights",
+            "fallback_backbone")
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Check every setting that names something, and the numeric ranges.
+
+    Raises:
+        ConfigError: (a ValueError) naming the first bad setting and what it may be.
+    """
+    _check_preset(cfg.preset)
+    choices = {"target": TARGETS, "head": HEADS, "loss": tuple(LOSSES), "tta": TTA_CHOICES,
+               "val_tta": TTA_CHOICES}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patch_px < 8:
+        raise ConfigError("need epochs >= 1, batch size >= 2 and patch px >= 8")
+    if not 0.0 <= cfg.cutmix_p <= 1.0:
+        raise ConfigError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
+    check_augment(cfg.augment)
+    get_backbone(cfg.backbone)
+    if cfg.fallback_backbone:
+        get_backbone(cfg.fallback_backbone)
+    check_name("pad mode", cfg.pad_mode, PAD_MODES)
+    check_name("device", cfg.device, DEVICES)
+
+
+def apply_preset(cfg: FinetuneConfig, explicit: set[str]) -> FinetuneConfig:
+    """``cfg`` with its preset's values for every field not in ``explicit``.
+
+    Raises:
+        ConfigError: an unknown preset; the message lists the known ones.
+    """
+    _check_preset(cfg.preset)
+    values = {k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit}
+    return replace(cfg, **values)
