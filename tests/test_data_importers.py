@@ -572,3 +572,9 @@ def test_bad_split_value(tmp_path, capsys):
     m.to_csv(manifest, index=False)
     out = tmp_path / "o.h5"
     assert_user_error(capsys, _table(manifest, out), out, manifest, "slide T1", "field split")
+
+
+def test_her2st_default_source_is_the_bundled_sample():
+    assert import_her2st.SAMPLE_DIR.is_dir()
+    assert (import_her2st.SAMPLE_DIR / "README.md").is_file() or any(
+        import_her2st.SAMPLE_DIR.iterdir())

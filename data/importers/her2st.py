@@ -29,7 +29,7 @@ from data.importers.common import (
 
 log = logging.getLogger("hespot")
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "samples" / "her2st"
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "samples" / "her2st"
 TIERS = ("subset", "minor", "major")
 DEFAULT_PIXEL_SIZE_UM = 0.69
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
