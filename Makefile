@@ -1,11 +1,12 @@
 # hespot: every install step and every pipeline command. Targets hold no logic of their
-# own: they call the modules' main(argv).
+# own: each runs one `hespot <command>` (a module's main(argv); `hespot --help` lists them).
 #   make demo   # fresh machine: .venv, install, the whole pipeline on the bundled sample
 #   make test   # fresh machine: .venv, install, the tests
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+HESPOT := $(VENV)/bin/hespot
 OUT ?= out
 TIER ?= subset
 H5 ?= $(OUT)/her2st.h5
@@ -40,34 +41,34 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 $(OUT)/her2st.h5: $(VENV)/.installed
-	$(PY) -m data.importers.her2st --src data/samples/her2st --tier $(TIER) --out $@
+	$(HESPOT) import-her2st --src data/samples/her2st --tier $(TIER) --out $@
 
 import: $(OUT)/her2st.h5
 
 check: $(VENV)/.installed
-	$(PY) -m data.check $(H5)
+	$(HESPOT) check $(H5)
 
 summary: $(VENV)/.installed
-	$(PY) -m data.summary $(H5)
+	$(HESPOT) summary $(H5)
 
 # the arrays the default recipe (and make tune's grid) reads: mobilenet_v2 pooled (224 px);
 # efficientnet_lite0 pooled + intermediate stages at 224 and 448 px
 embeddings: $(VENV)/.installed
-	$(PY) -m embed.run --h5 $(H5) --store $(STORE) --backbones $(BACKBONES) $(EMBED_ARGS)
+	$(HESPOT) embed --h5 $(H5) --store $(STORE) --backbones $(BACKBONES) $(EMBED_ARGS)
 
 regress: $(VENV)/.installed
-	$(PY) -m regress.run --h5 $(H5) --store $(STORE) --out $(OUT) $(REGRESS_ARGS)
+	$(HESPOT) regress --h5 $(H5) --store $(STORE) --out $(OUT) $(REGRESS_ARGS)
 
 # LOSO over the recipe grid on the training slides; records OUT/tuned.json
 tune: $(VENV)/.installed
-	$(PY) -m regress.tune --h5 $(H5) --store $(STORE) --out $(OUT) $(TUNE_ARGS)
+	$(HESPOT) tune --h5 $(H5) --store $(STORE) --out $(OUT) $(TUNE_ARGS)
 
 submit: $(VENV)/.installed
 	$(PY) regress/submit.py --h5 $(H5) --out $(OUT) $(SUBMIT_ARGS)
 
 # one HTML page from whatever exists under OUT: OUT/report/index.html
 report: $(VENV)/.installed
-	$(PY) -m regress.report --h5 $(H5) --store $(STORE) --out $(OUT) $(REPORT_ARGS)
+	$(HESPOT) report --h5 $(H5) --store $(STORE) --out $(OUT) $(REPORT_ARGS)
 
 # headless Chromium for the report's browser test (installed where apt-get can; else skipped)
 chromium:
@@ -79,14 +80,14 @@ pipeline: embeddings regress submit
 
 # the whole default pipeline on the bundled sample
 demo: $(VENV)/.installed $(OUT)/her2st.h5
-	$(PY) -m data.summary $(H5)
+	$(HESPOT) summary $(H5)
 	$(MAKE) --no-print-directory pipeline H5=$(H5) OUT=$(OUT) EMBED_ARGS="--quiet $(EMBED_ARGS)"
 	$(MAKE) --no-print-directory report H5=$(H5) OUT=$(OUT) STORE=$(STORE) REPORT_ARGS="--quiet $(REPORT_ARGS)"
 	@echo "LOSO table: $(OUT)/report.md   submission: $(OUT)/submission.csv   AnnData: $(OUT)/predictions.h5ad"
 	@echo "embeddings: $(STORE)   report page: $(OUT)/report/index.html"
 
 bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
-	$(PY) -m embed.bench --h5 $(H5) $(ARGS)
+	$(HESPOT) bench-embed --h5 $(H5) $(ARGS)
 
 test: $(VENV)/.installed chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -101,8 +102,8 @@ clean:
 FINETUNE_ARGS ?=
 .PHONY: finetune bench-finetune
 finetune: $(VENV)/.installed
-	$(PY) -m embed.finetune --h5 $(H5) --out $(OUT) $(FINETUNE_ARGS)
+	$(HESPOT) finetune --h5 $(H5) --out $(OUT) $(FINETUNE_ARGS)
 
 # training throughput (images/s) in fp32 and bf16, and their ratio, in one run
 bench-finetune: $(VENV)/.installed $(OUT)/her2st.h5
-	$(PY) -m embed.bench_finetune --h5 $(H5) $(ARGS)
+	$(HESPOT) bench-finetune --h5 $(H5) $(ARGS)

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "regress": ("regress.run", "stage 2: LOSO over the train slides, then predict the test"),
     "tune": ("regress.tune", "choose a recipe by LOSO (ablation table, OUT/tuned.json)"),
     "submit": ("regress.submit", "submission.csv and predictions.h5ad from chosen models"),
-    "report": ("regress.report", "one HTML page of the data and results"),
+    "report": ("regress.report.page", "one HTML page of the data and results"),
 }
 
 

@@ -11,7 +11,8 @@ Every model (stage 2's regressors, the fine-tuned CNN) writes
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.atomic import atomic_write_text
+from data.atomic import atomic_write_json, atomic_write_text
 from data.errors import DataError, Problem
+from regress import tables
 from regress.metrics import spearman_per_spot, spearman_per_type
+from regress.tables import to_markdown
 
 META_COLUMNS = ["slide", "row", "spot_id", "x", "y"]
 
@@ -58,12 +61,16 @@ class LosoResult:
 
     @property
     def mean(self) -> dict[str, float]:
+        """{"spot": ..., "type": ...}: the per-slide scores averaged over held-out slides."""
         return {m: float(np.mean([s[m] for s in self.per_slide.values()]))
                 for m in ("spot", "type")}
 
 
-def predictions_frame(preds: Mapping[str, np.ndarray], cell_types, xy, spot_ids) -> pd.DataFrame:
-    """One row per spot of every slide in ``preds``: meta columns then the cell types."""
+def predictions_frame(preds: Mapping[str, np.ndarray], cell_types: Sequence[str],
+                      xy: Mapping[str, np.ndarray],
+                      spot_ids: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """One row per spot of every slide in ``preds`` (slide -> float (n_spots, n_types)):
+    meta columns (``xy``: slide -> float (n_spots, 2)) then the cell types."""
     frames = []
     for slide, P in preds.items():
         meta = pd.DataFrame({"slide": slide, "row": np.arange(len(P)),
@@ -75,6 +82,7 @@ def predictions_frame(preds: Mapping[str, np.ndarray], cell_types, xy, spot_ids)
 
 
 def write_predictions(out: Path, model_id: str, oof: pd.DataFrame, test: pd.DataFrame) -> Path:
+    """Write ``<out>/predictions/<model_id>/oof.csv`` and ``test.csv``; returns the folder."""
     folder = Path(out) / "predictions" / model_id
     atomic_write_text(folder / "oof.csv", oof.to_csv(index=False))
     atomic_write_text(folder / "test.csv", test.to_csv(index=False))
@@ -94,6 +102,7 @@ def read_predictions(out: Path, model_id: str, which: str) -> pd.DataFrame:
 
 
 def load_report(out: Path) -> dict[str, Any]:
+    """report.json of ``out`` as a dict, or ``{"models": {}}`` when there is none."""
     path = Path(out) / "report.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -101,16 +110,22 @@ def load_report(out: Path) -> dict[str, Any]:
 
 
 def update_report(out: Path, entries: Mapping[str, dict], **top: Any) -> dict[str, Any]:
-    """Merge model entries (and top-level fields) into report.json; rebuild report.md."""
+    """Merge model entries (and top-level fields) into report.json; rebuild report.md.
+
+    report.json holds data only: the markdown ``ablation.table`` of earlier releases is
+    dropped when the file is rewritten."""
     report = load_report(out)
     report["models"].update(entries)
     report.update(top)
-    atomic_write_text(Path(out) / "report.json", json.dumps(report, indent=1))
+    if isinstance(report.get("ablation"), dict):
+        report["ablation"].pop("table", None)
+    atomic_write_json(Path(out) / "report.json", report)
     atomic_write_text(Path(out) / "report.md", render_markdown(report))
     return report
 
 
-def model_entry(result, cell_types, kind: str, target: str, config: dict) -> dict:
+def model_entry(result: LosoResult, cell_types: Sequence[str], kind: str, target: str,
+                config: dict) -> dict:
     """The report entry of one LosoResult."""
     return {"kind": kind, "target": target, "per_slide": result.per_slide,
             "mean": result.mean, "per_type": dict(zip(cell_types, map(float, result.per_type),
@@ -118,47 +133,54 @@ def model_entry(result, cell_types, kind: str, target: str, config: dict) -> dic
             "seconds": round(result.seconds, 2), "fitted": result.fitted, "config": config}
 
 
-def loso_table(report: Mapping[str, Any]) -> str:
-    """Markdown table: one row per model, per-spot / per-type Spearman per slide and mean."""
+def _score(value: Any) -> float:
+    """A mean score as a sort key: NaN or missing ranks last."""
+    value = float(value) if value is not None else math.nan
+    return -math.inf if math.isnan(value) else value
+
+
+def rank_models(report: Mapping[str, Any], include_constant: bool = True) -> list[str]:
+    """Model ids of report.json, best first: by mean per-spot OOF Spearman (the challenge's
+    metric), descending; ties by mean per-type Spearman, descending, then by id.
+
+    Args:
+        report: report.json as a dict (``{"models": {id: entry}}``).
+        include_constant: keep the constant baselines (entries of ``kind`` "constant").
+    """
     models = report.get("models", {})
-    if not models:
+    names = [m for m, e in models.items() if include_constant or e.get("kind") != "constant"]
+
+    def key(m: str) -> tuple[float, float, str]:
+        mean = models[m].get("mean", {})
+        return -_score(mean.get("spot")), -_score(mean.get("type")), m
+
+    return sorted(names, key=key)
+
+
+def loso_table(report: Mapping[str, Any]) -> str:
+    """The LOSO table as markdown (report.md, logs): one row per model, best first."""
+    if not report.get("models"):
         return "(no models)\n"
-    slides = sorted({s for m in models.values() for s in m["per_slide"]})
-    head = "| model | " + " | ".join(slides) + " | mean spot | mean type | s |"
-    lines = [head, "|" + "---|" * (len(slides) + 4)]
-    order = sorted(models, key=lambda k: -models[k]["mean"]["spot"])
-    for name in order:
-        m = models[name]
-        cells = [f"{m['per_slide'][s]['spot']:.3f} / {m['per_slide'][s]['type']:.3f}"
-                 if s in m["per_slide"] else "" for s in slides]
-        lines.append(f"| {name} | " + " | ".join(cells) +
-                     f" | **{m['mean']['spot']:.3f}** | **{m['mean']['type']:.3f}** |"
-                     f" {m.get('seconds', 0):.0f} |")
-    return "\n".join(lines) + "\n"
+    return to_markdown(tables.loso_table(report, rank_models(report)))
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    models = report.get("models", {})
+    """report.md: the LOSO table, per-type scores, the ablation and the configuration."""
     parts = ["# hespot LOSO report\n",
              "Leave-one-slide-out Spearman. Each cell: per-spot (across cell types, "
              "averaged over spots; the challenge's metric) / per-type (across spots, "
              "averaged over cell types). Constant rows/columns score 0.\n",
              loso_table(report)]
-    if models:
+    if report.get("models"):
         parts.append("\n## Per cell type (mean over held-out slides)\n")
-        names = sorted(models)
-        types = list(next(iter(models.values()))["per_type"])
-        parts.append("| cell type | " + " | ".join(names) + " |")
-        parts.append("|" + "---|" * (len(names) + 1))
-        for t in types:
-            parts.append(f"| {t} | " + " | ".join(
-                f"{models[n]['per_type'].get(t, float('nan')):.3f}" for n in names) + " |")
+        table = tables.per_type_table(report, rank_models(report))
+        parts.append(to_markdown(table).rstrip("\n"))
     if "ablation" in report:
         parts.append(f"\n## Ablation (ridge, LOSO; chosen: {report['ablation']['chosen']})\n")
         parts.append("Cells: per-spot / per-type Spearman. 'better than plain': held-out "
                      "slides where the recipe beats the plain one on the metric its target "
                      "serves (per-spot for spot_rank, per-type for type_rank).\n")
-        parts.append(report["ablation"]["table"])
+        parts.append(to_markdown(tables.ablation_table(report["ablation"])))
     if "config" in report:
         parts.append("\n## Configuration\n\n```json\n" + json.dumps(report["config"], indent=1)
                      + "\n```\n")

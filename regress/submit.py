@@ -32,7 +32,7 @@ from data.cli import (
 )
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
-from regress.results import load_report, read_predictions
+from regress.results import load_report, rank_models, read_predictions
 from regress.targets import rank_scale
 
 log = logging.getLogger("hespot")
@@ -111,12 +111,17 @@ def ensemble_weights(report: dict, models: Sequence[str]) -> np.ndarray:
 
 
 def best_model(report: dict) -> str:
-    """The non-constant model with the highest mean per-spot OOF Spearman."""
-    candidates = {k: v for k, v in report.get("models", {}).items() if v["kind"] != "constant"}
-    if not candidates:
+    """The non-constant model ranked first by :func:`regress.results.rank_models` (highest
+    mean per-spot OOF Spearman).
+
+    Raises:
+        DataError: report.json holds no model other than the constant baselines.
+    """
+    ranked = rank_models(report, include_constant=False)
+    if not ranked:
         raise DataError(Problem("report.json", "", "models", "at least one fitted model",
                                 "none", "run make regress first"))
-    return max(candidates, key=lambda k: candidates[k]["mean"]["spot"])
+    return ranked[0]
 
 
 def combine(frames: Sequence[pd.DataFrame], weights: np.ndarray,

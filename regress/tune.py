@@ -1,9 +1,10 @@
 """Choose a recipe by LOSO on the training slides alone: ``make tune``.
 
 Every recipe of the grid (default ``TUNE_GRID``) runs one ridge LOSO on the same cached
-feature parts; the ablation table (both metrics, per slide and mean, each lever on/off)
-goes into ``report.json``/``report.md`` under "ablation", and the recipe with the best mean
-per-spot Spearman (ties: per-type) is recorded in ``OUT/tuned.json``, which
+feature parts; the ablation (both metrics, per slide and mean, each lever on/off) goes
+into ``report.json`` under "ablation" as data (``rows``, ``chosen``, ``config``), which
+regress.tables renders in ``report.md`` and on the report page; the recipe with the best
+mean per-spot Spearman (ties: per-type) is recorded in ``OUT/tuned.json``, which
 ``regress.run --recipe auto`` (make regress, make demo, make pipeline) then uses. Test
 slides' targets are never read: the HDF5 reader gives test slides no targets.
 """
@@ -35,12 +36,10 @@ from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, RidgeLOSO
 from regress.recipes import TUNE_GRID, Recipe, get_recipe, prepare
 from regress.results import update_report
+from regress.tables import ablation_table, to_markdown
 from regress.targets import TARGETS
 
 log = logging.getLogger("hespot")
-
-LEVERS = ("context_k", "smooth_k", "per_type_alpha", "center")
-
 
 @dataclass(frozen=True)
 class TuneConfig:
@@ -75,33 +74,9 @@ def choose(rows: dict[str, dict], target: str = "spot_rank") -> str:
     return rows[best]["recipe"]["name"]
 
 
-def ablation_markdown(rows: dict[str, dict], chosen: str, reference: str = "plain") -> str:
-    slides = sorted({s for r in rows.values() for s in r["per_slide"]})
-    head = ["| recipe | target | features | " + " | ".join(LEVERS) + " | " +
-            " | ".join(slides) + " | spot | type | better than plain |",
-            "|" + "---|" * (len(LEVERS) + len(slides) + 6)]
-    for r in rows.values():
-        rc, name = r["recipe"], r["recipe"]["name"]
-        ref = rows.get(f"{reference}/{r['target']}")
-        levers = [str(rc[k]) if k != "smooth_k" else
-                  (f"k{rc['smooth_k']} w{rc['smooth_w']}" if rc["smooth_k"] else "0")
-                  for k in LEVERS]
-        cells = [f"{r['per_slide'][s]['spot']:.3f} / {r['per_slide'][s]['type']:.3f}"
-                 for s in slides]
-        better = ""
-        if ref and name != reference:
-            m = "spot" if r["target"] == "spot_rank" else "type"  # the metric it serves
-            wins = sum(r["per_slide"][s][m] > ref["per_slide"][s][m] for s in slides)
-            better = f"{wins}/{len(slides)}"
-        mark = " (chosen)" if name == chosen and r["target"] == "spot_rank" else ""
-        head.append(f"| {name}{mark} | {r['target']} | {' + '.join(rc['features'])} | " +
-                    " | ".join(levers) +
-                    " | " + " | ".join(cells) +
-                    f" | {r['mean']['spot']:.3f} | {r['mean']['type']:.3f} | {better} |")
-    return "\n".join(head) + "\n"
-
-
 def run(cfg: TuneConfig) -> dict:
+    """Score every recipe x target by ridge LOSO; write tuned.json and the ablation entry
+    of report.json. Returns ``{"rows": {"<recipe>/<target>": row}, "chosen": name}``."""
     recipes = [get_recipe(n) for n in cfg.recipes]
     for t in cfg.targets:
         check_name("target", t, TARGETS)
@@ -122,10 +97,9 @@ def run(cfg: TuneConfig) -> dict:
     atomic_write_json(out / "tuned.json",
                       {"recipe": chosen, "scores": rows[f"{chosen}/{cfg.targets[0]}"]["mean"],
                        "target": cfg.targets[0], "train_slides": data.train})
-    table = ablation_markdown(rows, chosen)
-    update_report(out, {}, ablation={"rows": rows, "chosen": chosen, "table": table,
-                                     "config": config_dict(cfg)})
-    log.info("chosen recipe: %s\n%s", chosen, table)
+    ablation = {"rows": rows, "chosen": chosen, "config": config_dict(cfg)}
+    update_report(out, {}, ablation=ablation)
+    log.info("chosen recipe: %s\n%s", chosen, to_markdown(ablation_table(ablation)))
     return {"rows": rows, "chosen": chosen}
 
 

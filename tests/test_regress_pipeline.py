@@ -21,7 +21,7 @@ import regress.submit
 from data.h5 import CanonicalH5
 from data.synthetic import SyntheticConfig, true_test_abundances, write_synthetic
 from regress.metrics import score
-from regress.results import META_COLUMNS
+from regress.results import META_COLUMNS, rank_models
 from regress.submit import ensemble_weights
 from regress.targets import rank_scale
 
@@ -101,6 +101,10 @@ def test_report_markdown_has_the_table(regressed):
         assert f"| {m} |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and "**" in line]
     assert [r.split(" | ")[0][2:] for r in rows][0] == "ridge-spot_rank"  # best first
+    # the per-type table's columns follow the same ranking (regress.results.rank_models)
+    order = [r.split(" | ")[0][2:] for r in rows]
+    assert order == rank_models(json.loads((regressed / "report.json").read_text()))
+    assert f"| cell type | {' | '.join(order)} |" in md
 
 
 def test_prediction_files(regressed, synthetic_h5):

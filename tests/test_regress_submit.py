@@ -1,4 +1,5 @@
-"""submit.py's pieces: the submission checks, IDs, ensemble weights, model choice.
+"""submit.py's pieces: the submission checks, IDs, ensemble weights, model choice (and the
+one ranking of models it uses, regress.results.rank_models).
 (Runs of ``regress.submit.main`` on real predictions: test_regress_pipeline.py.)"""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import pytest
 
 from data.errors import DataError
 from data.h5 import CanonicalH5
+from regress.results import rank_models
 from regress.submit import best_model, check_submission, combine, ensemble_weights, expected_ids
 from regress.targets import rank_scale
 
@@ -107,8 +109,11 @@ def test_expected_ids_every_test_row_in_order(synthetic_h5):
 
 
 def _report(**spot):
+    """Entries ``name: spot`` (mean per-type 0) or ``name: (spot, type)``."""
     return {"models": {name: {"kind": name.split("-")[0], "target": name.split("-")[1],
-                              "mean": {"spot": s, "type": 0.0}} for name, s in spot.items()}}
+                              "mean": {"spot": s, "type": 0.0} if not isinstance(s, tuple)
+                              else {"spot": s[0], "type": s[1]}}
+                       for name, s in spot.items()}}
 
 
 def test_ensemble_weights_from_gain_over_constant():
@@ -138,6 +143,21 @@ def test_best_model_skips_the_constant():
     assert best_model(report) == "lgbm-spot_rank"
     with pytest.raises(DataError, match="at least one fitted model"):
         best_model(_report(**{"constant-spot_rank": 0.9}))
+
+
+def test_rank_models_orders_by_spot_then_type_then_name():
+    report = _report(**{"ridge-spot_rank": (0.5, 0.1), "lgbm-spot_rank": (0.5, 0.3),
+                        "lgbm-raw": (0.5, 0.3), "constant-spot_rank": (0.6, 0.0),
+                        "ridge-raw": (0.2, 0.9), "ridge-type_rank": (float("nan"), 0.5)})
+    want = ["constant-spot_rank", "lgbm-raw", "lgbm-spot_rank", "ridge-spot_rank",
+            "ridge-raw", "ridge-type_rank"]   # ties: per type, then name; NaN last
+    assert rank_models(report) == want
+    assert rank_models(report, include_constant=False) == want[1:]
+    # the order does not depend on the order of report.json's entries
+    shuffled = {"models": dict(reversed(report["models"].items()))}
+    assert rank_models(shuffled) == want
+    assert best_model(shuffled) == best_model(report) == "lgbm-raw"
+    assert rank_models({"models": {}}) == [] and rank_models({}) == []
 
 
 def test_combine_one_model_clips_and_ensemble_ranks():

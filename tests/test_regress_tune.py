@@ -76,7 +76,18 @@ def store(synthetic_h5, tmp_path_factory):
     return path
 
 
-def test_tune_ignores_test_targets(synthetic_h5, store, monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def tuned(synthetic_h5, store, tmp_path_factory):
+    """OUT of one ``regress.tune`` run over the TINY recipes; read-only for tests."""
+    out = tmp_path_factory.mktemp("tuned") / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(recipes, "RECIPES", {**recipes.RECIPES, **{r.name: r for r in TINY}})
+        assert tune.main(["--h5", str(synthetic_h5), "--store", str(store), "--out", str(out),
+                          "--recipes", ",".join(r.name for r in TINY), "--quiet"]) == 0
+    return out
+
+
+def test_tune_ignores_test_targets(synthetic_h5, store, tuned, monkeypatch):
     monkeypatch.setattr(recipes, "RECIPES", {**recipes.RECIPES, **{r.name: r for r in TINY}})
     data = load_slides(synthetic_h5, store, [FeatureSpec("tiny_random")])
     with CanonicalH5(synthetic_h5) as h5:
@@ -93,12 +104,39 @@ def test_tune_ignores_test_targets(synthetic_h5, store, monkeypatch, tmp_path):
     prows = {f"{k}/spot_rank": v for k, v in poisoned.items()}
     assert tune.choose(rows) == tune.choose(prows)
 
-    out = tmp_path / "out"
-    assert tune.main(["--h5", str(synthetic_h5), "--store", str(store), "--out", str(out),
-                      "--recipes", ",".join(r.name for r in TINY), "--quiet"]) == 0
-    tuned = json.loads((out / "tuned.json").read_text())
-    assert tuned["recipe"] in {r.name for r in TINY}
-    assert test not in tuned["train_slides"]
+    out = tuned
+    tuned_json = json.loads((out / "tuned.json").read_text())
+    assert tuned_json["recipe"] in {r.name for r in TINY}
+    assert test not in tuned_json["train_slides"]
     report = json.loads((out / "report.json").read_text())
-    assert report["ablation"]["chosen"] == tuned["recipe"]
+    assert report["ablation"]["chosen"] == tuned_json["recipe"]
     assert "t_smooth" in (out / "report.md").read_text()
+
+
+def _strings(value):
+    """Every string inside a JSON value (keys included)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_tune_writes_data_not_markdown(tuned):
+    """report.json holds data only; report.md renders the ablation from its rows."""
+    report = json.loads((tuned / "report.json").read_text())
+    assert set(report["ablation"]) == {"rows", "chosen", "config"}
+    for text in _strings(report):
+        assert not any(line.lstrip().startswith("|") for line in text.splitlines()), text
+    md = (tuned / "report.md").read_text()
+    head = ("| recipe | target | features | context_k | smooth_k | per_type_alpha | center | "
+            "S_1 | S_2 | S_3 | spot | type | better than plain |")
+    assert head in md
+    chosen = report["ablation"]["chosen"]
+    assert f"| {chosen} (chosen) | spot_rank | tiny_random |" in md
+    for key, row in report["ablation"]["rows"].items():
+        assert f"| {row['mean']['spot']:.3f} | {row['mean']['type']:.3f} |" in md, key

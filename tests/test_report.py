@@ -1,27 +1,67 @@
 """The HTML report (regress.report) on the synthetic fixture: every section, its images,
-absent inputs named on the page, and the page opened in headless Chromium."""
+absent inputs named on the page, and the page opened in headless Chromium; the tables
+(regress.tables) rendered alike as markdown and HTML."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+from html import unescape
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import embed.run
-import regress.report
 import regress.run
 from data.h5 import CanonicalH5
-from regress.browser import check_in_browser, find_chromium
-from regress.plots import thumbnail
-from regress.report_sections import SECTIONS
+from regress.report import browser
+from regress.report.browser import check_in_browser, find_chromium
+from regress.report.config import ReportConfig
+from regress.report.inputs import Inputs
+from regress.report.page import SECTIONS, main
+from regress.report.plots import thumbnail
+from regress.report.result_sections import section_ablation
+from regress.results import update_report
+from regress.tables import Cell, Table, ablation_table, to_html, to_markdown
 
-ABLATION = {"chosen": "plain", "rows": {"plain": {"mean": {"spot": 0.5, "type": 0.2}}},
-            "table": "| recipe | S_1 | spot | type |\n|---|---|---|---|\n"
-                     "| plain (chosen) | 0.500 / 0.200 | 0.500 | 0.200 |\n"}
+
+def _recipe(name: str, **levers) -> dict:
+    return {"name": name, "features": ["tiny_random"], "context_k": 0, "smooth_k": 0,
+            "smooth_w": 0.0, "per_type_alpha": False, "center": False, "description": "",
+            **levers}
+
+
+def _scores(*pairs: tuple[float, float]) -> dict:
+    return {s: {"spot": a, "type": b} for s, (a, b) in zip(("S_1", "S_2", "S_3"), pairs,
+                                                            strict=True)}
+
+
+# report.json's "ablation" as the previous release wrote it: rows, chosen, config and the
+# table as markdown (here from an older run: the page must follow the rows, not the table)
+ABLATION = {
+    "chosen": "plain",
+    "rows": {
+        "plain/spot_rank": {"recipe": _recipe("plain"), "target": "spot_rank",
+                            "per_slide": _scores((0.51, 0.21), (0.49, 0.19), (0.50, 0.20)),
+                            "mean": {"spot": 0.5, "type": 0.2}, "seconds": 1.5},
+        "smooth/spot_rank": {"recipe": _recipe("smooth", smooth_k=4, smooth_w=0.5),
+                             "target": "spot_rank",
+                             "per_slide": _scores((0.55, 0.22), (0.47, 0.18), (0.53, 0.20)),
+                             "mean": {"spot": 0.517, "type": 0.2}, "seconds": 1.7},
+    },
+    "config": {"recipes": ["plain", "smooth"], "targets": ["spot_rank"]},
+    "table": "| recipe | target | features | context_k | smooth_k | per_type_alpha | center "
+             "| S_1 | S_2 | S_3 | spot | type | better than plain |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+             "| plain (chosen) | spot_rank | tiny_random | 0 | 0 | False | False | "
+             "0.111 / 0.011 | 0.111 / 0.011 | 0.111 / 0.011 | 0.111 | 0.011 |  |\n",
+}
+SMOOTH_ROW = ("<tr><td>smooth</td><td>spot_rank</td><td>tiny_random</td><td>0</td>"
+              "<td>k4 w0.5</td><td>False</td><td>False</td><td>0.550 / 0.220</td>"
+              "<td>0.470 / 0.180</td><td>0.530 / 0.200</td><td>0.517</td><td>0.200</td>"
+              "<td>2/3</td></tr>")
 N_IMAGES = 4 + 1 + 3 + 1 + 1 + 1 + 3 + 1   # slides, abundance, maps, corr, pca, per-type, oof, test
 
 
@@ -48,7 +88,7 @@ def regressed(synthetic_h5, store, tmp_path_factory) -> Path:
 
 
 def _report(h5, store, out, *args) -> int:
-    return regress.report.main(["--h5", str(h5), "--store", str(store), "--out", str(out),
+    return main(["--h5", str(h5), "--store", str(store), "--out", str(out),
                                 "--thumb-px", "256", "--quiet", *args])
 
 
@@ -96,6 +136,7 @@ def test_tables_and_choices(page, synthetic_h5, regressed):
     assert f"{s1['spot']:.3f} / {s1['type']:.3f}" in loso
     assert loso.index("ridge-spot_rank") < loso.index("constant-spot_rank")  # best first
     assert "<td>plain (chosen)</td>" in sections["ablation"]
+    assert SMOOTH_ROW in sections["ablation"] and "0.111" not in sections["ablation"]
     for slide in ("S_1", "S_2", "S_3", "S_4"):
         assert f"<td>{slide}</td>" in sections["background"]
     with CanonicalH5(synthetic_h5) as h5:
@@ -197,7 +238,60 @@ def test_thumbnail_is_a_box_average_read_in_bands(synthetic_h5, max_px):
 
 
 def test_no_chromium_is_a_clear_error(page, monkeypatch):
-    import regress.browser
-    monkeypatch.setattr(regress.browser, "find_chromium", lambda: None)
-    with pytest.raises(regress.browser.BrowserError, match="make chromium"):
+    monkeypatch.setattr(browser, "find_chromium", lambda: None)
+    with pytest.raises(browser.BrowserError, match="make chromium"):
         check_in_browser(page)
+
+
+# ---------------------------------------------------------------- tables (regress.tables)
+
+def _markdown_cells(md: str) -> list[list[str]]:
+    """Cells of a markdown table, header first, the ``|---|`` line skipped; ``\\|`` kept."""
+    lines = [ln for ln in md.splitlines() if not set(ln) <= set("|-: ")]
+    return [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", ln)[1:-1]]
+            for ln in lines]
+
+
+def _html_cells(html: str) -> list[list[str]]:
+    rows = re.findall(r"<tr>(.*?)</tr>", html)
+    return [[unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", r)] for r in rows]
+
+
+def test_markdown_and_html_agree_on_every_cell():
+    table = Table.of(["model", "S<1>", "mean"],
+                     [["ridge & co", "0.500 / 0.200", Cell("0.500", bold=True)],
+                      ["a|b", "", Cell("-0.100", bold=True)]])
+    md, html = _markdown_cells(to_markdown(table)), _html_cells(to_html(table))
+    want = [["model", "S<1>", "mean"], ["ridge & co", "0.500 / 0.200", "**0.500**"],
+            ["a|b", "", "**-0.100**"]]
+    assert md == want
+    assert html == [[c.replace("**", "<b>", 1).replace("**", "</b>", 1) for c in row]
+                    for row in want]
+    assert to_markdown(table).splitlines()[1] == "|---|---|---|"
+    with pytest.raises(ValueError, match="row 0 has 2 cells"):
+        Table.of(["a", "b", "c"], [["x", "y"]])
+
+
+def test_previous_release_ablation_renders_from_rows(tmp_path):
+    """A report.json of the previous release (ablation with its markdown ``table``): the
+    page's ablation section is built from ``rows``; the old markdown is ignored."""
+    report = {"models": {"ridge-spot_rank": {
+        "kind": "ridge", "target": "spot_rank", "per_slide": _scores(*[(0.5, 0.2)] * 3),
+        "mean": {"spot": 0.5, "type": 0.2}, "per_type": {"C1": 0.2}, "seconds": 1.0,
+        "fitted": {}, "config": {}}}, "ablation": ABLATION}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    cfg = ReportConfig(h5=str(tmp_path / "none.h5"), store=str(tmp_path / "none.zarr"),
+                       out=str(tmp_path))
+    ctx = Inputs(cfg, tmp_path / "img")
+    html = section_ablation(ctx)
+    assert to_html(ablation_table(ABLATION)) in html
+    assert "<td>plain (chosen)</td>" in html and SMOOTH_ROW in html
+    assert "0.111" not in html
+    assert _html_cells(to_html(ablation_table(ABLATION)))[0] == \
+        _markdown_cells(ABLATION["table"])[0]   # the same columns as the previous release
+    # the next write of report.json drops the old markdown; report.md follows the rows
+    update_report(tmp_path, {})
+    assert set(json.loads((tmp_path / "report.json").read_text())["ablation"]) == \
+        {"rows", "chosen", "config"}
+    md = (tmp_path / "report.md").read_text()
+    assert to_markdown(ablation_table(ABLATION)) in md and "0.111" not in md

@@ -1,7 +1,7 @@
 """Open a report page in headless Chromium: did every image load, and a screenshot.
 
 The page sets ``<body data-images="loaded/total">`` on its load event (see
-regress.report); ``--dump-dom`` prints the DOM after that, and it is parsed here.
+regress.report.page); ``--dump-dom`` prints the DOM after that, and it is parsed here.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from data.atomic import atomic_path
 from data.errors import ConfigError
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -34,6 +35,8 @@ def find_chromium() -> str | None:
 
 
 def _run(args: list[str], timeout: float) -> str:
+    """Run Chromium ``args[0]`` with :data:`FLAGS` and a throw-away profile before
+    ``args[1:]``; its stdout. Raises BrowserError on a timeout or a non-zero exit."""
     with tempfile.TemporaryDirectory(prefix="hespot-chromium-") as profile:
         try:
             proc = subprocess.run([*args[:1], *FLAGS, f"--user-data-dir={profile}", *args[1:]],
@@ -65,10 +68,9 @@ def check_in_browser(index: Path, screenshot: Path | None = None, width: int = 1
         raise BrowserError(f"{index}: the page did not report its images (no data-images "
                            "on <body> after load)")
     if screenshot is not None:
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        screenshot.unlink(missing_ok=True)
-        _run([exe, f"--screenshot={Path(screenshot).resolve()}",
-              f"--window-size={width},{height}", "--hide-scrollbars", url], timeout)
-        if not screenshot.is_file():
-            raise BrowserError(f"chromium wrote no screenshot at {screenshot}")
+        with atomic_path(screenshot, suffix=".png") as tmp:
+            _run([exe, f"--screenshot={tmp.resolve()}", f"--window-size={width},{height}",
+                  "--hide-scrollbars", url], timeout)
+            if tmp.stat().st_size == 0:
+                raise BrowserError(f"chromium wrote no screenshot at {screenshot}")
     return int(found.group(1)), int(found.group(2))

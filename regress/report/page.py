@@ -17,51 +17,40 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data.atomic import atomic_write_text
-from data.cli import (
-    DEFAULT_H5,
-    DEFAULT_OUT,
-    DEFAULT_STORE,
-    config_dict,
-    config_parser,
-    parse_list,
-    resolve_config,
-    run_cli,
-    setup_logging,
-)
+from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.errors import DataError, Problem
-from regress.browser import BrowserError, check_in_browser
-from regress.report_sections import SECTIONS, Absent, Inputs
+from regress.report.browser import BrowserError, check_in_browser
+from regress.report.config import ReportConfig
+from regress.report.data_sections import DATA_SECTIONS
+from regress.report.inputs import Absent, Inputs, Section
+from regress.report.result_sections import RESULT_SECTIONS
 
 log = logging.getLogger("hespot")
 
+SECTIONS: tuple[Section, ...] = DATA_SECTIONS + RESULT_SECTIONS
 
-@dataclass(frozen=True)
-class ReportConfig:
-    """Settings of the report (defaults < --config JSON < flags).
+CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1400px;color:#222}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-top:.5em}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
+td:first-child,th:first-child{text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:4px}
+figure img{max-width:100%}figcaption{font-size:12px;color:#555}
+.absent{color:#a40;font-style:italic}nav a{margin-right:1em}"""
 
-    ``models``: models whose predictions are mapped (default: the best per-spot model of
-    report.json other than the constant). ``cell_types``: types mapped (default: the 4 of
-    highest mean abundance over the train spots).
-    """
+CHECK_SCRIPT = """<script>window.addEventListener("load", function () {
+  var imgs = Array.from(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.dataset.images = ok + "/" + imgs.length;
+  document.getElementById("img-check").textContent = "images loaded: " + ok + "/" + imgs.length;
+});</script>"""
 
-    h5: str = DEFAULT_H5
-    store: str = DEFAULT_STORE
-    out: str = DEFAULT_OUT
-    models: tuple[str, ...] | None = None
-    cell_types: tuple[str, ...] | None = None
-    thumb_px: int = 1024
-    screenshot: bool = False
-    quiet: bool = False
-
-
-# ---------------------------------------------------------------- page
 
 def render_section(ctx: Inputs, key: str, title: str, build: Callable[[Inputs], str]) -> str:
     """The section's HTML; when its input is absent or it fails, a note saying why (the
@@ -81,36 +70,22 @@ def render_section(ctx: Inputs, key: str, title: str, build: Callable[[Inputs], 
     return f'<section id="{key}"><h2>{escape(title)}</h2>{body}</section>'
 
 
-CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1400px;color:#222}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-top:.5em}
-table{border-collapse:collapse;font-size:13px;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
-td:first-child,th:first-child{text-align:left}
-.grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:4px}
-figure img{max-width:100%}figcaption{font-size:12px;color:#555}
-.absent{color:#a40;font-style:italic}nav a{margin-right:1em}"""
-
-CHECK_SCRIPT = """<script>window.addEventListener("load", function () {
-  var imgs = Array.from(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.dataset.images = ok + "/" + imgs.length;
-  document.getElementById("img-check").textContent = "images loaded: " + ok + "/" + imgs.length;
-});</script>"""
-
-
 def render_page(ctx: Inputs, sections: Sequence[str], seconds: float) -> str:
+    """The whole page: the inputs found, a navigation bar, the sections (HTML, in
+    :data:`SECTIONS` order) under their group headings, and the image check script."""
     cfg = ctx.cfg
     status = [(cfg.h5, ctx.h5 is not None), (cfg.store, Path(cfg.store).exists()),
               (str(ctx.out / "report.json"), ctx.report is not None),
               (str(ctx.out / "predictions"), (ctx.out / "predictions").is_dir())]
     inputs = "".join(f"<li><code>{escape(p)}</code>: {'found' if ok else 'absent'}</li>"
                      for p, ok in status)
-    nav = "".join(f'<a href="#{k}">{escape(t)}</a>' for _, k, t, _ in SECTIONS)
-    groups, parts = [], []
-    for (group, *_), html in zip(SECTIONS, sections, strict=True):
-        if group not in groups:
-            groups.append(group)
-            parts.append(f"<h1>{group}</h1>")
+    nav = "".join(f'<a href="#{s.key}">{escape(s.title)}</a>' for s in SECTIONS)
+    groups: list[str] = []
+    parts: list[str] = []
+    for section, html in zip(SECTIONS, sections, strict=True):
+        if section.group not in groups:
+            groups.append(section.group)
+            parts.append(f"<h1>{section.group}</h1>")
         parts.append(html)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>hespot report</title><style>{CSS}</style></head><body>"
@@ -122,15 +97,20 @@ def render_page(ctx: Inputs, sections: Sequence[str], seconds: float) -> str:
 
 
 def build_report(cfg: ReportConfig) -> Path:
-    """Write OUT/report/index.html and its images; returns the page's path."""
+    """Write OUT/report/index.html and its images; returns the page's path.
+
+    Raises:
+        DataError: ``cfg.models`` or ``cfg.cell_types`` names one that does not exist
+            (checked before the old page is touched).
+    """
     t0 = time.perf_counter()
     folder = Path(cfg.out) / "report"
     img_dir = folder / "img"
-    ctx = Inputs(cfg, img_dir)   # checks the names given before the old page is touched
+    ctx = Inputs(cfg, img_dir)
     for old in img_dir.glob("*.png"):
         old.unlink()
     try:
-        sections = [render_section(ctx, key, title, build) for _, key, title, build in
+        sections = [render_section(ctx, s.key, s.title, s.build) for s in
                     tqdm(SECTIONS, desc="report", disable=cfg.quiet)]
     finally:
         ctx.close()
@@ -143,6 +123,7 @@ def build_report(cfg: ReportConfig) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m regress.report`` (flags absent unless given)."""
     p = config_parser("python -m regress.report", __doc__, ReportConfig,
                       common=("h5", "store", "out", "quiet"))
     p.add_argument("--models", type=parse_list,
@@ -175,8 +156,5 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Build the report page; 0 on success, 2 (one line on stderr) on a user error."""
     return run_cli(_main, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

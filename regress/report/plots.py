@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.spatial import cKDTree
 
+from data.atomic import atomic_path
 from data.h5 import CanonicalH5
 
 Extent = tuple[float, float, float, float]
@@ -64,8 +65,9 @@ def new_figure(width: float, height: float, layout: str | None = "constrained") 
 
 
 def save(fig: Figure, path: Path, dpi: int = 90) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    """Write ``fig`` as a PNG at ``path`` atomically (its folder is made); returns the path."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 
@@ -255,5 +257,6 @@ def fig_per_type(scores: Mapping[str, Mapping[str, float]], cell_types: Sequence
 
 
 def _colours(n: int) -> list:
+    """``n`` distinct RGBA colours (tab10, or tab20 beyond 10; cycled beyond 20)."""
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]

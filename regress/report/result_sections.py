@@ -1,0 +1,110 @@
+"""The result sections of the report page: the LOSO table, per-type scores, true vs
+predicted maps of the held-out slides, predicted maps of the test slides and the ablation.
+Tables come from :mod:`regress.tables` (as in report.md); model order from
+:func:`regress.results.rank_models`."""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+from data.errors import DataError, Problem
+from regress.metrics import spearman_per_type
+from regress.report import plots
+from regress.report.inputs import Absent, Inputs, Section
+from regress.results import rank_models, read_predictions
+from regress.tables import ablation_table, loso_table, to_html
+
+
+def section_loso(ctx: Inputs) -> str:
+    """The LOSO table: every model, best first."""
+    report = ctx.need_report()
+    return ("<p>Leave-one-slide-out Spearman; each cell: per spot (across cell types, the "
+            "challenge's metric) / per cell type (across spots). The constant profile is "
+            "the baseline.</p>" + to_html(loso_table(report, rank_models(report))))
+
+
+def section_per_type(ctx: Inputs) -> str:
+    """Per-type Spearman of every model (best first) as grouped bars."""
+    report = ctx.need_report()
+    models, order = report["models"], rank_models(report)
+    types = list(models[order[0]]["per_type"])
+    fig = plots.fig_per_type({m: models[m]["per_type"] for m in order}, types)
+    return ctx.figure(fig, "per_type", "per-type scores")
+
+
+def _oof_figure(ctx: Inputs, model: str, slide: str, P: np.ndarray) -> str:
+    """True (top) vs predicted (bottom) maps of one held-out slide; P is float
+    (n_spots, n_map_types)."""
+    t, types = ctx.table(slide), list(ctx.h5.cell_types)
+    cols = [types.index(c) for c in ctx.types]
+    rho = spearman_per_type(t.Y[:, cols], P)
+    panels = [(f"{c}\ntrue", t.Y[:, j]) for c, j in zip(ctx.types, cols, strict=True)]
+    panels += [(f"predicted (rho {r:.2f})", P[:, k]) for k, r in enumerate(rho)]
+    score = ctx.report["models"][model]["per_slide"].get(slide, {})
+    title = f"{model}, {slide} held out" + (
+        f": per spot {score['spot']:.3f}, per type {score['type']:.3f}" if score else "")
+    thumb, extent = ctx.thumb(slide)
+    fig = plots.fig_maps(thumb, extent, t.x, t.y, panels, len(ctx.types), title)
+    return ctx.figure(fig, f"oof_{model}_{slide}", f"true vs predicted on {slide}")
+
+
+def _predicted(ctx: Inputs, model: str, which: str) -> dict[str, np.ndarray]:
+    """slide -> float (n_spots, n_map_types) predictions in spot-table row order."""
+    df = read_predictions(ctx.out, model, which)
+    out = {}
+    for slide, part in df.groupby("slide", sort=False):
+        n = len(ctx.table(slide))
+        if sorted(part["row"]) != list(range(n)):
+            raise DataError(Problem(str(ctx.out / "predictions" / model / f"{which}.csv"),
+                                    slide, "row", f"rows 0..{n - 1}", f"{len(part)} rows",
+                                    "rerun `make regress`"))
+        out[str(slide)] = part.sort_values("row")[ctx.types].to_numpy(float)
+    return out
+
+
+def section_oof(ctx: Inputs) -> str:
+    """True vs out-of-fold predicted maps of every held-out slide of the mapped models."""
+    ctx.need_h5()
+    figs = []
+    for model in ctx.need_models():
+        for slide, P in _predicted(ctx, model, "oof").items():
+            figs.append(_oof_figure(ctx, model, slide, P))
+    return ("<p>Top row: true abundance; bottom row: out-of-fold prediction (on the "
+            "model's target scale), each with its own colour scale.</p>" + "".join(figs))
+
+
+def section_test(ctx: Inputs) -> str:
+    """Predicted maps of every test slide of the mapped models."""
+    ctx.need_h5()
+    figs = []
+    for model in ctx.need_models():
+        for slide, P in _predicted(ctx, model, "test").items():
+            t = ctx.table(slide)
+            thumb, extent = ctx.thumb(slide)
+            panels = [(c, P[:, k]) for k, c in enumerate(ctx.types)]
+            fig = plots.fig_maps(thumb, extent, t.x, t.y, panels, len(panels),
+                                 f"{model}, test slide {slide} (fit on all train slides)")
+            figs.append(ctx.figure(fig, f"test_{model}_{slide}", f"predictions on {slide}"))
+    if not figs:
+        raise Absent("the predictions hold no test slide")
+    return "".join(figs)
+
+
+def section_ablation(ctx: Inputs) -> str:
+    """The ablation table of ``make tune``, built from report.json's ablation rows."""
+    ablation = ctx.need_report().get("ablation")
+    if not ablation:
+        raise Absent(f"{ctx.out / 'report.json'} has no ablation: run `make tune`")
+    return (f"<p>Ridge, LOSO; chosen recipe: <b>{escape(str(ablation.get('chosen')))}</b>. "
+            "Cells: per spot / per type.</p>" + to_html(ablation_table(ablation)))
+
+
+RESULT_SECTIONS: tuple[Section, ...] = (
+    Section("Results", "loso", "LOSO table", section_loso),
+    Section("Results", "per-type", "Per-cell-type scores", section_per_type),
+    Section("Results", "oof", "True vs predicted, held-out slides", section_oof),
+    Section("Results", "test", "Predicted maps, test slides", section_test),
+    Section("Results", "ablation", "Ablation", section_ablation),
+)

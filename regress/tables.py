@@ -1,0 +1,140 @@
+"""The tables of the LOSO report, built once from ``report.json`` data and rendered as
+markdown (``report.md``, logs) or HTML (the report page) by the same :class:`Table`.
+
+Torch-free and matplotlib-free. The builders take the model order from their caller
+(:func:`regress.results.rank_models`), so this module imports nothing of regress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+# The recipe levers of the ablation table (regress.recipes.Recipe fields), in column order.
+LEVERS = ("context_k", "smooth_k", "per_type_alpha", "center")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: its text, optionally bold."""
+
+    text: str
+    bold: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """A header and rows of cells; every row has one cell per header column."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+
+    @classmethod
+    def of(cls, header: Sequence[str], rows: Sequence[Sequence[str | Cell]]) -> Table:
+        """A Table from plain strings (or Cells); raises ValueError on a ragged row."""
+        cells = tuple(tuple(c if isinstance(c, Cell) else Cell(str(c)) for c in row)
+                      for row in rows)
+        for k, row in enumerate(cells):
+            if len(row) != len(header):
+                raise ValueError(f"table row {k} has {len(row)} cells, the header "
+                                 f"{len(header)}: {list(header)}")
+        return cls(tuple(str(h) for h in header), cells)
+
+
+def _md_text(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub markdown: header line, ``|---|`` line, one line per row; bold as ``**x**``;
+    ends with a newline."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    lines = [line([_md_text(h) for h in table.header]), "|" + "---|" * len(table.header)]
+    for row in table.rows:
+        lines.append(line([f"**{_md_text(c.text)}**" if c.bold else _md_text(c.text)
+                           for c in row]))
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: Table) -> str:
+    """An HTML ``<table>``; every text escaped, bold as ``<b>x</b>``."""
+    def cell(c: Cell) -> str:
+        text = escape(c.text)
+        return f"<td><b>{text}</b></td>" if c.bold else f"<td>{text}</td>"
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in table.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pair(score: Mapping[str, float] | None) -> str:
+    """``"spot / type"`` of a per-slide score, "" when absent."""
+    return f"{score['spot']:.3f} / {score['type']:.3f}" if score else ""
+
+
+def loso_table(report: Mapping[str, Any], models: Sequence[str]) -> Table:
+    """One row per model of ``models`` (in that order, e.g. ``rank_models(report)``):
+    per-spot / per-type Spearman of each held-out slide, the two means (bold) and seconds.
+    """
+    entries = report.get("models", {})
+    slides = sorted({s for m in models for s in entries[m]["per_slide"]})
+    rows = []
+    for name in models:
+        m = entries[name]
+        rows.append([name, *(_pair(m["per_slide"].get(s)) for s in slides),
+                     Cell(f"{m['mean']['spot']:.3f}", bold=True),
+                     Cell(f"{m['mean']['type']:.3f}", bold=True),
+                     f"{m.get('seconds', 0):.0f}"])
+    return Table.of(["model", *slides, "mean spot", "mean type", "s"], rows)
+
+
+def per_type_table(report: Mapping[str, Any], models: Sequence[str]) -> Table:
+    """One row per cell type (those of the report's first model), one column per model of
+    ``models``: per-type Spearman averaged over held-out slides ("nan" where absent)."""
+    entries = report.get("models", {})
+    types = list(next(iter(entries.values()))["per_type"]) if entries else []
+    rows = [[t, *(f"{entries[n]['per_type'].get(t, float('nan')):.3f}" for n in models)]
+            for t in types]
+    return Table.of(["cell type", *models], rows)
+
+
+def _lever(recipe: Mapping[str, Any], key: str) -> str:
+    if key != "smooth_k":
+        return str(recipe[key])
+    return f"k{recipe['smooth_k']} w{recipe['smooth_w']}" if recipe["smooth_k"] else "0"
+
+
+def _better(row: Mapping[str, Any], ref: Mapping[str, Any] | None, slides: Sequence[str],
+            reference: str) -> str:
+    """``wins/slides``: held-out slides where ``row`` beats the reference row on the metric
+    its target serves (per spot for spot_rank, else per type); "" for the reference."""
+    if not ref or row["recipe"]["name"] == reference:
+        return ""
+    m = "spot" if row["target"] == "spot_rank" else "type"
+    mine, theirs = row["per_slide"], ref["per_slide"]
+    wins = sum(mine[s][m] > theirs[s][m] for s in slides if s in mine and s in theirs)
+    return f"{wins}/{len(slides)}"
+
+
+def ablation_table(ablation: Mapping[str, Any], reference: str = "plain") -> Table:
+    """The ablation of ``make tune`` from ``report["ablation"]`` (its ``rows``, keyed
+    ``<recipe>/<target>``, and ``chosen``; any other key, e.g. the markdown ``table`` of
+    earlier releases, is ignored): recipe, target, features, levers, per-slide scores,
+    means and wins over ``reference``."""
+    rows, chosen = ablation["rows"], ablation.get("chosen")
+    slides = sorted({s for r in rows.values() for s in r["per_slide"]})
+    out = []
+    for r in rows.values():
+        rc, name = r["recipe"], r["recipe"]["name"]
+        mark = " (chosen)" if name == chosen and r["target"] == "spot_rank" else ""
+        out.append([f"{name}{mark}", r["target"], " + ".join(rc["features"]),
+                    *(_lever(rc, k) for k in LEVERS),
+                    *(_pair(r["per_slide"].get(s)) for s in slides),
+                    f"{r['mean']['spot']:.3f}", f"{r['mean']['type']:.3f}",
+                    _better(r, rows.get(f"{reference}/{r['target']}"), slides, reference)])
+    return Table.of(["recipe", "target", "features", *LEVERS, *slides, "spot", "type",
+                     "better than plain"], out)
