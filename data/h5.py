@@ -113,7 +113,7 @@ class CanonicalH5:
             raise DataError(Problem(str(self.path), "", "/".join(missing),
                                     "groups images/{Train,Test} and spots/{Train,Test}",
                                     f"no group {', '.join(missing)}",
-                                    "write the file with one of the data.import_* commands"))
+                                    "write the file with one of the hespot import-* commands"))
 
     def close(self) -> None:
         self._f.close()

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from data.cli import DEFAULT_H5, DEFAULT_STORE
-from data.errors import ConfigError
+from data.errors import ConfigError, DataError, Problem
 from data.patches import PAD_MODES
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import DeviceChoice
@@ -77,6 +78,7 @@ def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
 
     Raises:
         ConfigError: naming the setting, what is allowed and how to fix the call.
+        DataError: the ``--weights`` file does not exist.
     """
     if cfg.tta not in TTA_CHOICES:
         raise ConfigError(f"--tta must be one of {TTA_CHOICES}, got {cfg.tta}")
@@ -91,7 +93,19 @@ def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
         raise ConfigError("--weights applies to exactly one backbone")
     if not cfg.backbones:
         raise ConfigError("--backbones is empty: name at least one backbone")
-    return [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
+    if cfg.patch_um is not None and not cfg.patch_um > 0:
+        raise ConfigError(f"--patch-um must be positive, got {cfg.patch_um:g}")
+    if cfg.patch_um is None and cfg.patch_px < 1:
+        raise ConfigError(f"--patch-px must be at least 1, got {cfg.patch_px}")
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise DataError(Problem(cfg.weights, "", "--weights", "a weights file",
+                                "no such file", "check the path"))
+    jobs = [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
+    for job in jobs:
+        if any(c < 1 for c in job.contexts):
+            raise ConfigError(f"crop sizes must be at least 1 px, got {list(job.contexts)} "
+                              f"for {job.name} (--context, +<px> in --backbones)")
+    return jobs
 
 
 def default_prefetch(choice: DeviceChoice) -> int:

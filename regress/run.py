@@ -29,7 +29,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
-from data.errors import DataError, Problem
+from data.errors import ConfigError, DataError, Problem
 from data.store import FeatureSpec
 from regress.features import load_slides
 from regress.loso import run_loso
@@ -114,12 +114,30 @@ def describe(model) -> dict:
     return out
 
 
-def run(cfg: RegressConfig) -> dict:
-    """LOSO for every model x target; returns the report dict."""
+def check_config(cfg: RegressConfig) -> None:
+    """Every name and range of ``cfg``, checked before anything is read.
+
+    Raises:
+        ConfigError: naming the setting, what it may be and what it was.
+    """
     for t in cfg.targets:
         check_name("target", t, TARGETS)
     for m in cfg.models:
         check_name("model", m, list(MODELS))
+    low = min(DEFAULT_ALPHAS)
+    ranges = [("--context-k", cfg.context_k, 0), ("--smooth-k", cfg.smooth_k, 0),
+              ("--ridge-pca", cfg.ridge_pca, 1), ("--lgbm-pca", cfg.lgbm_pca, 1),
+              ("--lgbm-trees", cfg.lgbm_trees, 1), ("--ridge-alpha-max", cfg.ridge_alpha_max, low)]
+    for flag, value, least in ranges:
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be at least {least:g}, got {value:g}")
+    if cfg.smooth_w is not None and not 0 <= cfg.smooth_w <= 1:
+        raise ConfigError(f"--smooth-w must lie in [0, 1], got {cfg.smooth_w:g}")
+
+
+def run(cfg: RegressConfig) -> dict:
+    """LOSO for every model x target; returns the report dict."""
+    check_config(cfg)
     recipe = resolve_recipe(cfg)
     t0 = time.perf_counter()
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in recipe.features])

@@ -1,4 +1,4 @@
-"""Resuming an interrupted stage-1 run (embed.run + embed.store): after a crash, a reset of
+"""Resuming an interrupted stage-1 run (embed.run + data.store): after a crash, a reset of
 trailing chunks, or a SIGKILL of the real command, a rerun finishes the slide and its
 features equal an uninterrupted run's exactly."""
 

@@ -1,4 +1,4 @@
-"""The stage-1 run (embed.run) and its Zarr store (embed.store): layout and attributes,
+"""The stage-1 run (embed.run) and its Zarr store (data.store): layout and attributes,
 skipping finished slides, refusing changed settings or inputs, --overwrite, --stages,
 --context, and bad input on the command line. All with the random ``tiny_random`` model on
 64 px patches of the synthetic slides."""

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from data.cli import DEFAULT_H5, add_common, run_cli, setup_logging
+from data.cli import DEFAULT_H5, Parser, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
@@ -78,8 +78,8 @@ def augment_images_per_s(patches: np.ndarray, mean: Sequence[float], std: Sequen
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m embed.finetune.bench``."""
-    p = argparse.ArgumentParser(prog="python -m embed.finetune.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m embed.finetune.bench", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p, "h5")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--batch-size", type=int, default=32)

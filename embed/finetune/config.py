@@ -92,6 +92,12 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError("need epochs >= 1, batch size >= 2 and patch px >= 8")
     if not 0.0 <= cfg.cutmix_p <= 1.0:
         raise ConfigError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
+    if not cfg.lr > 0 or not cfg.weight_decay >= 0:
+        raise ConfigError(f"need lr > 0 and weight decay >= 0, got lr {cfg.lr}, weight decay "
+                          f"{cfg.weight_decay}")
+    if cfg.workers < 0 or cfg.eval_batch_size < 1:
+        raise ConfigError(f"need workers >= 0 and eval batch size >= 1, got workers "
+                          f"{cfg.workers}, eval batch size {cfg.eval_batch_size}")
     check_augment(cfg.augment)
     get_backbone(cfg.backbone)
     if cfg.fallback_backbone:
