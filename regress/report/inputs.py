@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from data.errors import DataError, Problem
-from data.h5 import CanonicalH5, SpotTable
+from data.h5 import CanonicalH5
+from data.spots import SpotTable
 from regress.report import plots
 from regress.report.config import ReportConfig
 from regress.results import rank_models
