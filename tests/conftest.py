@@ -34,3 +34,28 @@ def her2st_h5(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("her2st") / "her2st.h5"
     assert main(["--src", str(SAMPLE), "--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_store(synthetic_h5, tmp_path_factory) -> Path:
+    """Stage 1 of the synthetic file with tiny_random (64 px, 2 views); read-only."""
+    import embed.run
+
+    path = tmp_path_factory.mktemp("embed") / "embeddings.zarr"
+    assert embed.run.main(["--h5", str(synthetic_h5), "--store", str(path),
+                           "--backbones", "tiny_random", "--patch-px", "64", "--tta", "2",
+                           "--quiet"]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_regressed(synthetic_h5, tiny_store, tmp_path_factory) -> Path:
+    """OUT folder of one regress.run on ``tiny_store`` (ridge, lgbm, constant); read-only."""
+    import regress.run
+
+    out = tmp_path_factory.mktemp("regress")
+    assert regress.run.main(["--h5", str(synthetic_h5), "--store", str(tiny_store),
+                             "--out", str(out), "--features", "tiny_random",
+                             "--models", "ridge,lgbm", "--targets", "spot_rank",
+                             "--quiet"]) == 0
+    return out

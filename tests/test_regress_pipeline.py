@@ -32,23 +32,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:The argument 'eval_set' is depre
 
 
 @pytest.fixture(scope="module")
-def store(synthetic_h5, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("embed") / "embeddings.zarr"
-    assert embed.run.main(["--h5", str(synthetic_h5), "--store", str(path),
-                           "--backbones", "tiny_random", "--patch-px", "64", "--tta", "2",
-                           "--quiet"]) == 0
-    return path
+def store(tiny_store) -> Path:
+    return tiny_store
 
 
 @pytest.fixture(scope="module")
-def regressed(synthetic_h5, store, tmp_path_factory) -> Path:
+def regressed(tiny_regressed) -> Path:
     """OUT folder of one regress.run (ridge, lgbm, constant); read-only for tests."""
-    out = tmp_path_factory.mktemp("regress")
-    assert regress.run.main(["--h5", str(synthetic_h5), "--store", str(store),
-                             "--out", str(out), "--features", "tiny_random",
-                             "--models", "ridge,lgbm", "--targets", "spot_rank",
-                             "--quiet"]) == 0
-    return out
+    return tiny_regressed
 
 
 @pytest.fixture

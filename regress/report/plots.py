@@ -1,4 +1,5 @@
-"""Figures of the HTML report (matplotlib, Agg canvas, no pyplot state) and slide thumbnails.
+"""Figures of the HTML report (matplotlib, Agg canvas, no pyplot state); slide thumbnails
+come from :func:`regress.outputs.thumbnail` (shared with predictions.h5ad).
 
 Coordinates are full-resolution pixels throughout: ``x`` = column, ``y`` = row, and a
 thumbnail is drawn with the extent of the full image, so spots sit where they belong.
@@ -17,44 +18,13 @@ from matplotlib.collections import EllipseCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from scipy.spatial import cKDTree
 
 from data.atomic import atomic_path
-from data.h5 import CanonicalH5
+from regress.outputs import spot_spacing
+from regress.outputs import thumbnail as thumbnail  # re-exported: report.inputs uses it
 
 Extent = tuple[float, float, float, float]
 SPOT_FILL = 0.7   # drawn spot diameter as a share of the spot spacing
-
-
-def thumbnail(h5: CanonicalH5, slide: str, max_px: int,
-              band_rows: int = 512) -> tuple[np.ndarray, Extent]:
-    """Box-averaged thumbnail of a slide's image, read band by band.
-
-    Args:
-        h5: the open canonical file.
-        slide: slide name.
-        max_px: longest side of the thumbnail at most (>= 1).
-        band_rows: full-resolution rows read per window (memory ~ band_rows x W x 3).
-
-    Returns:
-        uint8 (h, w, 3) thumbnail and its extent ``(0, w*fx, h*fy, 0)`` in full-resolution
-        pixels, for ``imshow(extent=...)``; rows/columns left over by the integer factor
-        are dropped.
-    """
-    H, W = h5.image_shape(slide)[:2]
-    f = max(1, math.ceil(max(H, W) / max(1, max_px)))
-    fy, fx = min(f, H), min(f, W)
-    h, w = H // fy, W // fx
-    out = np.empty((h, w, 3), np.uint8)
-    step = max(1, band_rows // fy)
-    for i0 in range(0, h, step):
-        i1 = min(h, i0 + step)
-        band = np.ascontiguousarray(h5.read_window(slide, i0 * fy, i1 * fy, 0, w * fx)[..., :3])
-        # sum the fy rows of each block (contiguous vectors), then the fx columns
-        rows = band.reshape(i1 - i0, fy, w * fx * 3).sum(axis=1, dtype=np.uint32)
-        total = rows.reshape(i1 - i0, w, fx, 3).sum(axis=2)
-        out[i0:i1] = np.minimum(255, (total + fy * fx // 2) // (fy * fx)).astype(np.uint8)
-    return out, (0.0, float(w * fx), float(h * fy), 0.0)
 
 
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
@@ -69,14 +39,6 @@ def save(fig: Figure, path: Path, dpi: int = 90) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return path
-
-
-def spot_spacing(x: np.ndarray, y: np.ndarray) -> float:
-    """Median distance (pixels) from each spot to its nearest neighbour (1.0 if < 2)."""
-    if len(x) < 2:
-        return 1.0
-    d, _ = cKDTree(np.stack([x, y], axis=1)).query(np.stack([x, y], axis=1), k=2)
-    return float(np.median(d[:, 1])) or 1.0
 
 
 def _spots(ax, x, y, diameter: float, values=None, norm=None, cmap="viridis",

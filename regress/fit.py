@@ -1,0 +1,179 @@
+"""Fit the chosen models on all training slides and save them as a model folder:
+``hespot fit`` (``python -m regress.fit``, ``make fit``) -> ``OUT/model/``.
+
+By default the folder holds what ``submit`` would submit: the best model of
+``OUT/report.json``, or the ensemble given with ``--models`` (weights from the out-of-fold
+scores, or ``--weights``). Each model is refitted exactly as ``make regress`` fitted it for
+the test slides (same recipe, target, parameters and features), checked against its
+``test.csv``, and written with the stage-1 spec of every feature part it reads, so
+``hespot predict`` can embed new slides the same way. See :mod:`regress.bundle`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from data.cli import (
+    DEFAULT_H5,
+    DEFAULT_OUT,
+    DEFAULT_STORE,
+    config_dict,
+    config_parser,
+    parse_list,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
+from data.errors import ConfigError, DataError, Problem
+from data.store import FeatureSpec, open_store
+from regress.bundle import KINDS, export_estimator, write_bundle
+from regress.features import SlideSet, load_slides
+from regress.loso import stack
+from regress.models import make_model
+from regress.recipes import Recipe, prepare
+from regress.results import load_report, read_predictions
+from regress.stage1_spec import read_spec
+from regress.submit import best_model, ensemble_weights
+
+log = logging.getLogger("hespot")
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of ``hespot fit`` (defaults < --config JSON < flags)."""
+
+    h5: str = DEFAULT_H5
+    store: str = DEFAULT_STORE
+    out: str = DEFAULT_OUT                    # folder of report.json (make regress)
+    model_dir: str | None = None              # default OUT/model
+    models: tuple[str, ...] | None = None     # model ids; None: submit's choice
+    weights: tuple[float, ...] | None = None  # ensemble weights; None: from OOF scores
+    quiet: bool = False
+
+
+def choose(report: dict, cfg: FitConfig) -> tuple[list[str], np.ndarray]:
+    """The model ids and their weights (summing to 1), as submit chooses them."""
+    models = list(cfg.models or [best_model(report)])
+    for m in models:
+        if m not in report.get("models", {}):
+            raise ConfigError(f"unknown model {m!r}; known in {cfg.out}/report.json: "
+                              f"{', '.join(sorted(report.get('models', {})))}")
+        if report["models"][m]["kind"] not in KINDS:
+            raise ConfigError(f"model {m!r} ({report['models'][m]['kind']}) cannot be saved "
+                              f"as a model folder: only {', '.join(KINDS)} can")
+    weights = (np.asarray(cfg.weights, float) if cfg.weights else
+               ensemble_weights(report, models) if len(models) > 1 else np.ones(1))
+    if len(weights) != len(models) or (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"--weights: expected {len(models)} weights >= 0 with a positive "
+                          f"sum, got {weights.tolist()}")
+    return models, weights / weights.sum()
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def refit(data: SlideSet, entry: dict) -> tuple[object, dict[str, np.ndarray]]:
+    """Refit one report entry on all training slides as ``make regress`` did.
+
+    Returns:
+        (estimator, final predictions per test slide (n_spots, n_types), after the
+        recipe's post-processing).
+    """
+    prepared, post = prepare(data, Recipe(**_tuples(entry["config"]["recipe"])))
+    X, Y, groups = stack(prepared, prepared.train, entry["target"])
+    est = make_model(entry["kind"], **_tuples(entry["config"]["params"]))
+    est.fit(X, Y, groups=groups)
+    test = {}
+    for s in prepared.test:
+        P = est.predict(prepared.X[s])
+        test[s] = post(s, P) if post and entry["kind"] != "constant" else P
+    return est, test
+
+
+def check_against_run(out: str, model_id: str, cell_types: Sequence[str],
+                      test: dict[str, np.ndarray]) -> float:
+    """Max |difference| between the refitted model's test predictions and the run's
+    ``predictions/<model>/test.csv`` (0 when the run wrote no test slide)."""
+    if not test:
+        return 0.0
+    frame = read_predictions(Path(out), model_id, "test")
+    diffs = [np.abs(part.sort_values("row")[list(cell_types)].to_numpy(float) - test[s]).max()
+             for s, part in frame.groupby("slide", sort=False)]
+    return float(max(diffs))
+
+
+def run(cfg: FitConfig) -> Path:
+    """Fit and write the model folder; returns its path."""
+    report = load_report(Path(cfg.out))
+    models, weights = choose(report, cfg)
+    entries = [report["models"][m] for m in models]
+    specs = sorted({f for e in entries for f in e["config"]["recipe"]["features"]})
+    data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in specs])
+    if len(data.train) < 1:
+        raise DataError(Problem(cfg.h5, "", "spots/Train", "training slides", "none",
+                                "fit on a file with training slides"))
+    saved, described = {}, []
+    for model_id, entry, w in zip(models, entries, weights, strict=True):
+        est, test = refit(data, entry)
+        saved[model_id] = export_estimator(est, entry["kind"])
+        gap = check_against_run(cfg.out, model_id, data.cell_types, test)
+        log.info("%s: refitted on %d slides; test predictions vs the run's test.csv: max "
+                 "|diff| %.2g", model_id, len(data.train), gap)
+        described.append({"id": model_id, "kind": entry["kind"], "target": entry["target"],
+                          "weight": float(w), "params": entry["config"]["params"],
+                          "recipe": entry["config"]["recipe"], "loso": {
+                              "per_slide": entry["per_slide"], "mean": entry["mean"]},
+                          "check_max_abs_diff_vs_test_csv": gap})
+    meta = {"created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cell_types": list(data.cell_types), "train_slides": data.train,
+            "fingerprints": _fingerprints(cfg.store, specs, data.train),
+            "combine": "single" if len(models) == 1 else "rank_mean",
+            "models": described,
+            "features": [read_spec(cfg.store, FeatureSpec.parse(f), data.train)
+                         for f in specs],
+            "versions": {p: version(p) for p in ("hespot", "numpy", "scikit-learn",
+                                                 "lightgbm")},
+            "fit_config": config_dict(cfg)}
+    folder = write_bundle(cfg.model_dir or Path(cfg.out) / "model", meta, saved)
+    log.info("model folder %s: %s (weights %s)", folder, models, np.round(weights, 3).tolist())
+    return folder
+
+
+def _fingerprints(store_path: str, specs: Sequence[str], slides: Sequence[str]) -> dict:
+    store = open_store(store_path)
+    backbone = FeatureSpec.parse(specs[0]).backbone
+    return {s: store[f"{backbone}/{s}"].attrs["settings"]["input_fingerprint"] for s in slides}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = config_parser("python -m regress.fit", __doc__, FitConfig,
+                      common=("h5", "store", "out", "quiet"))
+    p.add_argument("--model-dir", dest="model_dir", help="model folder (default OUT/model)")
+    p.add_argument("--models", type=parse_list,
+                   help="model ids of OUT/report.json (default: what submit would submit)")
+    p.add_argument("--weights", type=lambda s: parse_list(s, float),
+                   help="ensemble weights (default: from OOF scores)")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = resolve_config(FitConfig, build_parser().parse_args(argv))
+    setup_logging(cfg.quiet)
+    run(cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Apply a model folder to slides: ``hespot predict --model DIR --h5 FILE [--slides ...]
+--out DIR`` (``python -m regress.predict``).
+
+1. The model folder is read and checked (format, checksums; :mod:`regress.bundle`), and
+   so is everything it needs of the slides: their names, a pixel size where the model's
+   patches are in µm, a weights file where a backbone came from one, the cell types.
+2. Stage 1 runs as the model's spec says (backbone, weights, TTA views, crops, stages),
+   as its own process (``python -m embed.run``: torch stays out of stage 2), into
+   ``--store`` (default ``OUT/embeddings.zarr``); finished slides are skipped, so a
+   second call is quick. The stored settings are then checked against the spec.
+3. The models, their recipe's levers (smoothing, context...) and the ensemble or single
+   model are applied as ``submit`` applies them, and ``OUT/predictions.csv`` (the columns
+   of stage 2's test.csv), ``OUT/predictions.h5ad`` and, with ``--spatialdata``,
+   ``OUT/predictions.zarr`` are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.atomic import atomic_write_text
+from data.cli import (
+    DEFAULT_H5,
+    DEFAULT_OUT,
+    config_dict,
+    config_parser,
+    parse_list,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
+from data.errors import DataError, Problem
+from data.h5 import CanonicalH5
+from data.store import FeatureSpec, open_store, read_array
+from regress.bundle import Bundle, load_bundle
+from regress.features import SlideSet
+from regress.outputs import write_anndata
+from regress.recipes import Recipe, prepare
+from regress.results import predictions_frame
+from regress.spatialdata_out import require_spatialdata, write_spatialdata
+from regress.stage1_spec import check_stored, embed_as_spec, require_weights
+from regress.submit import combine
+
+log = logging.getLogger("hespot")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Settings of ``hespot predict`` (defaults < --config JSON < flags)."""
+
+    model: str = f"{DEFAULT_OUT}/model"
+    h5: str = DEFAULT_H5
+    slides: tuple[str, ...] = ()        # default: the file's test slides (all if none)
+    out: str = f"{DEFAULT_OUT}/predict"
+    store: str | None = None            # stage-1 store; default OUT/embeddings.zarr
+    weights: str | None = None          # weights file of a backbone the model took from one
+    device: str = "auto"
+    threads: int | None = None
+    spatialdata: bool = False
+    quiet: bool = False
+
+
+def check_slides(bundle: Bundle, h5: CanonicalH5, slides: Sequence[str]) -> list[str]:
+    """The slides to predict (default: the test slides, else all), checked before any work.
+
+    Raises:
+        DataError: an unknown slide; train slides whose cell types are not the model's; a
+            slide without a pixel size where the model's patches are in µm.
+    """
+    names = list(slides) or h5.test_slides or h5.train_slides
+    for slide in names:
+        h5.split_of(slide)
+    if any(h5.split_of(s) == "Train" for s in names) and list(h5.cell_types) != bundle.cell_types:
+        raise DataError(Problem(str(h5.path), "", "cell types",
+                                f"the model's {len(bundle.cell_types)} cell types",
+                                f"{len(h5.cell_types)} others on the train slides",
+                                "predict test slides, or fit a model on these cell types"))
+    for part in bundle.meta["features"]:
+        for slide in names:
+            if part.get("patch_um") and not h5.pixel_size_um(slide):
+                raise DataError(Problem(str(h5.path), slide, "pixel_size_um",
+                                        f"a pixel size (the model cuts {part['patch_um']} µm "
+                                        "patches)", "none", "re-import the slide with its "
+                                        "pixel size (--pixel-size)"))
+    return names
+
+
+def load_inputs(bundle: Bundle, cfg: PredictConfig, store_path: str, slides: Sequence[str]
+                ) -> SlideSet:
+    """The feature parts every model of the bundle reads, per slide, with positions."""
+    store = open_store(store_path)
+    data = SlideSet(tuple(bundle.cell_types), [], list(slides))
+    with CanonicalH5(cfg.h5) as h5:
+        for slide in slides:
+            table = h5.spots(slide)
+            data.xy[slide] = np.stack([table.x, table.y], axis=1)
+            data.spot_ids[slide] = table.spot_ids
+            for part in bundle.meta["features"]:
+                spec = FeatureSpec.parse(part["spec"])
+                data.parts.setdefault(str(spec), {})[slide] = read_array(
+                    store, store_path, spec, slide, len(table))
+    return data
+
+
+def apply_models(bundle: Bundle, data: SlideSet) -> dict[str, np.ndarray]:
+    """slide -> float (n_spots, n_types): each model with its recipe's levers, then the
+    single model clipped to [0, 1] or the weighted mean of per-spot ranks (as submit)."""
+    per_model, weights = [], []
+    for entry in bundle.meta["models"]:
+        recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in entry["recipe"].items()})
+        prepared, post = prepare(data, recipe)
+        est = bundle.estimators[entry["id"]]
+        preds = {}
+        for slide in data.test:
+            P = est.predict(prepared.X[slide])
+            preds[slide] = post(slide, P) if post and entry["kind"] != "constant" else P
+        per_model.append(preds)
+        weights.append(entry["weight"])
+    w = np.asarray(weights, float)
+    cols = bundle.cell_types
+    return {s: combine([pd.DataFrame(p[s], columns=cols) for p in per_model], w / w.sum(),
+                       cols) for s in data.test}
+
+
+def run(cfg: PredictConfig) -> Path:
+    """Predict the slides; returns the output folder."""
+    t0 = time.perf_counter()
+    bundle = load_bundle(cfg.model)
+    if cfg.spatialdata:
+        require_spatialdata()
+    store = cfg.store or str(Path(cfg.out) / "embeddings.zarr")
+    with CanonicalH5(cfg.h5) as h5:
+        slides = check_slides(bundle, h5, cfg.slides)
+    require_weights(bundle, cfg.weights)
+    log.info("model %s: %s; slides %s", cfg.model, [m["id"] for m in bundle.meta["models"]],
+             slides)
+    t1 = time.perf_counter()
+    embed_as_spec(bundle, cfg, store, slides)
+    check_stored(bundle, store, slides)
+    t2 = time.perf_counter()
+    data = load_inputs(bundle, cfg, store, slides)
+    preds = apply_models(bundle, data)
+    frame = predictions_frame(preds, bundle.cell_types, data.xy, data.spot_ids)
+    values = frame[bundle.cell_types].to_numpy(float)
+    out = Path(cfg.out)
+    atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
+    write_anndata(out / "predictions.h5ad", frame, values, bundle.cell_types, h5_path=cfg.h5)
+    if cfg.spatialdata:
+        write_spatialdata(out / "predictions.zarr", frame, values, bundle.cell_types, cfg.h5)
+    log.info("predicted %d spots of %d slides in %.1f s (checks %.1f s, stage 1 %.1f s, "
+             "stage 2 and writing %.1f s) -> %s", len(frame), len(slides),
+             time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2, out)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = config_parser("python -m regress.predict", __doc__, PredictConfig,
+                      common=("h5", "store", "device", "threads", "quiet"))
+    p.add_argument("--model", help=f"model folder of hespot fit (default {DEFAULT_OUT}/model)")
+    p.add_argument("--slides", type=parse_list,
+                   help="comma-separated slides (default: the test slides, all if none)")
+    p.add_argument("--out", help=f"output folder (default {DEFAULT_OUT}/predict)")
+    p.add_argument("--weights", help="the weights file of a backbone that the model took "
+                   "from a local file (checked against its sha256)")
+    p.add_argument("--spatialdata", action=argparse.BooleanOptionalAction,
+                   help="also write OUT/predictions.zarr (SpatialData)")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = resolve_config(PredictConfig, build_parser().parse_args(argv))
+    setup_logging(cfg.quiet)
+    log.info("config: %s", config_dict(cfg))
+    run(cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""The stage-1 spec of a model's feature parts: read from the store when the model is fitted
+(:func:`read_spec`), honoured when it predicts (:func:`embed_argv`, :func:`embed_as_spec`)
+and checked against what stage 1 then stored (:func:`check_stored`).
+
+Stage 1 runs as its own process (``python -m embed.run``), as ``make`` runs it, so stage 2
+never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from data.errors import ConfigError, DataError, Problem
+from data.h5 import CanonicalH5
+from data.store import FeatureSpec, open_store
+
+log = logging.getLogger("hespot")
+
+# stored settings that make a feature part what it is (compared when predicting)
+IDENTITY_KEYS = ("timm_id", "weights_sha256", "tta_views", "input_size", "stage_indices",
+                 "pad_mode")
+# and the ones that only affect the last bits (compared with a warning)
+RUN_KEYS = ("dtype", "runner", "batch_spots", "chunk_spots")
+SPEC_KEYS = (*IDENTITY_KEYS, "crops_px", *RUN_KEYS)
+
+
+def read_spec(store_path: str, spec: FeatureSpec, slides: Sequence[str]) -> dict[str, Any]:
+    """How stage 1 made one feature part: the stored settings (the same on every training
+    slide), the array's layer and crop, and the run's patch size (px or µm)."""
+    store = open_store(store_path)
+    found = []
+    for slide in slides:
+        attrs = dict(store[f"{spec.backbone}/{slide}"].attrs)
+        found.append({k: attrs["settings"].get(k) for k in SPEC_KEYS})
+    diff = sorted(k for k in SPEC_KEYS if len({json.dumps(s[k]) for s in found}) > 1)
+    if diff:
+        raise DataError(Problem(store_path, "", f"{spec.backbone} settings ({', '.join(diff)})",
+                                "the same stage-1 settings on every training slide",
+                                "settings that differ between slides",
+                                "rerun `make embeddings EMBED_ARGS=--overwrite`"))
+    config = attrs["info"].get("config", {})
+    return {"spec": str(spec), "backbone": spec.backbone, "array": spec.array,
+            **attrs["arrays"][spec.array], "patch_px": config.get("patch_px"),
+            "patch_um": config.get("patch_um"),
+            "weights_source": attrs["info"].get("weights_source"), "settings": found[0]}
+
+
+def backbone_parts(features: Sequence[dict]) -> dict[str, dict]:
+    """backbone -> its first feature part (every part of a backbone shares its settings)."""
+    out: dict[str, dict] = {}
+    for part in features:
+        out.setdefault(part["backbone"], part)
+    return out
+
+
+def embed_argv(part: dict, h5: str, store: str, slides: Sequence[str],
+               weights: str | None = None, device: str = "auto",
+               threads: int | None = None) -> list[str]:
+    """``embed.run`` arguments that remake a backbone's training run on ``slides``: the
+    same views, crops, stages, batch and chunk sizes, padding and patch size."""
+    s = part["settings"]
+    item = part["backbone"] + ("+stages" if s["stage_indices"] else "") + "".join(
+        f"+{c}" for c in s["crops_px"][1:])
+    argv = ["--h5", h5, "--store", store, "--backbones", item, "--slides", ",".join(slides),
+            "--tta", str(s["tta_views"]), "--batch-spots", str(s["batch_spots"]),
+            "--chunk-spots", str(s["chunk_spots"]), "--pad-mode", s["pad_mode"],
+            "--device", device, "--quiet"]
+    argv += (["--patch-um", str(part["patch_um"])] if part.get("patch_um")
+             else ["--patch-px", str(s["crops_px"][0])])
+    if weights and part.get("weights_source") == "file":
+        argv += ["--weights", weights]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return argv
+
+
+def is_stored(store_path: str, backbone: str, slide: str, part: dict, fingerprint: str
+              ) -> bool:
+    """Whether the store holds this backbone x slide finished, from the same slide content
+    and with the model's settings (then stage 1 need not start at all)."""
+    if not Path(store_path).exists():
+        return False
+    store = open_store(store_path)
+    key = f"{backbone}/{slide}"
+    if key not in store or "done" not in store[key]:
+        return False
+    have = dict(store[key].attrs).get("settings", {})
+    keys = IDENTITY_KEYS if part.get("patch_um") else (*IDENTITY_KEYS, "crops_px")
+    return (have.get("input_fingerprint") == fingerprint
+            and all(json.dumps(have.get(k)) == json.dumps(part["settings"].get(k)) for k in keys)
+            and bool(store[key]["done"][:].all()))
+
+
+def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
+    """Run stage 1 for every backbone of the model on ``slides`` (a child process each).
+
+    Raises:
+        DataError: stage 1 refused an input or setting (its message is passed on).
+    """
+    with CanonicalH5(cfg.h5) as h5:
+        fingerprints = {s: h5.fingerprint(s) for s in slides}
+    for name, part in backbone_parts(bundle.meta["features"]).items():
+        todo = [s for s in slides if not is_stored(store, name, s, part, fingerprints[s])]
+        if not todo:
+            log.info("stage 1: %s already stored for %s", name, ", ".join(slides))
+            continue
+        argv = embed_argv(part, cfg.h5, store, todo, cfg.weights, cfg.device, cfg.threads)
+        log.info("stage 1: python -m embed.run %s", " ".join(argv))
+        proc = subprocess.run([sys.executable, "-m", "embed.run", *argv], text=True,
+                              capture_output=True)
+        for line in proc.stderr.splitlines() if proc.returncode == 0 else ():
+            log.warning("stage 1: %s", line)
+        if proc.returncode == 2:
+            message = proc.stderr.strip().splitlines()[-1].removeprefix("hespot: ")
+            raise DataError(Problem(cfg.h5, "", f"stage 1 of {name}",
+                                    "embeddings as the model's spec says", message,
+                                    "see the message; `python -m embed.run "
+                                    f"{' '.join(argv)}` reproduces it"))
+        if proc.returncode != 0:
+            raise RuntimeError(f"stage 1 of {name} failed (exit {proc.returncode}):\n"
+                               f"{proc.stderr[-4000:]}")
+
+
+def check_stored(bundle, store_path: str, slides: Sequence[str]) -> None:
+    """The stored settings of every backbone x slide match the model's spec.
+
+    Raises:
+        DataError: a setting that makes the features what they are differs (weights,
+            views, input size, stages, padding; crops where the patch is in pixels).
+    """
+    store = open_store(store_path)
+    for name, part in backbone_parts(bundle.meta["features"]).items():
+        want = part["settings"]
+        keys = IDENTITY_KEYS if part.get("patch_um") else (*IDENTITY_KEYS, "crops_px")
+        for slide in slides:
+            have = dict(store[f"{name}/{slide}"].attrs)["settings"]
+            for k in keys:
+                if json.dumps(have.get(k)) != json.dumps(want.get(k)):
+                    raise DataError(Problem(store_path, slide, f"{name}/{slide} {k}",
+                                            f"{want.get(k)!r} (the model's spec)",
+                                            repr(have.get(k)), "embed with the model's "
+                                            "settings: predict into a new --store"))
+            other = [k for k in RUN_KEYS if have.get(k) != want.get(k)]
+            if other:
+                log.warning("%s / %s: stage 1 ran with other %s than the model's training "
+                            "(%s); features may differ in the last bits", name, slide,
+                            ", ".join(other), {k: (want.get(k), have.get(k)) for k in other})
+
+
+def require_weights(bundle, weights: str | None) -> None:
+    """A backbone the model took from a local file needs that file (same sha256).
+
+    Raises:
+        ConfigError: no ``--weights`` given, or more than one such backbone.
+        DataError: the file is missing or is another file than the model's.
+    """
+    parts = [p for p in backbone_parts(bundle.meta["features"]).values()
+             if p.get("weights_source") == "file"]
+    if not parts:
+        return
+    if len(parts) > 1:
+        raise ConfigError("the model reads several backbones with local weights files; "
+                          "predict them one at a time is not supported")
+    want = parts[0]["settings"]["weights_sha256"]
+    if not weights:
+        raise ConfigError(f"backbone {parts[0]['backbone']} of the model came from a local "
+                          f"weights file (sha256 {want[:16]}...): pass it with --weights")
+    path = Path(weights)
+    if not path.is_file():
+        raise DataError(Problem(weights, "", "--weights", "a weights file", "no such file",
+                                "check the path"))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != want:
+        raise DataError(Problem(weights, "", "sha256", f"{want[:16]}... (the model's)",
+                                f"{digest[:16]}...", "pass the weights file the model "
+                                "was trained with"))

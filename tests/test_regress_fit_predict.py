@@ -1,0 +1,203 @@
+"""Model folders (regress.bundle), ``hespot fit`` and ``hespot predict`` on the synthetic
+fixture: predict reproduces the pipeline's submission, embeds new stores as the model's
+spec says, and refuses folders that are missing, altered, newer or made for other inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import regress.fit
+import regress.predict
+import regress.submit
+from regress.bundle import BUNDLE_FORMAT, SavedEstimator, export_estimator, load_bundle
+from regress.models import make_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
+
+
+def _fit(h5, store, out, model_dir, *args) -> int:
+    return regress.fit.main(["--h5", str(h5), "--store", str(store), "--out", str(out),
+                             "--model-dir", str(model_dir), "--quiet", *args])
+
+
+def _predict(h5, model_dir, out, *args) -> int:
+    return regress.predict.main(["--h5", str(h5), "--model", str(model_dir), "--out", str(out),
+                                 "--quiet", *args])
+
+
+def _submission(h5, out, tmp_path, *args) -> pd.DataFrame:
+    path = tmp_path / "submission.csv"
+    assert regress.submit.main(["--h5", str(h5), "--out", str(out), "--quiet",
+                                "--submission", str(path), "--h5ad",
+                                str(tmp_path / "s.h5ad"), *args]) == 0
+    return pd.read_csv(path)
+
+
+def _max_diff(predictions: pd.DataFrame, submission: pd.DataFrame) -> float:
+    cols = list(submission.columns[1:])
+    ids = predictions["slide"].astype(str) + "_" + predictions["row"].astype(str)
+    assert list(ids) == list(submission["ID"])
+    return float(np.abs(predictions[cols].to_numpy() - submission[cols].to_numpy()).max())
+
+
+@pytest.fixture(scope="module")
+def single(synthetic_h5, tiny_store, tiny_regressed, tmp_path_factory) -> Path:
+    """The default model folder (submit's choice: the best OOF model); read-only."""
+    folder = tmp_path_factory.mktemp("fit") / "model"
+    assert _fit(synthetic_h5, tiny_store, tiny_regressed, folder) == 0
+    return folder
+
+
+def test_folder_holds_the_spec_and_no_pickle(single, tiny_regressed):
+    meta = json.loads((single / "model.json").read_text())
+    report = json.loads((tiny_regressed / "report.json").read_text())
+    assert meta["format"] == BUNDLE_FORMAT and meta["combine"] == "single"
+    assert [m["id"] for m in meta["models"]] == [regress.submit.best_model(report)]
+    assert meta["train_slides"] == report["train_slides"]
+    assert meta["cell_types"] == report["cell_types"]
+    assert set(meta["fingerprints"]) == set(meta["train_slides"])
+    (part,) = meta["features"]
+    assert part["backbone"] == "tiny_random" and part["array"] == "features"
+    assert part["settings"]["tta_views"] == 2 and part["settings"]["crops_px"] == [64]
+    assert len(part["settings"]["weights_sha256"]) == 64
+    assert meta["models"][0]["check_max_abs_diff_vs_test_csv"] <= 1e-12
+    assert sorted(p.name for p in single.iterdir()) == sorted(["model.json", *meta["files"]])
+    for name in meta["files"]:
+        assert name.endswith((".npz", ".txt"))
+
+
+def test_predict_reproduces_the_submission(synthetic_h5, single, tiny_store, tiny_regressed,
+                                           tmp_path):
+    out = tmp_path / "pred"
+    assert _predict(synthetic_h5, single, out, "--store", str(tiny_store)) == 0
+    got = pd.read_csv(out / "predictions.csv")
+    assert list(got.columns[:5]) == ["slide", "row", "spot_id", "x", "y"]
+    assert _max_diff(got, _submission(synthetic_h5, tiny_regressed, tmp_path)) <= 1e-6
+    assert (out / "predictions.h5ad").is_file()
+
+
+def test_ensemble_with_lightgbm_reproduces_the_submission(synthetic_h5, tiny_store,
+                                                          tiny_regressed, tmp_path):
+    folder = tmp_path / "model"
+    models = "ridge-spot_rank,lgbm-spot_rank"
+    assert _fit(synthetic_h5, tiny_store, tiny_regressed, folder, "--models", models) == 0
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["combine"] == "rank_mean"
+    assert any(name.endswith(".tree0.txt") for name in meta["files"])
+    assert _predict(synthetic_h5, folder, tmp_path / "p", "--store", str(tiny_store)) == 0
+    expected = _submission(synthetic_h5, tiny_regressed, tmp_path, "--models", models)
+    assert _max_diff(pd.read_csv(tmp_path / "p" / "predictions.csv"), expected) <= 1e-6
+
+
+def test_predict_embeds_a_new_store_as_the_spec_says(synthetic_h5, single, tiny_store,
+                                                     tmp_path):
+    """Stage 1 runs in its own process into OUT/embeddings.zarr with the training run's
+    settings: features bit-identical to the training store's, a second call skips it."""
+    import zarr
+
+    out = tmp_path / "pred"
+    assert _predict(synthetic_h5, single, out) == 0
+    new, old = (zarr.open_group(str(p), mode="r") for p in (out / "embeddings.zarr", tiny_store))
+    slide = pd.read_csv(out / "predictions.csv")["slide"].iloc[0]
+    key = f"tiny_random/{slide}/features"
+    np.testing.assert_array_equal(new[key][:], old[key][:])
+    first = pd.read_csv(out / "predictions.csv")
+    assert _predict(synthetic_h5, single, out) == 0
+    pd.testing.assert_frame_equal(first, pd.read_csv(out / "predictions.csv"))
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("ridge", {"n_components": 5}), ("ridge", {}), ("constant", {}),
+    ("lgbm", {"n_components": 4, "n_estimators": 20}),
+])
+def test_saved_estimator_predicts_as_the_fitted_one(kind, params):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 8)).astype(np.float32)
+    Y = rng.random((60, 3))
+    est = make_model(kind, **params).fit(X, Y, groups=np.repeat(["a", "b", "c"], 20))
+    arrays, trees = export_estimator(est, kind)
+    boosters = []
+    if trees:
+        import lightgbm as lgb
+
+        boosters = [lgb.Booster(model_str=t) for t in trees]
+    np.testing.assert_allclose(SavedEstimator(kind, arrays, boosters).predict(X),
+                               est.predict(X), rtol=0, atol=1e-12)
+
+
+# ---- refusals -----------------------------------------------------------------------------
+@pytest.fixture
+def copy(single, tmp_path) -> Path:
+    return Path(shutil.copytree(single, tmp_path / "model"))
+
+
+def _refused(synthetic_h5, folder, tmp_path, capsys, *words, args=()) -> None:
+    out = tmp_path / "refused"
+    assert _predict(synthetic_h5, folder, out, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert all(w in err for w in words), err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_altered_file_is_refused(synthetic_h5, copy, tmp_path, capsys):
+    npz = next(copy.glob("*.npz"))
+    data = bytearray(npz.read_bytes())
+    data[-100] ^= 0xFF
+    npz.write_bytes(bytes(data))
+    _refused(synthetic_h5, copy, tmp_path, capsys, npz.name, "altered")
+
+
+def test_missing_file_is_refused(synthetic_h5, copy, tmp_path, capsys):
+    next(copy.glob("*.npz")).unlink()
+    _refused(synthetic_h5, copy, tmp_path, capsys, ".npz", "missing")
+
+
+def test_newer_format_and_missing_folder_are_refused(synthetic_h5, copy, tmp_path, capsys):
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, "format": BUNDLE_FORMAT + 1}))
+    _refused(synthetic_h5, copy, tmp_path, capsys, "format", "upgrade hespot")
+    _refused(synthetic_h5, tmp_path / "none", tmp_path, capsys, "model.json", "hespot fit")
+
+
+def test_pickled_arrays_are_never_loaded(copy):
+    """An object array needs pickle: refused even with a matching checksum."""
+    from regress.bundle import sha256_of
+
+    npz = next(copy.glob("*.npz"))
+    np.savez(npz, coef=np.array([{"a": 1}], dtype=object), intercept=np.zeros(2))
+    meta = json.loads((copy / "model.json").read_text())
+    meta["files"][npz.name] = sha256_of(npz)
+    (copy / "model.json").write_text(json.dumps(meta))
+    from data.errors import DataError
+
+    with pytest.raises(DataError, match="pickle"):
+        load_bundle(copy)
+
+
+def test_other_cell_types_and_unknown_pixel_size_are_refused(synthetic_h5, copy, tmp_path,
+                                                             capsys):
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, "cell_types": ["a", "b"]}))
+    train = meta["train_slides"][0]
+    _refused(synthetic_h5, copy, tmp_path, capsys, "cell types", args=("--slides", train))
+    meta["features"][0]["patch_um"] = 64.0
+    (copy / "model.json").write_text(json.dumps(meta))
+    no_px = tmp_path / "nopx.h5"
+    from data.synthetic import SyntheticConfig, write_synthetic
+
+    write_synthetic(no_px, SyntheticConfig(pixel_size_um=None))
+    _refused(no_px, copy, tmp_path, capsys, "pixel_size_um", "µm")
+
+
+def test_fit_refuses_unknown_models_before_work(synthetic_h5, tiny_store, tiny_regressed,
+                                                tmp_path, capsys):
+    folder = tmp_path / "model"
+    assert _fit(synthetic_h5, tiny_store, tiny_regressed, folder, "--models", "nope") == 2
+    assert "nope" in capsys.readouterr().err and not folder.exists()
