@@ -176,8 +176,10 @@ def load_bundle(folder: str | Path) -> Bundle:
     folder = Path(folder)
     meta = read_meta(folder)
     estimators = {}
-    for entry in meta["models"]:
+    for entry in [*meta["models"], *meta.get("layers", [])]:
         kind, model_id = entry["kind"], entry["id"]
+        if model_id in estimators:
+            continue
         if kind not in KINDS:
             raise _refuse(folder, f"models/{model_id}/kind", f"one of {KINDS}", repr(kind),
                           "fit the model again with this version of hespot")

@@ -41,7 +41,7 @@ from regress.models import make_model
 from regress.recipes import Recipe, prepare
 from regress.results import load_report, read_predictions
 from regress.stage1_spec import read_spec
-from regress.submit import best_model, ensemble_weights
+from regress.submit import choose_models, per_type_model
 
 log = logging.getLogger("hespot")
 
@@ -58,22 +58,35 @@ class FitConfig:
     quiet: bool = False
 
 
-def choose(report: dict, cfg: FitConfig) -> tuple[list[str], np.ndarray]:
-    """The model ids and their weights (summing to 1), as submit chooses them."""
-    models = list(cfg.models or [best_model(report)])
-    for m in models:
-        if m not in report.get("models", {}):
+def choose(report: dict, cfg: FitConfig) -> tuple[list[str], np.ndarray, str | None]:
+    """The model ids and weights (summing to 1) that submit would submit, and the model of
+    the per-type layer (or None).
+
+    Raises:
+        ConfigError: an unknown model, one that cannot be saved (the fine-tuned CNN), or
+            weights that do not fit.
+    """
+    known = report.get("models", {})
+    for m in cfg.models or ():
+        if m not in known:
             raise ConfigError(f"unknown model {m!r}; known in {cfg.out}/report.json: "
-                              f"{', '.join(sorted(report.get('models', {})))}")
-        if report["models"][m]["kind"] not in KINDS:
-            raise ConfigError(f"model {m!r} ({report['models'][m]['kind']}) cannot be saved "
-                              f"as a model folder: only {', '.join(KINDS)} can")
-    weights = (np.asarray(cfg.weights, float) if cfg.weights else
-               ensemble_weights(report, models) if len(models) > 1 else np.ones(1))
-    if len(weights) != len(models) or (weights < 0).any() or weights.sum() <= 0:
-        raise ConfigError(f"--weights: expected {len(models)} weights >= 0 with a positive "
-                          f"sum, got {weights.tolist()}")
-    return models, weights / weights.sum()
+                              f"{', '.join(sorted(known))}")
+    models, weights = choose_models(report, cfg.models, cfg.weights)
+    for m in models:
+        if known[m]["kind"] not in KINDS:
+            raise ConfigError(f"model {m!r} ({known[m]['kind']}) cannot be saved as a model "
+                              f"folder: only {', '.join(KINDS)} can")
+    layer = per_type_model(report)
+    return models, weights, layer if layer and known[layer]["kind"] in KINDS else None
+
+
+def describe(model_id: str, entry: dict, weight: float, gap: float) -> dict:
+    """A model's entry in model.json."""
+    return {"id": model_id, "kind": entry["kind"], "target": entry["target"],
+            "weight": float(weight), "params": entry["config"]["params"],
+            "recipe": entry["config"]["recipe"],
+            "loso": {"per_slide": entry["per_slide"], "mean": entry["mean"]},
+            "check_max_abs_diff_vs_test_csv": gap}
 
 
 def _tuples(d: dict) -> dict:
@@ -113,37 +126,37 @@ def check_against_run(out: str, model_id: str, cell_types: Sequence[str],
 def run(cfg: FitConfig) -> Path:
     """Fit and write the model folder; returns its path."""
     report = load_report(Path(cfg.out))
-    models, weights = choose(report, cfg)
-    entries = [report["models"][m] for m in models]
-    specs = sorted({f for e in entries for f in e["config"]["recipe"]["features"]})
+    models, weights, layer = choose(report, cfg)
+    fitted = dict.fromkeys([*models, *([layer] if layer else [])])
+    entries = {m: report["models"][m] for m in fitted}
+    specs = sorted({f for e in entries.values() for f in e["config"]["recipe"]["features"]})
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in specs])
     if len(data.train) < 1:
         raise DataError(Problem(cfg.h5, "", "spots/Train", "training slides", "none",
                                 "fit on a file with training slides"))
-    saved, described = {}, []
-    for model_id, entry, w in zip(models, entries, weights, strict=True):
+    saved, described = {}, {}
+    for model_id, entry in entries.items():
         est, test = refit(data, entry)
         saved[model_id] = export_estimator(est, entry["kind"])
         gap = check_against_run(cfg.out, model_id, data.cell_types, test)
         log.info("%s: refitted on %d slides; test predictions vs the run's test.csv: max "
                  "|diff| %.2g", model_id, len(data.train), gap)
-        described.append({"id": model_id, "kind": entry["kind"], "target": entry["target"],
-                          "weight": float(w), "params": entry["config"]["params"],
-                          "recipe": entry["config"]["recipe"], "loso": {
-                              "per_slide": entry["per_slide"], "mean": entry["mean"]},
-                          "check_max_abs_diff_vs_test_csv": gap})
+        weight = weights[models.index(model_id)] if model_id in models else 0.0
+        described[model_id] = describe(model_id, entry, weight, gap)
     meta = {"created": datetime.now(UTC).isoformat(timespec="seconds"),
             "cell_types": list(data.cell_types), "train_slides": data.train,
             "fingerprints": _fingerprints(cfg.store, specs, data.train),
             "combine": "single" if len(models) == 1 else "rank_mean",
-            "models": described,
+            "models": [described[m] for m in models],
+            "layers": [{"name": "per_type", **described[layer]}] if layer else [],
             "features": [read_spec(cfg.store, FeatureSpec.parse(f), data.train)
                          for f in specs],
             "versions": {p: version(p) for p in ("hespot", "numpy", "scikit-learn",
                                                  "lightgbm")},
             "fit_config": config_dict(cfg)}
     folder = write_bundle(cfg.model_dir or Path(cfg.out) / "model", meta, saved)
-    log.info("model folder %s: %s (weights %s)", folder, models, np.round(weights, 3).tolist())
+    log.info("model folder %s: %s (weights %s), per-type layer %s", folder, models,
+             np.round(weights, 3).tolist(), layer)
     return folder
 
 

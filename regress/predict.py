@@ -110,25 +110,37 @@ def load_inputs(bundle: Bundle, cfg: PredictConfig, store_path: str, slides: Seq
     return data
 
 
+def model_predictions(bundle: Bundle, data: SlideSet, entry: dict) -> dict[str, np.ndarray]:
+    """slide -> float (n_spots, n_types): one model of the folder with its recipe's levers
+    (as its test.csv was made)."""
+    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in entry["recipe"].items()})
+    prepared, post = prepare(data, recipe)
+    est = bundle.estimators[entry["id"]]
+    preds = {}
+    for slide in data.test:
+        P = est.predict(prepared.X[slide])
+        preds[slide] = post(slide, P) if post and entry["kind"] != "constant" else P
+    return preds
+
+
 def apply_models(bundle: Bundle, data: SlideSet) -> dict[str, np.ndarray]:
-    """slide -> float (n_spots, n_types): each model with its recipe's levers, then the
-    single model clipped to [0, 1] or the weighted mean of per-spot ranks (as submit)."""
-    per_model, weights = [], []
-    for entry in bundle.meta["models"]:
-        recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in entry["recipe"].items()})
-        prepared, post = prepare(data, recipe)
-        est = bundle.estimators[entry["id"]]
-        preds = {}
-        for slide in data.test:
-            P = est.predict(prepared.X[slide])
-            preds[slide] = post(slide, P) if post and entry["kind"] != "constant" else P
-        per_model.append(preds)
-        weights.append(entry["weight"])
-    w = np.asarray(weights, float)
+    """slide -> float (n_spots, n_types): the single model clipped to [0, 1] or the
+    weighted mean of per-spot ranks of the ensemble (as submit)."""
+    per_model = [model_predictions(bundle, data, e) for e in bundle.meta["models"]]
+    w = np.asarray([e["weight"] for e in bundle.meta["models"]], float)
     cols = bundle.cell_types
     return {s: combine([pd.DataFrame(p[s], columns=cols) for p in per_model], w / w.sum(),
                        cols) for s in data.test}
+
+
+def apply_layers(bundle: Bundle, data: SlideSet) -> dict[str, np.ndarray]:
+    """Layer name (``per_type``) -> float (n_spots of every slide in order, n_types)."""
+    layers = {}
+    for entry in bundle.meta.get("layers", []):
+        preds = model_predictions(bundle, data, entry)
+        layers[entry["name"]] = np.concatenate([preds[s] for s in data.test])
+    return layers
 
 
 def run(cfg: PredictConfig) -> Path:
@@ -153,7 +165,8 @@ def run(cfg: PredictConfig) -> Path:
     values = frame[bundle.cell_types].to_numpy(float)
     out = Path(cfg.out)
     atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
-    write_anndata(out / "predictions.h5ad", frame, values, bundle.cell_types, h5_path=cfg.h5)
+    write_anndata(out / "predictions.h5ad", frame, values, bundle.cell_types, h5_path=cfg.h5,
+                  layers=apply_layers(bundle, data))
     if cfg.spatialdata:
         write_spatialdata(out / "predictions.zarr", frame, values, bundle.cell_types, cfg.h5)
     log.info("predicted %d spots of %d slides in %.1f s (checks %.1f s, stage 1 %.1f s, "

@@ -33,7 +33,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
-from data.errors import DataError, Problem
+from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from regress.outputs import write_anndata
 from regress.results import load_report, rank_models, read_predictions
@@ -153,23 +153,38 @@ def build_parser():
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
-    setup_logging(args.quiet)
-    log.info("config: %s", config_dict(args))
-    if args.spatialdata:
-        require_spatialdata()
-    out = Path(args.out)
-    report = load_report(out)
-    models = list(args.models or [best_model(report)])
-    weights = np.asarray(args.weights, float) if args.weights else ensemble_weights(
-        report, models) if len(models) > 1 else np.ones(1)
-    if len(weights) != len(models) or (weights < 0).any() or weights.sum() <= 0:
-        raise DataError(Problem("command line", "", "--weights",
-                                f"{len(models)} weights >= 0 with a positive sum",
-                                f"{weights.tolist()}", "give one weight per model"))
-    with CanonicalH5(args.h5) as h5:
-        ids, cell_types = expected_ids(h5), list(h5.cell_types)
+def choose_models(report: dict, models: Sequence[str] | None,
+                  weights: Sequence[float] | None) -> tuple[list[str], np.ndarray]:
+    """The submitted model ids and their weights (summing to 1): ``models`` or the best
+    OOF model; ``weights`` or, for an ensemble, from the OOF scores.
+
+    Raises:
+        ConfigError: weights that do not fit the models.
+    """
+    chosen = list(models or [best_model(report)])
+    w = np.asarray(weights, float) if weights else ensemble_weights(
+        report, chosen) if len(chosen) > 1 else np.ones(1)
+    if len(w) != len(chosen) or (w < 0).any() or w.sum() <= 0:
+        raise ConfigError(f"--weights: expected {len(chosen)} weights >= 0 with a positive "
+                          f"sum, got {w.tolist()}; give one weight per model")
+    return chosen, w / w.sum()
+
+
+def per_type_model(report: dict) -> str | None:
+    """The fitted model of the ``type_rank`` target with the best mean per-type score (its
+    predictions order the spots within each cell type), or None."""
+    candidates = [m for m, e in report.get("models", {}).items()
+                  if e.get("target") == "type_rank" and e.get("kind") != "constant"]
+    return max(candidates, key=lambda m: report["models"][m]["mean"]["type"], default=None)
+
+
+def read_test_frames(out: Path, models: Sequence[str], ids: Sequence[str],
+                     cell_types: Sequence[str]) -> list[pd.DataFrame]:
+    """Each model's test.csv with an ID column, in the order of ``ids``.
+
+    Raises:
+        DataError: a missing file, or IDs or columns that are not the test slides'.
+    """
     frames = []
     for m in models:
         f = read_predictions(out, m, "test")
@@ -180,22 +195,40 @@ def _main(argv: Sequence[str] | None = None) -> int:
                     if q.field in ("ID", "columns")]
         if problems:
             raise DataError(problems)
-        frames.append(f.set_index("ID").loc[ids].reset_index())
-    values = combine(frames, weights / weights.sum(), cell_types)
+        frames.append(f.set_index("ID").loc[list(ids)].reset_index())
+    return frames
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
+    setup_logging(args.quiet)
+    log.info("config: %s", config_dict(args))
+    if args.spatialdata:
+        require_spatialdata()
+    out = Path(args.out)
+    report = load_report(out)
+    models, weights = choose_models(report, args.models, args.weights)
+    with CanonicalH5(args.h5) as h5:
+        ids, cell_types = expected_ids(h5), list(h5.cell_types)
+    frames = read_test_frames(out, models, ids, cell_types)
+    values = combine(frames, weights, cell_types)
     sub = pd.concat([frames[0][["ID"]].reset_index(drop=True),
                      pd.DataFrame(values, columns=cell_types)], axis=1)
     path = Path(args.submission or out / "submission.csv")
     problems = check_submission(sub, ids, cell_types, str(path))
     if problems:
         raise DataError(problems)
+    layer = per_type_model(report)
+    layers = {"per_type": read_test_frames(out, [layer], ids, cell_types)[0][cell_types]
+              .to_numpy(float)} if layer else None
     atomic_write_text(path, sub.to_csv(index=False))
     h5ad = Path(args.h5ad or out / "predictions.h5ad")
-    write_anndata(h5ad, frames[0], values, cell_types, h5_path=args.h5)
+    write_anndata(h5ad, frames[0], values, cell_types, h5_path=args.h5, layers=layers)
     if args.spatialdata:
         write_spatialdata(out / "predictions.zarr", frames[0], values, cell_types, args.h5)
-    log.info("models %s (weights %s) -> %s (%d spots x %d types) and %s", models,
-             np.round(weights / weights.sum(), 3).tolist(), path, len(sub), len(cell_types),
-             h5ad)
+    log.info("models %s (weights %s) -> %s (%d spots x %d types) and %s (per-type layer: "
+             "%s)", models, np.round(weights, 3).tolist(), path, len(sub), len(cell_types),
+             h5ad, layer)
     return 0
 
 

@@ -201,3 +201,29 @@ def test_fit_refuses_unknown_models_before_work(synthetic_h5, tiny_store, tiny_r
     folder = tmp_path / "model"
     assert _fit(synthetic_h5, tiny_store, tiny_regressed, folder, "--models", "nope") == 2
     assert "nope" in capsys.readouterr().err and not folder.exists()
+
+
+def test_per_type_layer_in_submit_and_predict(synthetic_h5, tiny_store, tmp_path):
+    """With a type_rank model in the report, submit's and predict's h5ad carry its
+    predictions as the 'per_type' layer (the spots' order within each cell type)."""
+    import anndata as ad
+
+    import regress.run
+
+    out = tmp_path / "out"
+    assert regress.run.main(["--h5", str(synthetic_h5), "--store", str(tiny_store),
+                             "--out", str(out), "--features", "tiny_random", "--models",
+                             "ridge", "--targets", "spot_rank,type_rank", "--quiet"]) == 0
+    _submission(synthetic_h5, out, tmp_path)
+    test = pd.read_csv(out / "predictions" / "ridge-type_rank" / "test.csv")
+    types = list(test.columns[5:])
+    submitted = ad.read_h5ad(tmp_path / "s.h5ad")
+    np.testing.assert_allclose(submitted.layers["per_type"], test[types].to_numpy(), atol=1e-6)
+    folder = tmp_path / "model"
+    assert _fit(synthetic_h5, tiny_store, out, folder) == 0
+    meta = json.loads((folder / "model.json").read_text())
+    assert [m["id"] for m in meta["models"]] == ["ridge-spot_rank"]
+    assert [(x["name"], x["id"]) for x in meta["layers"]] == [("per_type", "ridge-type_rank")]
+    assert _predict(synthetic_h5, folder, tmp_path / "p", "--store", str(tiny_store)) == 0
+    predicted = ad.read_h5ad(tmp_path / "p" / "predictions.h5ad")
+    np.testing.assert_allclose(predicted.layers["per_type"], test[types].to_numpy(), atol=1e-6)
