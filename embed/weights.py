@@ -20,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from data.checksum import sha256_file
 from data.errors import ConfigError
 from embed.backbones import Backbone
 
@@ -38,14 +39,6 @@ class WeightsInfo:
     source: str
     path: str
     sha256: str
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_state_dict(state: dict[str, torch.Tensor]) -> str:

@@ -16,8 +16,8 @@ of a newer format, or with a file missing or altered, is refused before anything
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,16 @@ from typing import Any
 import numpy as np
 
 from data.atomic import atomic_dir
+from data.checksum import sha256_file
 from data.errors import DataError, Problem
 
 BUNDLE_FORMAT = 1
 MODEL_JSON = "model.json"
 KINDS = ("constant", "ridge", "lgbm")
+COMBINES = ("single", "rank_mean")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # ids and file names: no paths
+# arrays each kind needs (beyond the optional scaler_* and pca_* pairs)
+REQUIRED_ARRAYS = {"constant": ("mean",), "ridge": ("coef", "intercept"), "lgbm": ()}
 
 
 def export_estimator(est: Any, kind: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -91,12 +96,17 @@ class SavedEstimator:
         return np.stack([b.predict(Z) for b in self.boosters], axis=1)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()
+def check_writable(folder: str | Path) -> None:
+    """A model folder may replace only nothing or another model folder.
+
+    Raises:
+        DataError: ``folder`` exists and is a file, or a folder without model.json.
+    """
+    folder = Path(folder)
+    if folder.exists() and not (folder / MODEL_JSON).is_file():
+        raise _refuse(folder, "", "a new folder or a model folder to replace",
+                      "an existing file or folder that is not a model folder",
+                      "pass another --model-dir (it would be replaced whole)")
 
 
 def write_bundle(folder: str | Path, meta: dict[str, Any],
@@ -108,17 +118,18 @@ def write_bundle(folder: str | Path, meta: dict[str, Any],
         estimators: model id -> (arrays, LightGBM text models) of :func:`export_estimator`.
     """
     folder = Path(folder)
+    check_writable(folder)
     with atomic_dir(folder) as tmp:
         tmp.mkdir()
         files = {}
         for model_id, (arrays, trees) in estimators.items():
             name = f"{model_id}.npz"
             np.savez(tmp / name, **arrays)
-            files[name] = sha256_of(tmp / name)
+            files[name] = sha256_file(tmp / name)
             for j, text in enumerate(trees):
                 name = f"{model_id}.tree{j}.txt"
                 (tmp / name).write_text(text)
-                files[name] = sha256_of(tmp / name)
+                files[name] = sha256_file(tmp / name)
         doc = {"format": BUNDLE_FORMAT, **meta, "files": files}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1))
     return folder
@@ -142,6 +153,74 @@ def _refuse(folder: Path, field: str, expected: str, found: str, fix: str) -> Da
     return DataError(Problem(str(folder), "", field, expected, found, fix))
 
 
+def needed_files(meta: dict[str, Any]) -> list[str]:
+    """The files the estimators of model.json read (each must be listed with a checksum)."""
+    names = []
+    for entry in [*meta["models"], *meta.get("layers", [])]:
+        names.append(f"{entry['id']}.npz")
+        if entry["kind"] == "lgbm":
+            names += [f"{entry['id']}.tree{j}.txt" for j in range(len(meta["cell_types"]))]
+    return list(dict.fromkeys(names))
+
+
+def check_structure(folder: Path, meta: dict[str, Any]) -> None:
+    """model.json's shape: cell types, models and layers (safe ids, known kinds, weights
+    >= 0 with a positive sum, features they read), feature parts, and a checksum for every
+    file the estimators read.
+
+    Raises:
+        DataError: naming the first field that is not as ``hespot fit`` writes it.
+    """
+    fix = "fit the model again (hespot fit); model.json was edited or damaged"
+
+    def need(ok: bool, field: str, expected: str, found: Any) -> None:
+        if not ok:
+            raise _refuse(folder, f"{MODEL_JSON}: {field}", expected, repr(found)[:200], fix)
+
+    types, models = meta.get("cell_types"), meta.get("models")
+    need(isinstance(types, list) and len(types) > 0 and all(isinstance(t, str) for t in types),
+         "cell_types", "a list of cell-type names", types)
+    need(isinstance(models, list) and len(models) > 0, "models", "a list of models", models)
+    need(meta.get("combine") in COMBINES, "combine", f"one of {COMBINES}", meta.get("combine"))
+    features = meta.get("features")
+    need(isinstance(features, list) and len(features) > 0 and all(
+        isinstance(f, dict) and SAFE_NAME.fullmatch(str(f.get("backbone"))) and
+        isinstance(f.get("settings"), dict) and isinstance(f.get("identity"), dict)
+        for f in features), "features",
+        "feature parts with a backbone name, its stage-1 settings and identity", features)
+    specs = {f.get("spec") for f in features}
+    for k, e in enumerate([*models, *meta.get("layers", [])]):
+        need(isinstance(e, dict) and SAFE_NAME.fullmatch(str(e.get("id"))) is not None,
+             f"models[{k}].id", "a model id (letters, digits, _ . + -)", e)
+        need(e.get("kind") in KINDS, f"{e['id']}.kind", f"one of {KINDS}", e.get("kind"))
+        need(isinstance(e.get("weight"), (int, float)) and e["weight"] >= 0,
+             f"{e['id']}.weight", "a weight >= 0", e.get("weight"))
+        need(isinstance(e.get("recipe"), dict) and set(e["recipe"].get("features", [])) <= specs
+             and len(e["recipe"].get("features", [])) > 0, f"{e['id']}.recipe",
+             f"a recipe reading feature parts of {sorted(map(str, specs))}", e.get("recipe"))
+    need(sum(e["weight"] for e in models) > 0, "models[].weight", "a positive sum",
+         [e["weight"] for e in models])
+    files = meta.get("files")
+    need(isinstance(files, dict) and all(SAFE_NAME.fullmatch(str(n)) for n in files), "files",
+         "file names (no paths) with their sha256", files)
+    missing = [n for n in needed_files(meta) if n not in files]
+    need(not missing, "files", "a checksum for every file the models read", missing)
+
+
+def check_arrays(folder: Path, model_id: str, kind: str, arrays: Mapping[str, np.ndarray],
+                 n_types: int) -> None:
+    """The arrays of one estimator: the ones its kind needs, numeric, ``n_types`` outputs."""
+    required = REQUIRED_ARRAYS[kind]
+    outputs = {"mean": arrays.get("mean"), "coef": arrays.get("coef")}
+    width = next((a.shape[-1] for a in outputs.values() if a is not None), n_types)
+    ok = (all(k in arrays for k in required) and width == n_types
+          and all(a.dtype.kind in "fiu" for a in arrays.values()))
+    if not ok:
+        raise _refuse(folder, f"{model_id}.npz", f"arrays {list(required)} with {n_types} "
+                      "outputs", f"arrays {sorted(arrays)} with {width} outputs",
+                      "fit the model again (hespot fit)")
+
+
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """model.json, checked: format supported, every listed file present and unaltered.
 
@@ -159,13 +238,14 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise _refuse(folder, MODEL_JSON, "JSON", f"unreadable ({exc})", fix) from exc
     found = meta.get("format") if isinstance(meta, dict) else None
-    if not isinstance(found, int) or found > BUNDLE_FORMAT:
-        raise _refuse(folder, "format", f"model folder format <= {BUNDLE_FORMAT}",
+    if not isinstance(found, int) or not 1 <= found <= BUNDLE_FORMAT:
+        raise _refuse(folder, "format", f"model folder format 1..{BUNDLE_FORMAT}",
                       repr(found), "upgrade hespot, or fit the model with this version")
-    for name, digest in meta.get("files", {}).items():
+    check_structure(folder, meta)
+    for name, digest in meta["files"].items():
         if not (folder / name).is_file():
             raise _refuse(folder, name, "a file listed in model.json", "missing", fix)
-        if sha256_of(folder / name) != digest:
+        if sha256_file(folder / name) != digest:
             raise _refuse(folder, name, f"sha256 {digest[:16]}...", "another content "
                           "(the file was altered)", fix)
     return meta
@@ -180,9 +260,6 @@ def load_bundle(folder: str | Path) -> Bundle:
         kind, model_id = entry["kind"], entry["id"]
         if model_id in estimators:
             continue
-        if kind not in KINDS:
-            raise _refuse(folder, f"models/{model_id}/kind", f"one of {KINDS}", repr(kind),
-                          "fit the model again with this version of hespot")
         try:
             with np.load(folder / f"{model_id}.npz", allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
@@ -196,5 +273,6 @@ def load_bundle(folder: str | Path) -> Bundle:
             n = len(meta["cell_types"])
             boosters = [lgb.Booster(model_str=(folder / f"{model_id}.tree{j}.txt").read_text())
                         for j in range(n)]
+        check_arrays(folder, model_id, kind, arrays, len(meta["cell_types"]))
         estimators[model_id] = SavedEstimator(kind, arrays, boosters)
     return Bundle(folder, meta, estimators)

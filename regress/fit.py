@@ -34,16 +34,18 @@ from data.cli import (
 )
 from data.errors import ConfigError, DataError, Problem
 from data.store import FeatureSpec, open_store
-from regress.bundle import KINDS, export_estimator, write_bundle
+from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
 from regress.features import SlideSet, load_slides
 from regress.loso import stack
 from regress.models import make_model
-from regress.recipes import Recipe, prepare
+from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import load_report, read_predictions
 from regress.stage1_spec import read_spec
 from regress.submit import choose_models, per_type_model
 
 log = logging.getLogger("hespot")
+
+MAX_GAP = 1e-6  # refitted vs the run's test predictions: a larger gap means changed inputs
 
 @dataclass(frozen=True)
 class FitConfig:
@@ -89,10 +91,6 @@ def describe(model_id: str, entry: dict, weight: float, gap: float) -> dict:
             "check_max_abs_diff_vs_test_csv": gap}
 
 
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
 def refit(data: SlideSet, entry: dict) -> tuple[object, dict[str, np.ndarray]]:
     """Refit one report entry on all training slides as ``make regress`` did.
 
@@ -100,15 +98,12 @@ def refit(data: SlideSet, entry: dict) -> tuple[object, dict[str, np.ndarray]]:
         (estimator, final predictions per test slide (n_spots, n_types), after the
         recipe's post-processing).
     """
-    prepared, post = prepare(data, Recipe(**_tuples(entry["config"]["recipe"])))
+    prepared, post = prepare(data, Recipe.from_dict(entry["config"]["recipe"]))
     X, Y, groups = stack(prepared, prepared.train, entry["target"])
-    est = make_model(entry["kind"], **_tuples(entry["config"]["params"]))
-    est.fit(X, Y, groups=groups)
-    test = {}
-    for s in prepared.test:
-        P = est.predict(prepared.X[s])
-        test[s] = post(s, P) if post and entry["kind"] != "constant" else P
-    return est, test
+    params = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in entry["config"]["params"].items()}
+    est = make_model(entry["kind"], **params).fit(X, Y, groups=groups)
+    return est, predict_slides(est, prepared, post, prepared.test, entry["kind"])
 
 
 def check_against_run(out: str, model_id: str, cell_types: Sequence[str],
@@ -125,6 +120,8 @@ def check_against_run(out: str, model_id: str, cell_types: Sequence[str],
 
 def run(cfg: FitConfig) -> Path:
     """Fit and write the model folder; returns its path."""
+    folder = Path(cfg.model_dir or Path(cfg.out) / "model")
+    check_writable(folder)
     report = load_report(Path(cfg.out))
     models, weights, layer = choose(report, cfg)
     fitted = dict.fromkeys([*models, *([layer] if layer else [])])
@@ -141,6 +138,12 @@ def run(cfg: FitConfig) -> Path:
         gap = check_against_run(cfg.out, model_id, data.cell_types, test)
         log.info("%s: refitted on %d slides; test predictions vs the run's test.csv: max "
                  "|diff| %.2g", model_id, len(data.train), gap)
+        if gap > MAX_GAP:
+            raise DataError(Problem(str(Path(cfg.out) / "predictions" / model_id / "test.csv"),
+                                    "", model_id, f"the refitted model's test predictions "
+                                    f"(max |diff| <= {MAX_GAP:g})", f"max |diff| {gap:.3g}",
+                                    "the HDF5 file or the store changed since `make "
+                                    "regress`: run it again, then fit"))
         weight = weights[models.index(model_id)] if model_id in models else 0.0
         described[model_id] = describe(model_id, entry, weight, gap)
     meta = {"created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -154,7 +157,7 @@ def run(cfg: FitConfig) -> Path:
             "versions": {p: version(p) for p in ("hespot", "numpy", "scikit-learn",
                                                  "lightgbm")},
             "fit_config": config_dict(cfg)}
-    folder = write_bundle(cfg.model_dir or Path(cfg.out) / "model", meta, saved)
+    folder = write_bundle(folder, meta, saved)
     log.info("model folder %s: %s (weights %s), per-type layer %s", folder, models,
              np.round(weights, 3).tolist(), layer)
     return folder

@@ -43,9 +43,9 @@ from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
 from regress.features import SlideSet
 from regress.outputs import write_anndata
-from regress.recipes import Recipe, prepare
+from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import predictions_frame
-from regress.spatialdata_out import require_spatialdata, write_spatialdata
+from regress.spatialdata_out import element_name, require_spatialdata, write_spatialdata
 from regress.stage1_spec import check_stored, embed_as_spec, require_weights
 from regress.submit import combine
 
@@ -68,16 +68,22 @@ class PredictConfig:
     quiet: bool = False
 
 
-def check_slides(bundle: Bundle, h5: CanonicalH5, slides: Sequence[str]) -> list[str]:
+def check_slides(bundle: Bundle, h5: CanonicalH5, slides: Sequence[str],
+                 spatialdata: bool = False) -> list[str]:
     """The slides to predict (default: the test slides, else all), checked before any work.
 
     Raises:
         DataError: an unknown slide; train slides whose cell types are not the model's; a
             slide without a pixel size where the model's patches are in µm.
     """
-    names = list(slides) or h5.test_slides or h5.train_slides
+    names = list(dict.fromkeys(slides)) or h5.test_slides or h5.train_slides
     for slide in names:
         h5.split_of(slide)
+    clash = len({element_name(s) for s in names}) < len(names)
+    if spatialdata and clash:
+        raise DataError(Problem(str(h5.path), "", "slides", "slide names that stay distinct "
+                                "as SpatialData names", f"{names}", "predict them in two "
+                                "calls, or without --spatialdata"))
     if any(h5.split_of(s) == "Train" for s in names) and list(h5.cell_types) != bundle.cell_types:
         raise DataError(Problem(str(h5.path), "", "cell types",
                                 f"the model's {len(bundle.cell_types)} cell types",
@@ -113,15 +119,9 @@ def load_inputs(bundle: Bundle, cfg: PredictConfig, store_path: str, slides: Seq
 def model_predictions(bundle: Bundle, data: SlideSet, entry: dict) -> dict[str, np.ndarray]:
     """slide -> float (n_spots, n_types): one model of the folder with its recipe's levers
     (as its test.csv was made)."""
-    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in entry["recipe"].items()})
-    prepared, post = prepare(data, recipe)
-    est = bundle.estimators[entry["id"]]
-    preds = {}
-    for slide in data.test:
-        P = est.predict(prepared.X[slide])
-        preds[slide] = post(slide, P) if post and entry["kind"] != "constant" else P
-    return preds
+    prepared, post = prepare(data, Recipe.from_dict(entry["recipe"]))
+    return predict_slides(bundle.estimators[entry["id"]], prepared, post, data.test,
+                          entry["kind"])
 
 
 def apply_models(bundle: Bundle, data: SlideSet) -> dict[str, np.ndarray]:
@@ -151,7 +151,7 @@ def run(cfg: PredictConfig) -> Path:
         require_spatialdata()
     store = cfg.store or str(Path(cfg.out) / "embeddings.zarr")
     with CanonicalH5(cfg.h5) as h5:
-        slides = check_slides(bundle, h5, cfg.slides)
+        slides = check_slides(bundle, h5, cfg.slides, cfg.spatialdata)
     require_weights(bundle, cfg.weights)
     log.info("model %s: %s; slides %s", cfg.model, [m["id"] for m in bundle.meta["models"]],
              slides)

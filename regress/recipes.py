@@ -34,6 +34,11 @@ class Recipe:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> Recipe:
+        """The recipe of :meth:`as_dict` (as report.json and model.json store it)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
 
 LITE0 = "efficientnet_lite0"
 MOBILENET = "mobilenet_v2"
@@ -95,3 +100,14 @@ def prepare(data, recipe: Recipe):
         def post(slide, P, xy=data.xy, k=recipe.smooth_k, w=recipe.smooth_w):
             return smooth_predictions(P, xy[slide], k, w)
     return data, post
+
+
+def predict_slides(est, data, post, slides, kind: str) -> dict[str, np.ndarray]:
+    """slide -> float (n_spots, n_types): ``est`` on each slide's X of a prepared
+    ``data``, then the recipe's post-processing (never on the constant baseline, as
+    ``regress.run`` scores it)."""
+    out = {}
+    for slide in slides:
+        P = est.predict(data.X[slide])
+        out[slide] = post(slide, P) if post and kind != "constant" else P
+    return out

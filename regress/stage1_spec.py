@@ -8,15 +8,16 @@ never imports torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from data.checksum import sha256_file
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.store import FeatureSpec, open_store
@@ -28,28 +29,45 @@ IDENTITY_KEYS = ("timm_id", "weights_sha256", "tta_views", "input_size", "stage_
                  "pad_mode")
 # and the ones that only affect the last bits (compared with a warning)
 RUN_KEYS = ("dtype", "runner", "batch_spots", "chunk_spots")
-SPEC_KEYS = (*IDENTITY_KEYS, "crops_px", *RUN_KEYS)
+
+
+def identity(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What makes a stored backbone x slide's features what they are, from its group
+    attributes: the identity settings, the patch (µm when the run gave it in µm, whatever
+    each slide's pixel size made of it, else px) and the context crops (px)."""
+    settings, config = attrs["settings"], attrs.get("info", {}).get("config", {})
+    patch = ["um", config["patch_um"]] if config.get("patch_um") else \
+        ["px", settings["crops_px"][0]]
+    return json.loads(json.dumps({**{k: settings.get(k) for k in IDENTITY_KEYS},
+                                  "patch": patch, "contexts_px": settings["crops_px"][1:]}))
 
 
 def read_spec(store_path: str, spec: FeatureSpec, slides: Sequence[str]) -> dict[str, Any]:
-    """How stage 1 made one feature part: the stored settings (the same on every training
-    slide), the array's layer and crop, and the run's patch size (px or µm)."""
+    """How stage 1 made one feature part: its identity (the same on every training slide),
+    the run settings, the array's layer and crop, and the run's patch size."""
     store = open_store(store_path)
-    found = []
-    for slide in slides:
-        attrs = dict(store[f"{spec.backbone}/{slide}"].attrs)
-        found.append({k: attrs["settings"].get(k) for k in SPEC_KEYS})
-    diff = sorted(k for k in SPEC_KEYS if len({json.dumps(s[k]) for s in found}) > 1)
+    found = [dict(store[f"{spec.backbone}/{slide}"].attrs) for slide in slides]
+    ids = [identity(a) for a in found]
+    diff = sorted(k for k in ids[0] if len({json.dumps(i[k]) for i in ids}) > 1)
     if diff:
         raise DataError(Problem(store_path, "", f"{spec.backbone} settings ({', '.join(diff)})",
                                 "the same stage-1 settings on every training slide",
                                 "settings that differ between slides",
                                 "rerun `make embeddings EMBED_ARGS=--overwrite`"))
+    attrs = found[0]
     config = attrs["info"].get("config", {})
     return {"spec": str(spec), "backbone": spec.backbone, "array": spec.array,
             **attrs["arrays"][spec.array], "patch_px": config.get("patch_px"),
-            "patch_um": config.get("patch_um"),
-            "weights_source": attrs["info"].get("weights_source"), "settings": found[0]}
+            "patch_um": config.get("patch_um"), "identity": ids[0],
+            "weights_source": attrs["info"].get("weights_source"),
+            "settings": {k: attrs["settings"].get(k) for k in (*IDENTITY_KEYS, "crops_px",
+                                                                *RUN_KEYS)}}
+
+
+def first_difference(part: dict, attrs: dict[str, Any]) -> str | None:
+    """The first identity key in which a stored group differs from the part's spec."""
+    have, want = identity(attrs), part["identity"]
+    return next((k for k in want if json.dumps(have.get(k)) != json.dumps(want[k])), None)
 
 
 def backbone_parts(features: Sequence[dict]) -> dict[str, dict]:
@@ -91,11 +109,9 @@ def is_stored(store_path: str, backbone: str, slide: str, part: dict, fingerprin
     key = f"{backbone}/{slide}"
     if key not in store or "done" not in store[key]:
         return False
-    have = dict(store[key].attrs).get("settings", {})
-    keys = IDENTITY_KEYS if part.get("patch_um") else (*IDENTITY_KEYS, "crops_px")
-    return (have.get("input_fingerprint") == fingerprint
-            and all(json.dumps(have.get(k)) == json.dumps(part["settings"].get(k)) for k in keys)
-            and bool(store[key]["done"][:].all()))
+    attrs = dict(store[key].attrs)
+    return (attrs.get("settings", {}).get("input_fingerprint") == fingerprint
+            and first_difference(part, attrs) is None and bool(store[key]["done"][:].all()))
 
 
 def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
@@ -112,7 +128,7 @@ def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
             log.info("stage 1: %s already stored for %s", name, ", ".join(slides))
             continue
         argv = embed_argv(part, cfg.h5, store, todo, cfg.weights, cfg.device, cfg.threads)
-        log.info("stage 1: python -m embed.run %s", " ".join(argv))
+        log.info("stage 1: python -m embed.run %s", shlex.join(argv))
         proc = subprocess.run([sys.executable, "-m", "embed.run", *argv], text=True,
                               capture_output=True)
         for line in proc.stderr.splitlines() if proc.returncode == 0 else ():
@@ -122,7 +138,7 @@ def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
             raise DataError(Problem(cfg.h5, "", f"stage 1 of {name}",
                                     "embeddings as the model's spec says", message,
                                     "see the message; `python -m embed.run "
-                                    f"{' '.join(argv)}` reproduces it"))
+                                    f"{shlex.join(argv)}` reproduces it"))
         if proc.returncode != 0:
             raise RuntimeError(f"stage 1 of {name} failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-4000:]}")
@@ -137,21 +153,22 @@ def check_stored(bundle, store_path: str, slides: Sequence[str]) -> None:
     """
     store = open_store(store_path)
     for name, part in backbone_parts(bundle.meta["features"]).items():
-        want = part["settings"]
-        keys = IDENTITY_KEYS if part.get("patch_um") else (*IDENTITY_KEYS, "crops_px")
+        want = part["identity"]
         for slide in slides:
-            have = dict(store[f"{name}/{slide}"].attrs)["settings"]
-            for k in keys:
-                if json.dumps(have.get(k)) != json.dumps(want.get(k)):
-                    raise DataError(Problem(store_path, slide, f"{name}/{slide} {k}",
-                                            f"{want.get(k)!r} (the model's spec)",
-                                            repr(have.get(k)), "embed with the model's "
-                                            "settings: predict into a new --store"))
-            other = [k for k in RUN_KEYS if have.get(k) != want.get(k)]
+            attrs = dict(store[f"{name}/{slide}"].attrs)
+            k = first_difference(part, attrs)
+            if k is not None:
+                raise DataError(Problem(store_path, slide, f"{name}/{slide} {k}",
+                                        f"{want[k]!r} (the model's spec)",
+                                        repr(identity(attrs).get(k)), "embed with the "
+                                        "model's settings: predict into a new --store"))
+            have = attrs["settings"]
+            other = [k for k in RUN_KEYS if have.get(k) != part["settings"].get(k)]
             if other:
                 log.warning("%s / %s: stage 1 ran with other %s than the model's training "
                             "(%s); features may differ in the last bits", name, slide,
-                            ", ".join(other), {k: (want.get(k), have.get(k)) for k in other})
+                            ", ".join(other),
+                            {k: (part["settings"].get(k), have.get(k)) for k in other})
 
 
 def require_weights(bundle, weights: str | None) -> None:
@@ -164,6 +181,9 @@ def require_weights(bundle, weights: str | None) -> None:
     parts = [p for p in backbone_parts(bundle.meta["features"]).values()
              if p.get("weights_source") == "file"]
     if not parts:
+        if weights:
+            log.warning("--weights %s is not used: no backbone of the model came from a "
+                        "local weights file", weights)
         return
     if len(parts) > 1:
         raise ConfigError("the model reads several backbones with local weights files; "
@@ -176,7 +196,7 @@ def require_weights(bundle, weights: str | None) -> None:
     if not path.is_file():
         raise DataError(Problem(weights, "", "--weights", "a weights file", "no such file",
                                 "check the path"))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != want:
         raise DataError(Problem(weights, "", "sha256", f"{want[:16]}... (the model's)",
                                 f"{digest[:16]}...", "pass the weights file the model "

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
+from data.checksum import sha256_file
 from data.errors import DataError
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
@@ -23,7 +24,7 @@ from embed.config import EmbedConfig
 from embed.device import select_device
 from embed.extract import FeatureExtractor, preprocess
 from embed.run import main, run
-from embed.weights import WeightsError, build_model, sha256_file
+from embed.weights import WeightsError, build_model
 
 BACKBONE = "tiny_random"
 SLIDES = ("S_1", "S_4")  # a train and a test slide

@@ -11,6 +11,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from data.checksum import sha256_file
 from embed.backbones import get_backbone
 from embed.weights import (
     REMAPS,
@@ -19,7 +20,6 @@ from embed.weights import (
     load_strict,
     package_weights_path,
     read_state_dict,
-    sha256_file,
 )
 
 

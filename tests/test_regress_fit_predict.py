@@ -168,7 +168,7 @@ def test_newer_format_and_missing_folder_are_refused(synthetic_h5, copy, tmp_pat
 
 def test_pickled_arrays_are_never_loaded(copy):
     """An object array needs pickle: refused even with a matching checksum."""
-    from regress.bundle import sha256_of
+    from data.checksum import sha256_file as sha256_of
 
     npz = next(copy.glob("*.npz"))
     np.savez(npz, coef=np.array([{"a": 1}], dtype=object), intercept=np.zeros(2))
@@ -183,17 +183,49 @@ def test_pickled_arrays_are_never_loaded(copy):
 
 def test_other_cell_types_and_unknown_pixel_size_are_refused(synthetic_h5, copy, tmp_path,
                                                              capsys):
+    from data.synthetic import SyntheticConfig, write_synthetic
+
     meta = json.loads((copy / "model.json").read_text())
-    (copy / "model.json").write_text(json.dumps({**meta, "cell_types": ["a", "b"]}))
+    other = tmp_path / "other.h5"
+    write_synthetic(other, SyntheticConfig(n_types=3))
     train = meta["train_slides"][0]
-    _refused(synthetic_h5, copy, tmp_path, capsys, "cell types", args=("--slides", train))
+    _refused(other, copy, tmp_path, capsys, "cell types", args=("--slides", train))
     meta["features"][0]["patch_um"] = 64.0
     (copy / "model.json").write_text(json.dumps(meta))
     no_px = tmp_path / "nopx.h5"
-    from data.synthetic import SyntheticConfig, write_synthetic
-
     write_synthetic(no_px, SyntheticConfig(pixel_size_um=None))
     _refused(no_px, copy, tmp_path, capsys, "pixel_size_um", "µm")
+
+
+def test_edited_model_json_is_refused_not_crashed_on(synthetic_h5, copy, tmp_path, capsys):
+    """Ids are file names without paths; every file read has a checksum; kinds, weights
+    and cell types are what fit writes."""
+    meta = json.loads((copy / "model.json").read_text())
+    edits = [
+        (lambda m: m["models"][0].update(id="../elsewhere/x"), "id"),
+        (lambda m: m.pop("models"), "models"),
+        (lambda m: m["models"][0].update(kind="constant"), ".npz"),
+        (lambda m: m["models"][0].update(weight=0), "positive sum"),
+        (lambda m: m["cell_types"].pop(), "outputs"),
+        (lambda m: m["files"].clear(), "checksum"),
+        (lambda m: m.update(format=0), "format"),
+        (lambda m: m["features"][0].update(backbone="x; touch /tmp/p"), "features"),
+    ]
+    for edit, word in edits:
+        m = json.loads(json.dumps(meta))
+        edit(m)
+        (copy / "model.json").write_text(json.dumps(m))
+        _refused(synthetic_h5, copy, tmp_path, capsys, word)
+
+
+def test_fit_never_replaces_a_folder_that_is_not_a_model(synthetic_h5, tiny_store,
+                                                         tiny_regressed, tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert _fit(synthetic_h5, tiny_store, tiny_regressed, precious) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
 
 
 def test_fit_refuses_unknown_models_before_work(synthetic_h5, tiny_store, tiny_regressed,
