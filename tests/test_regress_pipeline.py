@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 
 import embed.run
+import regress.fit
+import regress.predict
 import regress.run
 import regress.submit
 from data.h5 import CanonicalH5
@@ -313,3 +315,11 @@ def test_her2st_end_to_end(her2st_h5, tmp_path):
     assert sub["ID"].tolist() == [f"C6_{i}" for i in range(179)]
     values = sub.iloc[:, 1:].to_numpy()
     assert values.min() >= 0 and values.max() <= 1
+    # the model as a folder, applied to the test slide in a new store: the same values
+    assert regress.fit.main(["--h5", str(her2st_h5), "--store", str(store), "--out", str(out),
+                             "--quiet"]) == 0
+    assert regress.predict.main(["--model", str(out / "model"), "--h5", str(her2st_h5),
+                                 "--out", str(tmp_path / "pred"), "--quiet"]) == 0
+    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert (pred["slide"] + "_" + pred["row"].astype(str)).tolist() == sub["ID"].tolist()
+    assert np.abs(pred[sub.columns[1:]].to_numpy() - values).max() <= 1e-6
