@@ -200,6 +200,9 @@ def check_structure(folder: Path, meta: dict[str, Any]) -> None:
              f"a recipe reading feature parts of {sorted(map(str, specs))}", e.get("recipe"))
     need(sum(e["weight"] for e in models) > 0, "models[].weight", "a positive sum",
          [e["weight"] for e in models])
+    layers = [x.get("id") for x in meta.get("layers", []) if x.get("name") == "per_type"]
+    need(meta.get("orders_from") in (None, *layers), "orders_from",
+         f"None or the per-type layer's model {layers}", meta.get("orders_from"))
     files = meta.get("files")
     need(isinstance(files, dict) and all(SAFE_NAME.fullmatch(str(n)) for n in files), "files",
          "file names (no paths) with their sha256", files)

@@ -57,6 +57,8 @@ class FitConfig:
     model_dir: str | None = None              # default OUT/model
     models: tuple[str, ...] | None = None     # model ids; None: submit's choice
     weights: tuple[float, ...] | None = None  # ensemble weights; None: from OOF scores
+    orders: bool = True                       # as submit: columns ordered by the per-type
+                                              # model (regress.orders)
     quiet: bool = False
 
 
@@ -152,6 +154,7 @@ def run(cfg: FitConfig) -> Path:
             "combine": "single" if len(models) == 1 else "rank_mean",
             "models": [described[m] for m in models],
             "layers": [{"name": "per_type", **described[layer]}] if layer else [],
+            "orders_from": layer if layer and cfg.orders else None,
             "features": [read_spec(cfg.store, FeatureSpec.parse(f), data.train)
                          for f in specs],
             "versions": {p: version(p) for p in ("hespot", "numpy", "scikit-learn",
@@ -177,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model ids of OUT/report.json (default: what submit would submit)")
     p.add_argument("--weights", type=lambda s: parse_list(s, float),
                    help="ensemble weights (default: from OOF scores)")
+    p.add_argument("--orders", action=argparse.BooleanOptionalAction,
+                   help="as submit --orders (default on): the per-type model orders the "
+                   "spots within each cell type")
     return p
 
 

@@ -42,6 +42,7 @@ from data.h5 import CanonicalH5
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
 from regress.features import SlideSet
+from regress.orders import combine_by_slide
 from regress.outputs import write_anndata
 from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import predictions_frame
@@ -161,12 +162,16 @@ def run(cfg: PredictConfig) -> Path:
     t2 = time.perf_counter()
     data = load_inputs(bundle, cfg, store, slides)
     preds = apply_models(bundle, data)
+    layers = apply_layers(bundle, data)
     frame = predictions_frame(preds, bundle.cell_types, data.xy, data.spot_ids)
     values = frame[bundle.cell_types].to_numpy(float)
+    if bundle.meta.get("orders_from"):
+        values = combine_by_slide(values, layers["per_type"], frame["slide"].to_numpy())
+        frame[bundle.cell_types] = values
     out = Path(cfg.out)
     atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
     write_anndata(out / "predictions.h5ad", frame, values, bundle.cell_types, h5_path=cfg.h5,
-                  layers=apply_layers(bundle, data))
+                  layers=layers)
     if cfg.spatialdata:
         write_spatialdata(out / "predictions.zarr", frame, values, bundle.cell_types, cfg.h5)
     log.info("predicted %d spots of %d slides in %.1f s (checks %.1f s, stage 1 %.1f s, "

@@ -5,7 +5,13 @@ layout, :mod:`regress.outputs`), and with ``--spatialdata`` a SpatialData store
 ``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3]``
 
 One model, or an ensemble whose weights come from the out-of-fold per-spot Spearman
-above the constant baseline (or are given). ``submission.csv`` has ``ID`` (``<slide>_<row>``
+above the constant baseline (or are given). Where ``make regress`` fitted a ``type_rank``
+model, the submitted values keep the submitted model's order of cell types within every
+spot and follow the per-type model's order of spots within every cell type as closely as
+that allows (``--orders``, default on; :mod:`regress.orders`); ``submission.json`` records
+the models, the per-type model and the out-of-fold scores of what is submitted.
+
+``submission.csv`` has ``ID`` (``<slide>_<row>``
 for every row of ``spots/Test/<slide>``) then the cell types in the training table's order,
 values in [0, 1]. IDs, columns and values are checked before anything is written, and the
 file is written atomically: an existing submission is never left half-overwritten.
@@ -22,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.atomic import atomic_write_text
+from data.atomic import atomic_write_json, atomic_write_text
 from data.cli import (
     DEFAULT_H5,
     DEFAULT_OUT,
@@ -35,6 +41,7 @@ from data.cli import (
 )
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
+from regress.orders import combine_by_slide, score_oof
 from regress.outputs import write_anndata
 from regress.results import load_report, rank_models, read_predictions
 from regress.spatialdata_out import require_spatialdata, write_spatialdata
@@ -54,6 +61,8 @@ class SubmitConfig:
     submission: str | None = None           # default OUT/submission.csv
     h5ad: str | None = None                 # default OUT/predictions.h5ad
     spatialdata: bool = False               # also OUT/predictions.zarr (SpatialData)
+    orders: bool = True                     # rows: the submitted order; columns: the
+                                            # per-type model's (regress.orders)
     quiet: bool = False
 
 
@@ -150,6 +159,10 @@ def build_parser():
     p.add_argument("--spatialdata", action=argparse.BooleanOptionalAction,
                    help="also write OUT/predictions.zarr, a SpatialData store (needs "
                    "pip install 'hespot[spatial]')")
+    p.add_argument("--orders", action=argparse.BooleanOptionalAction,
+                   help="one prediction for both metrics (default on): each spot keeps the "
+                   "submitted order of cell types, each cell type follows the best "
+                   "type_rank model's order of spots as closely as that allows")
     return p
 
 
@@ -199,6 +212,18 @@ def read_test_frames(out: Path, models: Sequence[str], ids: Sequence[str],
     return frames
 
 
+def oof_scores(out: Path, h5_path: str, models: Sequence[str], weights: np.ndarray,
+               layer: str | None, cell_types: list[str]) -> dict:
+    """LOSO scores of what is submitted, on the out-of-fold predictions (the models
+    combined as submitted, re-ordered by the per-type model ``layer`` when given)."""
+    frames = [read_predictions(out, m, "oof") for m in models]
+    per_type = read_predictions(out, layer, "oof") if layer else None
+    with CanonicalH5(h5_path) as h5:
+        truth = {s: h5.spots(s).Y for s in h5.train_slides}
+    return score_oof(frames, per_type, truth, cell_types,
+                     lambda rows: combine(rows, weights, cell_types))
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
     setup_logging(args.quiet)
@@ -211,24 +236,34 @@ def _main(argv: Sequence[str] | None = None) -> int:
     with CanonicalH5(args.h5) as h5:
         ids, cell_types = expected_ids(h5), list(h5.cell_types)
     frames = read_test_frames(out, models, ids, cell_types)
+    layer = per_type_model(report)
+    per_type = read_test_frames(out, [layer], ids, cell_types)[0] if layer else None
     values = combine(frames, weights, cell_types)
+    order_by = layer if per_type is not None and args.orders else None
+    if order_by:
+        values = combine_by_slide(values, per_type[cell_types].to_numpy(float),
+                                  frames[0]["slide"].astype(str).to_numpy())
     sub = pd.concat([frames[0][["ID"]].reset_index(drop=True),
                      pd.DataFrame(values, columns=cell_types)], axis=1)
     path = Path(args.submission or out / "submission.csv")
     problems = check_submission(sub, ids, cell_types, str(path))
     if problems:
         raise DataError(problems)
-    layer = per_type_model(report)
-    layers = {"per_type": read_test_frames(out, [layer], ids, cell_types)[0][cell_types]
-              .to_numpy(float)} if layer else None
+    record = {"models": models, "weights": weights.tolist(), "per_type_model": layer,
+              "orders_from": order_by,
+              "oof": oof_scores(out, args.h5, models, weights, order_by, cell_types)}
+    log.info("LOSO of the submitted values (out-of-fold): per-spot %.3f, per-type %.3f",
+             record["oof"]["mean"]["spot"], record["oof"]["mean"]["type"])
     atomic_write_text(path, sub.to_csv(index=False))
+    atomic_write_json(path.with_suffix(".json"), record)
     h5ad = Path(args.h5ad or out / "predictions.h5ad")
+    layers = {"per_type": per_type[cell_types].to_numpy(float)} if layer else None
     write_anndata(h5ad, frames[0], values, cell_types, h5_path=args.h5, layers=layers)
     if args.spatialdata:
         write_spatialdata(out / "predictions.zarr", frames[0], values, cell_types, args.h5)
-    log.info("models %s (weights %s) -> %s (%d spots x %d types) and %s (per-type layer: "
-             "%s)", models, np.round(weights, 3).tolist(), path, len(sub), len(cell_types),
-             h5ad, layer)
+    log.info("models %s (weights %s), order of the spots within each type from %s -> %s "
+             "(%d spots x %d types), %s and %s", models, np.round(weights, 3).tolist(),
+             order_by, path, len(sub), len(cell_types), path.with_suffix(".json"), h5ad)
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import rankdata
 
 import regress.fit
 import regress.predict
@@ -32,6 +33,7 @@ def _predict(h5, model_dir, out, *args) -> int:
 
 
 def _submission(h5, out, tmp_path, *args) -> pd.DataFrame:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "submission.csv"
     assert regress.submit.main(["--h5", str(h5), "--out", str(out), "--quiet",
                                 "--submission", str(path), "--h5ad",
@@ -256,6 +258,23 @@ def test_per_type_layer_in_submit_and_predict(synthetic_h5, tiny_store, tmp_path
     meta = json.loads((folder / "model.json").read_text())
     assert [m["id"] for m in meta["models"]] == ["ridge-spot_rank"]
     assert [(x["name"], x["id"]) for x in meta["layers"]] == [("per_type", "ridge-type_rank")]
+    assert meta["orders_from"] == "ridge-type_rank"
     assert _predict(synthetic_h5, folder, tmp_path / "p", "--store", str(tiny_store)) == 0
     predicted = ad.read_h5ad(tmp_path / "p" / "predictions.h5ad")
     np.testing.assert_allclose(predicted.layers["per_type"], test[types].to_numpy(), atol=1e-6)
+    # one prediction for both metrics, in submit and predict alike
+    submission = pd.read_csv(tmp_path / "submission.csv")
+    got = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert _max_diff(got, submission) <= 1e-6
+    record = json.loads((tmp_path / "submission.json").read_text())
+    assert record["models"] == ["ridge-spot_rank"]
+    assert record["orders_from"] == "ridge-type_rank"
+    spot = json.loads((out / "report.json").read_text())["models"]["ridge-spot_rank"]["mean"]
+    assert record["oof"]["mean"]["spot"] == pytest.approx(spot["spot"], abs=1e-9)
+    assert record["oof"]["mean"]["type"] > spot["type"]
+    spot_test = pd.read_csv(out / "predictions" / "ridge-spot_rank" / "test.csv")[types]
+    np.testing.assert_array_equal(rankdata(submission[types].to_numpy(), axis=1),
+                                  rankdata(spot_test.to_numpy(), axis=1))
+    unordered = _submission(synthetic_h5, out, tmp_path / "no", "--no-orders")
+    np.testing.assert_allclose(unordered[types].to_numpy(),
+                               np.clip(spot_test.to_numpy(), 0, 1), atol=1e-12)
