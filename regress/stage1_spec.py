@@ -8,6 +8,7 @@ never imports torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shlex
@@ -99,19 +100,24 @@ def embed_argv(part: dict, h5: str, store: str, slides: Sequence[str],
     return argv
 
 
-def is_stored(store_path: str, backbone: str, slide: str, part: dict, fingerprint: str
-              ) -> bool:
-    """Whether the store holds this backbone x slide finished, from the same slide content
-    and with the model's settings (then stage 1 need not start at all)."""
+def stored_slides(store_path: str, backbone: str, part: dict, slides: Sequence[str],
+                  fingerprint) -> set[str]:
+    """The slides whose backbone group is finished in the store, with the model's spec and
+    from the same slide content (stage 1 need not run for them). ``fingerprint(slide)`` is
+    called only for those candidates, so a new store hashes no image."""
     if not Path(store_path).exists():
-        return False
+        return set()
     store = open_store(store_path)
-    key = f"{backbone}/{slide}"
-    if key not in store or "done" not in store[key]:
-        return False
-    attrs = dict(store[key].attrs)
-    return (attrs.get("settings", {}).get("input_fingerprint") == fingerprint
-            and first_difference(part, attrs) is None and bool(store[key]["done"][:].all()))
+    found = set()
+    for slide in slides:
+        key = f"{backbone}/{slide}"
+        if key not in store or "done" not in store[key]:
+            continue
+        attrs = dict(store[key].attrs)
+        if (first_difference(part, attrs) is None and bool(store[key]["done"][:].all())
+                and attrs.get("settings", {}).get("input_fingerprint") == fingerprint(slide)):
+            found.add(slide)
+    return found
 
 
 def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
@@ -121,9 +127,11 @@ def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
         DataError: stage 1 refused an input or setting (its message is passed on).
     """
     with CanonicalH5(cfg.h5) as h5:
-        fingerprints = {s: h5.fingerprint(s) for s in slides}
+        fingerprint = functools.cache(h5.fingerprint)
+        stored = {name: stored_slides(store, name, part, slides, fingerprint)
+                  for name, part in backbone_parts(bundle.meta["features"]).items()}
     for name, part in backbone_parts(bundle.meta["features"]).items():
-        todo = [s for s in slides if not is_stored(store, name, s, part, fingerprints[s])]
+        todo = [s for s in slides if s not in stored[name]]
         if not todo:
             log.info("stage 1: %s already stored for %s", name, ", ".join(slides))
             continue
