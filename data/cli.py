@@ -96,13 +96,18 @@ def add_common(parser: argparse.ArgumentParser, *names: str) -> None:
         parser.add_argument(*flags, dest=name, **kwargs)
 
 
+def lists_as_tuples(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON's lists as the tuples that frozen config dataclasses and estimators take."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def _coerce(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown settings {unknown} of {cls.__name__}; known: "
                           f"{sorted(fields)}. Remove or rename them")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return lists_as_tuples(values)
 
 
 def resolve_config(cls: type[C], args: argparse.Namespace) -> C:

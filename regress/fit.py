@@ -27,6 +27,7 @@ from data.cli import (
     DEFAULT_STORE,
     config_dict,
     config_parser,
+    lists_as_tuples,
     parse_list,
     resolve_config,
     run_cli,
@@ -102,9 +103,8 @@ def refit(data: SlideSet, entry: dict) -> tuple[object, dict[str, np.ndarray]]:
     """
     prepared, post = prepare(data, Recipe.from_dict(entry["config"]["recipe"]))
     X, Y, groups = stack(prepared, prepared.train, entry["target"])
-    params = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in entry["config"]["params"].items()}
-    est = make_model(entry["kind"], **params).fit(X, Y, groups=groups)
+    est = make_model(entry["kind"], **lists_as_tuples(entry["config"]["params"]))
+    est.fit(X, Y, groups=groups)
     return est, predict_slides(est, prepared, post, prepared.test, entry["kind"])
 
 

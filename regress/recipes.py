@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from data.cli import lists_as_tuples
 from data.errors import ConfigError
 from data.store import FeatureSpec
 from regress.features import assemble
@@ -37,7 +38,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, values: dict) -> Recipe:
         """The recipe of :meth:`as_dict` (as report.json and model.json store it)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**lists_as_tuples(values))
 
 
 LITE0 = "efficientnet_lite0"
