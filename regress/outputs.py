@@ -18,7 +18,6 @@ The AnnData layout is the one ``scanpy.read_visium`` returns, so ``sc.pl.spatial
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,35 +39,18 @@ CHUNK_CACHE_MB = 16       # decoded HDF5 chunks kept: one band of chunks across 
 FRAME_COLUMNS = ("slide", "row", "spot_id", "x", "y")  # regress.results.META_COLUMNS
 
 
-def thumbnail(h5: CanonicalH5, slide: str, max_px: int,
-              band_rows: int = 512) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """Box-averaged thumbnail of a slide's image, read band by band (never whole).
-
-    Args:
-        h5: the open canonical file.
-        slide: slide name.
-        max_px: longest side of the thumbnail at most (>= 1).
-        band_rows: full-resolution rows read per window (memory ~ band_rows x W x 3).
+def thumbnail(h5: CanonicalH5, slide: str, max_px: int
+              ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Box-averaged thumbnail of a slide's image (:meth:`CanonicalH5.thumbnail`: read band
+    by band from a coarse pyramid level where the slide has one, never whole).
 
     Returns:
-        uint8 (h, w, 3) thumbnail and its extent ``(0, w*fx, h*fy, 0)`` in full-resolution
-        pixels, for ``imshow(extent=...)``; rows/columns left over by the integer factor
-        are dropped, so thumbnail pixel (i, j) covers full-resolution rows i*fy..(i+1)*fy.
+        uint8 (h, w, 3) thumbnail, longest side at most ``max_px``, and its extent
+        ``(0, w*fx, h*fy, 0)`` in full-resolution pixels, for ``imshow(extent=...)``.
     """
-    H, W = h5.image_shape(slide)[:2]
-    f = max(1, math.ceil(max(H, W) / max(1, max_px)))
-    fy, fx = min(f, H), min(f, W)
-    h, w = H // fy, W // fx
-    out = np.empty((h, w, 3), np.uint8)
-    step = max(1, band_rows // fy)
-    for i0 in range(0, h, step):
-        i1 = min(h, i0 + step)
-        band = np.ascontiguousarray(h5.read_window(slide, i0 * fy, i1 * fy, 0, w * fx)[..., :3])
-        # sum the fy rows of each block (contiguous vectors), then the fx columns
-        rows = band.reshape(i1 - i0, fy, w * fx * 3).sum(axis=1, dtype=np.uint32)
-        total = rows.reshape(i1 - i0, w, fx, 3).sum(axis=2)
-        out[i0:i1] = np.minimum(255, (total + fy * fx // 2) // (fy * fx)).astype(np.uint8)
-    return out, (0.0, float(w * fx), float(h * fy), 0.0)
+    thumb, (fy, fx) = h5.thumbnail(slide, max_px)
+    h, w = thumb.shape[:2]
+    return thumb, (0.0, float(w * fx), float(h * fy), 0.0)
 
 
 def spot_spacing(x: np.ndarray, y: np.ndarray) -> float:

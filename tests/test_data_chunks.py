@@ -68,4 +68,4 @@ def test_canonical_reader_uses_fast_path(synthetic_h5):
         slide = h5.train_slides[0]
         want = h5.h5[f"images/Train/{slide}"][10:300, 20:250]
         np.testing.assert_array_equal(h5.read_window(slide, 10, 300, 20, 250), want)
-        assert h5._windows[slide] is not None
+        assert h5.image(slide)._windows is not None

@@ -1,4 +1,5 @@
-"""The canonical HDF5 layout (the challenge's): reader and atomic writer.
+"""The canonical HDF5 layout (the challenge's) and its reader; the writer is
+:mod:`data.h5.writer`.
 
 Layout::
 
@@ -12,76 +13,32 @@ on ``images/<split>/<slide>``: ``pixel_size_um`` (float) and ``source`` (str). O
 attribute ``extra_fields`` on ``spots/<split>/<slide>``: names of numeric fields that are
 not cell types. String fields (such as ``spot_id``) are never cell types.
 
+A slide's image may instead be held by reference: ``images/<split>/<slide>`` is then a
+group whose attributes name the image file, its reader, size, pixel size and content hash
+(:mod:`data.wsi.reference`); its pixels are read from that file in place. Optional
+``tissue/<split>/<slide>``: the tissue mask an importer found (:mod:`data.wsi.tissue`).
+Every image, held or referenced, is read through one interface (:meth:`CanonicalH5.image`,
+a :class:`data.wsi.base.SlideImage`).
+
 The reader reads the challenge's ``elucidata_ai_challenge_data.h5`` as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from data.atomic import atomic_path
-from data.chunks import ChunkWindows
-from data.chunks import supports as chunk_windows_support
 from data.errors import DataError, Problem
 from data.spots import COORDS, SpotTable, cell_type_fields
+from data.wsi.base import SlideImage
+from data.wsi.h5_image import H5Image
+from data.wsi.reference import MARK, ImageRef
+from data.wsi.tissue import TissueMask
 
 SPLITS = ("Train", "Test")
-IMAGE_CHUNK = (512, 512, 3)
-
-
-@dataclass
-class SlideRecord:
-    """One slide to write: its spot table, its image (or how to load it) and attributes.
-
-    ``image`` is a uint8 (H, W, 3) array or a zero-argument callable returning one, so a
-    writer holds one full-resolution image in memory at a time.
-    """
-
-    name: str
-    split: str
-    table: np.ndarray
-    image: np.ndarray | Callable[[], np.ndarray]
-    pixel_size_um: float | None = None
-    source: str = ""
-    extra_fields: tuple[str, ...] = ()
-
-
-def write_h5(path: str | Path, slides: Iterable[SlideRecord], compression_level: int = 4) -> Path:
-    """Write slides in the canonical layout, atomically.
-
-    The file is written to a temporary name in the same folder and renamed over ``path``
-    only when complete, so a failure leaves any existing file untouched and no partial one.
-    Images are stored chunked (512 x 512 x 3) and gzip-compressed.
-    """
-    path = Path(path)
-    with atomic_path(path, suffix=".tmp.h5") as tmp, h5py.File(tmp, "w") as f:
-        for rec in slides:
-            image = rec.image() if callable(rec.image) else rec.image
-            chunks = tuple(min(c, s) for c, s in zip(IMAGE_CHUNK, image.shape, strict=True))
-            dset = f.create_dataset(
-                f"images/{rec.split}/{rec.name}",
-                data=image,
-                chunks=chunks,
-                compression="gzip",
-                compression_opts=compression_level,
-                shuffle=True,
-            )
-            del image
-            if rec.pixel_size_um is not None:
-                dset.attrs["pixel_size_um"] = float(rec.pixel_size_um)
-            if rec.source:
-                dset.attrs["source"] = rec.source
-            tab = f.create_dataset(f"spots/{rec.split}/{rec.name}", data=rec.table)
-            if rec.extra_fields:
-                tab.attrs["extra_fields"] = list(rec.extra_fields)
-    return path
-
 
 class CanonicalH5:
     """Read-only access to a file in the canonical layout.
@@ -96,7 +53,7 @@ class CanonicalH5:
     def __init__(self, path: str | Path, chunk_cache_mb: int = 64):
         self.path = Path(path)
         self.chunk_cache_mb = chunk_cache_mb
-        self._windows: dict[str, ChunkWindows | None] = {}
+        self._images: dict[str, SlideImage] = {}
         if not self.path.exists():
             raise DataError(Problem(str(self.path), "", "", "an HDF5 file", "no such file",
                                     "check the path (make demo writes out/her2st.h5)"))
@@ -116,6 +73,9 @@ class CanonicalH5:
                                     "write the file with one of the hespot import-* commands"))
 
     def close(self) -> None:
+        for image in list(self._images.values()):
+            image.close()
+        self._images = {}
         self._f.close()
 
     def __enter__(self) -> CanonicalH5:
@@ -150,7 +110,7 @@ class CanonicalH5:
         raise DataError(Problem(str(self.path), slide, "spots", f"one of the slides {known}",
                                 "no such slide", "pass a slide name that is in the file"))
 
-    def _image(self, slide: str) -> h5py.Dataset:
+    def _image(self, slide: str) -> h5py.Dataset | h5py.Group:
         split = self.split_of(slide)
         key = f"images/{split}/{slide}"
         if key not in self._f:
@@ -158,14 +118,55 @@ class CanonicalH5:
                                     "add the slide's image (re-run the importer)"))
         return self._f[key]
 
+    def image_ref(self, slide: str) -> ImageRef | None:
+        """The slide's image reference, or None when its pixels are in the file."""
+        node = self._image(slide)
+        if isinstance(node, h5py.Group):
+            if MARK not in node.attrs:
+                raise DataError(Problem(str(self.path), slide, node.name,
+                                        "an image dataset or an image reference", "a group "
+                                        "without hespot_image_ref", "re-run the importer"))
+            try:
+                return ImageRef.read(node)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise DataError(Problem(str(self.path), slide, node.name,
+                                        "a complete image reference", f"error: {exc}",
+                                        "import the slide again")) from exc
+        return None
+
+    def image(self, slide: str) -> SlideImage:
+        """The slide's image for windowed reads (the file's pixels, or the referenced
+        file opened in place); kept open for the next call, closed with the file.
+
+        The last two slides opened stay open; older ones are dropped (not closed: a
+        reader thread may still hold one)."""
+        images = self._images  # read once: a reader thread may replace it
+        if slide in images:
+            return images[slide]
+        ref = self.image_ref(slide)
+        image = ref.open(self.path, slide) if ref is not None else \
+            H5Image(self._image(slide), str(self.path), slide, self.chunk_cache_mb)
+        kept = list(images.items())[-1:]
+        self._images = dict([*kept, (slide, image)])
+        return image
+
     def image_shape(self, slide: str) -> tuple[int, ...]:
-        """Shape of the slide's image, (H, W, 3) in a valid file."""
+        """Shape of the slide's image, (H, W, 3) in a valid file (read from attributes
+        for a referenced image: the file is not opened)."""
+        ref = self.image_ref(slide)
+        if ref is not None:
+            return (ref.height, ref.width, 3)
         return tuple(self._image(slide).shape)
 
     def pixel_size_um(self, slide: str) -> float | None:
         """Micrometres per pixel if the file records it (the challenge file does not)."""
         value = self._image(slide).attrs.get("pixel_size_um")
         return float(value) if value is not None else None
+
+    def tissue(self, slide: str) -> TissueMask | None:
+        """The tissue mask recorded at import (slides laid out on a grid), else None."""
+        key = f"tissue/{self.split_of(slide)}/{slide}"
+        return TissueMask.read(self._f[key]) if key in self._f else None
 
     def extra_fields(self, slide: str) -> tuple[str, ...]:
         raw = self._f[f"spots/{self.split_of(slide)}/{slide}"].attrs.get("extra_fields", [])
@@ -214,31 +215,27 @@ class CanonicalH5:
                          table["y"].astype(np.float64), cell_types, Y, extra)
 
     def read_window(self, slide: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """uint8 (y1 - y0, x1 - x0, C) pixels of a window, which must lie inside the image.
+        """uint8 (y1 - y0, x1 - x0, 3) level-0 pixels of a window inside the image."""
+        return self.image(slide).read_window(y0, y1, x0, x1)
 
-        Deflate-chunked uint8 images (what the importers write) are inflated chunk by chunk
-        with ISA-L (:mod:`data.chunks`, ~3x h5py's zlib); other layouts via h5py slicing.
-        """
-        cached = self._windows  # one slide at a time; read once (another thread may replace it)
-        if slide in cached:
-            windows = cached[slide]
-        else:
-            dset = self._image(slide)
-            windows = ChunkWindows(dset, self.chunk_cache_mb) \
-                if chunk_windows_support(dset) else None
-            self._windows = {slide: windows}
-        if windows is None:
-            return self._image(slide)[y0:y1, x0:x1]
-        return windows.read(y0, y1, x0, x1)
+    def thumbnail(self, slide: str, max_px: int) -> tuple[np.ndarray, tuple[float, float]]:
+        """uint8 (h, w, 3) box-averaged thumbnail and its (fy, fx) level-0 pixels per
+        thumbnail pixel (:meth:`SlideImage.thumbnail`)."""
+        return self.image(slide).thumbnail(max_px)
 
     def fingerprint(self, slide: str) -> str:
         """sha256 over what patches depend on: spot positions and image content (raw
-        chunks when chunked). Abundances are left out, so another tier of the same slides
-        reuses the embeddings."""
+        chunks when chunked; a referenced file's sha256). Abundances are left out, so
+        another tier of the same slides reuses the embeddings."""
         h = hashlib.sha256()
         table = self.raw_table(slide)
         for c in COORDS:
             h.update(np.ascontiguousarray(table[c], dtype=np.float64).tobytes())
+        ref = self.image_ref(slide)
+        if ref is not None:
+            h.update(repr(((ref.height, ref.width, 3), "uint8")).encode())
+            h.update(ref.content_hash(self.path, slide).encode())
+            return h.hexdigest()
         dset = self._image(slide)
         h.update(repr((dset.shape, str(dset.dtype))).encode())
         if dset.chunks is not None:

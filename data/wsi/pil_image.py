@@ -1,0 +1,40 @@
+"""JPEG and PNG through PIL. These formats have no windowed reads: the image is decoded
+whole on first use, as before (they hold small images: a challenge slide, Visium hires)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from data.errors import DataError, Problem
+from data.images import load_image
+from data.wsi import pixel_size
+from data.wsi.base import Level, SlideImage
+
+
+class PilImage(SlideImage):
+    """A JPEG/PNG, header read at open, pixels decoded whole at the first window."""
+
+    reader = "pil"
+
+    def __init__(self, path: str, slide: str = "", mpp: float | None = None):
+        self.path, self.slide = str(path), slide
+        Image.MAX_IMAGE_PIXELS = None  # sizes are checked by the caller (data.validate)
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (OSError, ValueError) as exc:
+            raise DataError(Problem(self.path, slide, "image", "a readable JPEG or PNG",
+                                    f"error: {exc}", "the file is truncated or not an "
+                                    "image; export it again")) from exc
+        self.levels = (Level(h, w, 1.0),)
+        self.pixel_size_um = pixel_size.check_override(mpp)
+        self._pixels: np.ndarray | None = None
+
+    def read_level(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self._pixels is None:
+            self._pixels = load_image(self.path, self.slide)
+        return self._pixels[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        self._pixels = None

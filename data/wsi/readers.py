@@ -1,0 +1,75 @@
+"""The reader registry: which :class:`~data.wsi.base.SlideImage` opens a file.
+
+``auto`` picks by suffix: vendor whole-slide suffixes go to OpenSlide; TIFFs go to
+OpenSlide when it recognises them (tiled/pyramidal, vendor TIFFs) and to tifffile
+otherwise (strip TIFFs, OME-TIFF); JPEG/PNG go to PIL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from data.errors import ConfigError, DataError, Problem
+from data.wsi.base import SlideImage
+from data.wsi.openslide_image import OpenSlideImage, detect
+from data.wsi.pil_image import PilImage
+from data.wsi.tiff_image import TiffImage
+
+READERS: dict[str, Callable[..., SlideImage]] = {
+    "openslide": OpenSlideImage,
+    "tifffile": TiffImage,
+    "pil": PilImage,
+}
+OPENSLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
+                      ".tif", ".tiff"}
+TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
+PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
+SUFFIXES = sorted(OPENSLIDE_SUFFIXES | TIFF_SUFFIXES | PIL_SUFFIXES)
+
+
+def choose_reader(path: str | Path, slide: str = "") -> str:
+    """The reader ``auto`` uses for ``path``.
+
+    Raises:
+        DataError: no such file, or a suffix no reader handles.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(Problem(str(path), slide, "image", "an image file", "no such file",
+                                "check the image path"))
+    name = path.name.lower()
+    suffix = path.suffix.lower()
+    if suffix in PIL_SUFFIXES:
+        return "pil"
+    if name.endswith((".ome.tif", ".ome.tiff")):
+        return "tifffile"
+    if suffix in OPENSLIDE_SUFFIXES and detect(str(path)) is not None:
+        return "openslide"
+    if suffix in TIFF_SUFFIXES:
+        return "tifffile"
+    if suffix in OPENSLIDE_SUFFIXES:
+        raise DataError(Problem(str(path), slide, "image", f"a slide OpenSlide reads "
+                                f"({suffix})", "a file OpenSlide does not recognise",
+                                "the file is truncated or damaged; export it again"))
+    raise DataError(Problem(str(path), slide, "image", f"one of {', '.join(SUFFIXES)}",
+                            f"suffix {suffix!r}", "convert the image to a tiled TIFF (e.g. "
+                            "with vips tiffsave --tile --pyramid) or to PNG"))
+
+
+def open_image(path: str | Path, slide: str = "", reader: str = "auto",
+               mpp: float | None = None) -> SlideImage:
+    """Open a slide image file for windowed reads; ``mpp`` overrides its pixel size.
+
+    Raises:
+        ConfigError: an unknown reader name.
+        DataError: the file is missing, unsupported or unreadable.
+    """
+    if reader == "auto":
+        reader = choose_reader(path, slide)
+    elif reader not in READERS:
+        raise ConfigError(f"unknown image reader {reader!r}; choose auto or one of "
+                          f"{sorted(READERS)}")
+    elif not Path(path).is_file():
+        choose_reader(path, slide)  # raises the missing-file problem
+    return READERS[reader](str(path), slide, mpp)

@@ -1,0 +1,106 @@
+"""Plain, OME and pyramidal TIFFs through tifffile: windows read tile by tile (or strip by
+strip) through tifffile's Zarr view of each level, never the whole page."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+import zarr
+
+from data.errors import DataError, Problem
+from data.wsi import pixel_size
+from data.wsi.base import Level, SlideImage
+
+RGB_AXES = ("S", "C")
+
+
+def _unreadable(path: str, slide: str, exc: Exception) -> DataError:
+    return DataError(Problem(path, slide, "image", "a readable TIFF", f"error: {exc}",
+                             "the file is truncated or not a TIFF; export it again"))
+
+
+class TiffImage(SlideImage):
+    """A TIFF's first series; its reduced levels (pyramid) when it has them.
+
+    Raises:
+        DataError: unreadable file, pixels that are not 8-bit, or no Y/X axes.
+    """
+
+    reader = "tifffile"
+
+    def __init__(self, path: str, slide: str = "", mpp: float | None = None):
+        self.path, self.slide = str(path), slide
+        try:
+            self._tif = tifffile.TiffFile(path)
+            series = self._tif.series[0]
+            self._axes = [lev.axes for lev in series.levels]
+            shapes = [lev.shape for lev in series.levels]
+            dtype = series.dtype
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+            raise _unreadable(self.path, slide, exc) from exc
+        if dtype != np.uint8:
+            self.close()
+            raise DataError(Problem(self.path, slide, "image dtype", "8-bit pixels (uint8)",
+                                    str(dtype), "convert the image to 8-bit RGB"))
+        if any("Y" not in a or "X" not in a for a in self._axes):
+            self.close()
+            raise DataError(Problem(self.path, slide, "image axes", "Y and X axes",
+                                    f"axes {self._axes[0]!r}", "save the image as RGB"))
+        h0, w0 = self._hw(0, shapes[0])
+        levels = []
+        for i, shape in enumerate(shapes):
+            h, w = self._hw(i, shape)
+            levels.append(Level(h, w, (h0 / h + w0 / w) / 2))
+        self.levels = tuple(levels)
+        self._arrays: dict[int, zarr.Array] = {}
+        self.pixel_size_um = pixel_size.check_override(mpp) or self._file_pixel_size()
+
+    def _hw(self, level: int, shape: tuple[int, ...]) -> tuple[int, int]:
+        axes = self._axes[level]
+        return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+
+    def _file_pixel_size(self) -> float | None:
+        tif, path = self._tif, self.path
+        got = pixel_size.from_ome(tif.ome_metadata, path) if tif.is_ome else None
+        page = tif.pages.first
+        if got is None:
+            got = pixel_size.from_aperio_description(page.description, path) \
+                if tif.is_svs else None
+        if got is None:
+            tags = page.tags
+            xres, yres, unit = (tags.get(n) for n in
+                                ("XResolution", "YResolution", "ResolutionUnit"))
+            if xres is not None and unit is not None:
+                got = pixel_size.from_resolution(
+                    xres.value, yres.value if yres is not None else xres.value,
+                    int(unit.value), "TIFF resolution tags", path)
+        return got
+
+    def _array(self, level: int) -> zarr.Array:
+        if level not in self._arrays:
+            store = self._tif.series[0].aszarr(level=level)
+            self._arrays[level] = zarr.open_array(store, mode="r")
+        return self._arrays[level]
+
+    def read_level(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        axes = self._axes[level]
+        index = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X"
+                      else slice(None) if a in RGB_AXES else 0 for a in axes)
+        try:
+            window = np.asarray(self._array(level)[index])
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise _unreadable(self.path, self.slide, exc) from exc
+        kept = [a for a in axes if a in ("Y", "X") or a in RGB_AXES]
+        if not any(a in RGB_AXES for a in kept):
+            return np.repeat(window.transpose(kept.index("Y"), kept.index("X"))[..., None],
+                             3, axis=2)
+        c = next(a for a in kept if a in RGB_AXES)
+        window = window.transpose(kept.index("Y"), kept.index("X"), kept.index(c))
+        if window.shape[2] == 1:
+            return np.repeat(window, 3, axis=2)
+        return np.ascontiguousarray(window[:, :, :3])
+
+    def close(self) -> None:
+        tif = getattr(self, "_tif", None)
+        if tif is not None:
+            tif.close()
