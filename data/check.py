@@ -1,7 +1,8 @@
 """Check a file against the canonical layout: ``python -m data.check FILE``.
 
 Lists every problem (file, slide, field, what was expected, how to fix it) and, per
-slide, the share of spots whose centre falls on background (bright, unstained glass).
+slide, the share of spots whose centre falls off the tissue (:mod:`data.wsi.tissue`). A
+file of test slides only is valid (stage 1 embeds it; a fitted model predicts it).
 Exit status: 0 when no errors (warnings allowed), 1 when any error, 2 when the file
 cannot be opened at all.
 """
@@ -19,13 +20,8 @@ from data import validate
 from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
 from data.h5 import SPLITS, CanonicalH5
-from data.patches import PatchCropper
 from data.spots import cell_type_fields
-
-BACKGROUND_BOX_UM = 30.0
-BACKGROUND_BOX_PX = 16
-BACKGROUND_GRAY = 215.0
-BACKGROUND_SATURATION = 25.0
+from data.wsi.tissue import detect_tissue
 
 
 @dataclass(frozen=True)
@@ -41,20 +37,19 @@ class CheckResult:
 
 
 def background_share(h5: CanonicalH5, slide: str) -> float:
-    """Fraction of the slide's spots whose centre box is background (bright, unsaturated).
-
-    The box is about 30 µm wide when the pixel size is known, else 16 px.
-    """
+    """Fraction of the slide's spots whose centre is not on tissue: the tissue mask
+    recorded at import, else :func:`data.wsi.tissue.detect_tissue` on a thumbnail (1.0
+    when the slide shows no tissue at all)."""
     table = h5.spots(slide)
     if len(table) == 0:
         return 0.0
-    px = h5.pixel_size_um(slide)
-    size = max(4, int(round(BACKGROUND_BOX_UM / px))) if px else BACKGROUND_BOX_PX
-    boxes = PatchCropper(h5, slide, size, pad_mode="constant", pad_value=255).crop(
-        table.x, table.y).astype(np.float32)
-    gray = boxes.mean(axis=(1, 2, 3))
-    saturation = (boxes.max(axis=3) - boxes.min(axis=3)).mean(axis=(1, 2))
-    return float(np.mean((gray > BACKGROUND_GRAY) & (saturation < BACKGROUND_SATURATION)))
+    mask = h5.tissue(slide)
+    if mask is None:
+        try:
+            mask = detect_tissue(h5.image(slide))
+        except DataError:  # blank: no tissue anywhere
+            return 1.0
+    return float(1.0 - mask.on_tissue(table.x, table.y).mean())
 
 
 def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
@@ -63,8 +58,15 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
     if key not in f:
         return [Problem(file, slide, key, "an image for every spot table", "no image",
                         "add the image or remove the spot table")]
-    img = f[key]
-    problems = validate.check_image(file, slide, img.shape, img.dtype)
+    if h5.image_ref(slide) is not None:
+        try:
+            h5.image(slide)  # the referenced file is there, readable and the same size
+        except DataError as exc:
+            return exc.problems
+        shape, dtype = h5.image_shape(slide), np.dtype(np.uint8)
+    else:
+        shape, dtype = f[key].shape, f[key].dtype
+    problems = validate.check_image(file, slide, shape, dtype)
     table = f[f"spots/{split}/{slide}"]
     names = table.dtype.names
     if names is None or not {"x", "y"} <= set(names):
@@ -73,7 +75,7 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
                                    f"fields {list(names or [])}",
                                    "store spots as a structured array with x and y")]
     spots = h5.spots(slide)
-    hw = img.shape[:2] if len(img.shape) >= 2 else None
+    hw = shape[:2] if len(shape) >= 2 else None
     problems += validate.check_coordinates(file, slide, spots.x, spots.y, hw)
     if "spot_id" in spots.extra:
         problems += validate.check_spot_ids(file, slide, spots.extra["spot_id"])
@@ -104,9 +106,6 @@ def check_file(path: str) -> CheckResult:
                 problems.append(Problem(path, slide, f"spots/{split}/{slide}",
                                         "a spot table for every image", "no spot table",
                                         "add the slide's spots or remove the image"))
-        if not h5.train_slides:
-            problems.append(Problem(path, "", "spots/Train", "at least one train slide",
-                                    "none", "import train slides with abundances"))
         columns = {}
         for split in SPLITS:
             for slide in h5.slides(split):

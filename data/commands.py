@@ -18,10 +18,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-visium": ("data.importers.visium", "import Space Ranger (Visium) outputs"),
     "import-table": ("data.importers.table", "import images plus spot tables (CSV) listed "
                      "in a manifest"),
+    "import-wsi": ("data.importers.wsi", "import H&E slides without spots: read in place, "
+                   "spots from a CSV or a grid over the tissue"),
+    "make-wsi": ("data.wsi.pyramid", "write a pyramidal tiled TIFF (tests, benchmarks)"),
     "check": ("data.check", "check a canonical HDF5 file: every problem, located"),
     "summary": ("data.summary", "slides, spots and cell types of a canonical HDF5 file"),
     "embed": ("embed.run", "stage 1: CNN embeddings of every spot into the Zarr store"),
     "bench-embed": ("embed.bench", "stage 1 speed: pipeline vs model limit vs a naive loop"),
+    "bench-read": ("embed.bench_read", "stage 1's reader alone (patches/s) beside the "
+                   "model (spots/s), on HDF5 pixels and slides read in place"),
     "finetune": ("embed.finetune.run", "the fine-tuned CNN path, LOSO, stage-2 predictions"),
     "bench-finetune": ("embed.finetune.bench", "fine-tuning throughput, fp32 vs bf16"),
     "regress": ("regress.run", "stage 2: LOSO over the train slides, then predict the test"),

@@ -1,8 +1,12 @@
-"""Square patches centred on spots, read window by window from the canonical HDF5.
+"""Square patches centred on spots, read window by window from a slide's image (its
+pixels in the canonical HDF5, or the referenced slide file read in place).
 
-Spots are grouped into horizontal bands; each band's window is read once (h5py slicing
-reads only the chunks it touches) and every patch in it is cut from memory, so a slide's
-image is never read once per spot. Patches that overhang the image border are padded.
+Spots are grouped into horizontal bands; each band's window is read once (only the chunks
+or tiles it touches) and every patch in it is cut from memory, so a slide's image is never
+read once per spot. Patches that overhang the image border are padded. Given the model's
+input side, a patch is cut from the coarsest pyramid level that still has that many
+pixels across it (its physical size unchanged), so reading does not grow with the scan
+resolution.
 """
 
 from __future__ import annotations
@@ -47,8 +51,12 @@ class PatchCropper:
         size: patch side in pixels.
         pad_mode: "reflect", "constant" or "edge" for patches overhanging the border.
         pad_value: fill for "constant".
-        band_px: the tallest window read at once (rows); bounds memory to
-            band_px x image width x 3 bytes.
+        band_px: the tallest window read at once (rows, of the level read); bounds memory
+            to band_px x image width x 3 bytes.
+        out_px: the side patches are resized to afterwards (the model input), or None:
+            patches are then cut from the level whose downsample is at most
+            ``size / out_px`` (:meth:`SlideImage.best_level`) and are ``size / downsample``
+            pixels a side; None cuts ``size`` px from level 0.
     """
 
     h5: CanonicalH5
@@ -57,11 +65,21 @@ class PatchCropper:
     pad_mode: str = "reflect"
     pad_value: int = 0
     band_px: int = 1024
+    out_px: int | None = None
 
     def __post_init__(self) -> None:
         if self.pad_mode not in PAD_MODES:
             raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
-        self.height, self.width = self.h5.image_shape(self.slide)[:2]
+        self.level, self.downsample = 0, 1.0
+        if self.out_px:
+            image = self.h5.image(self.slide)
+            self.level = image.best_level(self.size / self.out_px)
+            lev = image.levels[self.level]
+            self.downsample = lev.downsample
+            self.height, self.width = lev.height, lev.width
+            self.size = max(1, int(round(self.size / self.downsample)))
+        else:
+            self.height, self.width = self.h5.image_shape(self.slide)[:2]
 
     def _read_box(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         """uint8 (bottom - top, right - left, 3): a box that may overhang the image."""
@@ -76,7 +94,8 @@ class PatchCropper:
             y1 = min(self.height, max(y1, 1 - top))
             x0 = max(0, min(x0, 2 * self.width - 1 - right))
             x1 = min(self.width, max(x1, 1 - left))
-        window = self.h5.read_window(self.slide, y0, y1, x0, x1)
+        window = self.h5.read_window(self.slide, y0, y1, x0, x1) if self.level == 0 else \
+            self.h5.image(self.slide).read_level(self.level, y0, y1, x0, x1)
         pad = ((max(y0 - top, 0), max(bottom - y1, 0)), (max(x0 - left, 0), max(right - x1, 0)),
                (0, 0))
         if any(p for pair in pad for p in pair):
@@ -89,12 +108,15 @@ class PatchCropper:
         """Patches centred on (x, y).
 
         Args:
-            x: (n,) pixel columns; y: (n,) pixel rows.
+            x: (n,) level-0 pixel columns; y: (n,) level-0 pixel rows.
 
         Returns:
-            uint8 (n, size, size, 3), in the order of the inputs.
+            uint8 (n, size, size, 3), in the order of the inputs (``size`` of the level
+            read).
         """
         x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        if self.level:
+            x, y = x / self.downsample, y / self.downsample
         out = np.empty((len(x), self.size, self.size, 3), np.uint8)
         if len(x) == 0:
             return out

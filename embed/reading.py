@@ -62,10 +62,11 @@ def patch_batches(h5: CanonicalH5, inputs: SlideInputs, crops: Sequence[int],
     """(chunk index, last batch of the chunk?, [preprocessed (b, 3, in, in) per crop]).
 
     From ``start_chunk`` on, the patches of each stored chunk (``cfg.chunk_spots`` spots)
-    are cropped with one window read and handed out in model batches of
-    ``cfg.batch_spots``."""
+    are cropped with one window read (from the coarsest pyramid level that keeps the
+    model's input resolution) and handed out in model batches of ``cfg.batch_spots``."""
     table = inputs.table
-    croppers = [PatchCropper(h5, inputs.slide, c, cfg.pad_mode) for c in crops]
+    croppers = [PatchCropper(h5, inputs.slide, c, cfg.pad_mode, out_px=backbone.input_size)
+                for c in crops]
     for chunk, g in enumerate(range(start_chunk * cfg.chunk_spots, len(table),
                                     cfg.chunk_spots), start=start_chunk):
         gidx = np.arange(g, min(g + cfg.chunk_spots, len(table)))

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from data.check import main as check_main
 from data.h5 import CanonicalH5
 from data.importers import her2st as import_her2st
 from data.importers import table as import_table
@@ -558,11 +559,14 @@ def test_rows_not_summing_to_one_warn(tmp_path, caplog, capsys):
         np.testing.assert_allclose(h5.spots("T1").Y.sum(axis=1), 7.0)
 
 
-def test_no_train_slide(tmp_path, capsys):
+def test_test_slides_only(tmp_path, capsys):
+    """A file of test slides only is valid: H&E-only slides for a model fitted elsewhere."""
     manifest, _ = make_table(tmp_path, train=())
     out = tmp_path / "o.h5"
-    assert_user_error(capsys, _table(manifest, out), out, manifest, "field cell types",
-                      "at least one train slide")
+    assert _table(manifest, out) == 0
+    with CanonicalH5(out) as h5:
+        assert h5.train_slides == [] and h5.test_slides
+    assert check_main([str(out)]) == 0
 
 
 def test_bad_split_value(tmp_path, capsys):

@@ -208,33 +208,28 @@ def test_unknown_names_are_user_errors(synthetic_h5, store, page, capsys):
     assert page.read_bytes() == before and len(list((page.parent / "img").iterdir())) == N_IMAGES
 
 
-class _CountingH5:
-    """A CanonicalH5 that records the rows of every window read."""
-
-    def __init__(self, h5: CanonicalH5):
-        self.h5, self.rows = h5, []
-
-    def image_shape(self, slide):
-        return self.h5.image_shape(slide)
-
-    def read_window(self, slide, y0, y1, x0, x1):
-        self.rows.append(y1 - y0)
-        return self.h5.read_window(slide, y0, y1, x0, x1)
-
-
 @pytest.mark.parametrize("max_px", [100, 512, 1000])
-def test_thumbnail_is_a_box_average_read_in_bands(synthetic_h5, max_px):
+def test_thumbnail_is_a_box_average_read_in_bands(synthetic_h5, max_px, monkeypatch):
     with CanonicalH5(synthetic_h5) as h5:
-        counting = _CountingH5(h5)
-        thumb, extent = thumbnail(counting, "S_1", max_px, band_rows=64)
-        full = h5.read_window("S_1", 0, 512, 0, 512).astype(np.float64)
+        image, rows = h5.image("S_1"), []
+        read = image.read_level
+
+        def counting(level, y0, y1, x0, x1):
+            rows.append(y1 - y0)
+            return read(level, y0, y1, x0, x1)
+
+        monkeypatch.setattr(image, "read_level", counting)
+        thumb, scale = image.thumbnail(max_px, band_rows=64)
+        again, extent = thumbnail(h5, "S_1", max_px)
+        full = read(0, 0, 512, 0, 512).astype(np.float64)
     f = int(np.ceil(512 / max_px))
     n = 512 // f
     assert thumb.shape == (n, n, 3) and thumb.dtype == np.uint8
+    assert scale == (f, f) and np.array_equal(again, thumb)
     assert extent == (0.0, float(n * f), float(n * f), 0.0)
     want = full[:n * f, :n * f].reshape(n, f, n, f, 3).mean(axis=(1, 3))
     assert np.abs(thumb - want).max() <= 0.5 + 1e-9
-    assert max(counting.rows) <= 64 and len(counting.rows) > 1
+    assert max(rows[:len(rows) // 2]) <= 64 and len(rows) > 2
 
 
 def test_no_chromium_is_a_clear_error(page, monkeypatch):

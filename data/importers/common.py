@@ -1,22 +1,37 @@
-"""What every importer shares: checked table reading, validation, then one atomic write."""
+"""What every importer shares: checked table reading, validation, then one atomic write.
+
+Images are copied into the canonical file (window by window where the format allows) or
+held there by reference and read in place (:mod:`data.wsi.reference`): ``--images auto``
+references images over :data:`REFERENCE_MIN_PIXELS` that have windowed reads and copies
+the rest; no importer ever holds a whole whole-slide image.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from data import validate
+from data.cli import Parser
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import SlideRecord, write_h5
-from data.images import image_shape, load_image
+from data.images import load_image
 from data.spots import make_spot_table
+from data.wsi.base import SlideImage
+from data.wsi.readers import READERS, open_image
+from data.wsi.reference import ImageRef
+from data.wsi.tissue import TissueMask
 
 log = logging.getLogger("hespot")
+
+#: --images auto: images bigger than this (pixels, about 12k x 12k) are referenced
+REFERENCE_MIN_PIXELS = 150_000_000
+IMAGE_MODES = ("auto", "reference", "copy")
 
 
 @dataclass
@@ -42,6 +57,9 @@ class PendingSlide:
     source: str = ""
     spots_path: Path | None = None
     abundance_path: Path | None = None
+    image_mode: str = "auto"
+    reader: str = "auto"
+    tissue: TissueMask | None = None
 
     @property
     def split(self) -> str:
@@ -94,8 +112,25 @@ def numeric_columns(df: pd.DataFrame, columns: Sequence[str], path: Path,
     return out
 
 
+def add_image_options(p: Parser) -> None:
+    """``--images`` and ``--reader``, shared by the importers."""
+    p.add_argument("--images", choices=IMAGE_MODES, default="auto",
+                   help="copy pixels into the HDF5, or reference the image files and read "
+                   "them in place (auto: reference images over "
+                   f"{REFERENCE_MIN_PIXELS / 1e6:.0f} Mpx that have windowed reads)")
+    p.add_argument("--reader", choices=("auto", *READERS), default="auto",
+                   help="image reader (auto: by suffix; OpenSlide for slides it recognises)")
+
+
+def set_image_options(slides: Sequence[PendingSlide], mode: str, reader: str) -> None:
+    for s in slides:
+        s.image_mode, s.reader = mode, reader
+
+
 def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]:
-    """Every check data.check runs, on the gathered slides, before anything is written."""
+    """Every check data.check runs, on the gathered slides, before anything is written.
+    A file of test slides only is valid (stage 1 embeds it; a fitted model predicts it).
+    """
     problems: list[Problem] = []
     if not slides:
         return [Problem(label, "", "slides", "at least one slide", "none",
@@ -106,7 +141,8 @@ def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]
         problems.append(Problem(label, dups[0], "slide", "unique slide names",
                                 f"duplicated: {dups}", "give each slide its own name"))
     for s in slides:
-        h, w = image_shape(s.image_path, s.name)
+        with open_image(s.image_path, s.name, s.reader) as image:
+            h, w = image.shape
         problems += validate.check_coordinates(str(s.image_path), s.name, s.x, s.y, (h, w))
         if "spot_id" in s.extra:
             problems += validate.check_spot_ids(str(s.spots_path or label), s.name,
@@ -116,10 +152,28 @@ def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]
                                                   s.cell_types)
     problems += validate.check_same_cell_types(
         label, {s.name: s.cell_types for s in slides if s.Y is not None})
-    if not any(s.Y is not None for s in slides):
-        problems.append(Problem(label, "", "cell types", "at least one train slide with "
-                                "abundances", "none", "give abundances for the train slides"))
     return problems
+
+
+def slide_image(s: PendingSlide, out: Path) -> tuple[object, float | None]:
+    """What the writer stores for ``s`` (:class:`SlideRecord`'s ``image``) and its pixel
+    size (the importer's value, else the file's)."""
+    image = open_image(s.image_path, s.name, s.reader)
+    pixel = s.pixel_size_um if s.pixel_size_um is not None else image.pixel_size_um
+    mode = s.image_mode
+    if mode == "auto":
+        big = image.shape[0] * image.shape[1] > REFERENCE_MIN_PIXELS
+        mode = "reference" if big and image.reader != "pil" else "copy"
+    if mode == "reference":
+        with image:
+            ref = ImageRef.of(image, out)
+        log.info("slide %s: image %s referenced (%s reader, read in place)", s.name,
+                 s.image_path, ref.reader)
+        return replace(ref, pixel_size_um=pixel), pixel
+    if image.reader == "pil":  # no windowed reads: decoded whole, one image at a time
+        image.close()
+        return (lambda p=s.image_path, n=s.name: load_image(p, n)), pixel
+    return image, pixel
 
 
 def write_slides(slides: Sequence[PendingSlide], out: Path, label: str) -> Path:
@@ -130,9 +184,13 @@ def write_slides(slides: Sequence[PendingSlide], out: Path, label: str) -> Path:
         for s in slides:
             table = make_spot_table(s.x, s.y, s.Y, s.cell_types, s.extra)
             log.info("writing %s slide %s: %d spots", s.split, s.name, len(s.x))
-            yield SlideRecord(s.name, s.split, table,
-                              lambda p=s.image_path, n=s.name: load_image(p, n),
-                              s.pixel_size_um, s.source)
+            image, pixel = slide_image(s, out)
+            try:
+                yield SlideRecord(s.name, s.split, table, image, pixel, s.source,
+                                  tissue=s.tissue)
+            finally:
+                if isinstance(image, SlideImage):
+                    image.close()
 
     path = write_h5(out, records())
     log.info("wrote %s", path)

@@ -17,7 +17,14 @@ import pandas as pd
 
 from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
-from data.importers.common import PendingSlide, numeric_columns, read_table, write_slides
+from data.importers.common import (
+    PendingSlide,
+    add_image_options,
+    numeric_columns,
+    read_table,
+    set_image_options,
+    write_slides,
+)
 
 MANIFEST_COLUMNS = ["slide", "image", "spots", "split"]
 
@@ -58,12 +65,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    add_image_options(p)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.quiet)
     manifest = read_table(args.manifest, required=MANIFEST_COLUMNS)
     slides = [gather_row(r, args.manifest.parent, args.manifest)
               for _, r in manifest.iterrows()]
+    set_image_options(slides, args.images, args.reader)
     write_slides(slides, args.out, str(args.manifest))
     return 0
 

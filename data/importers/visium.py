@@ -26,9 +26,11 @@ from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
+    add_image_options,
     numeric_columns,
     read_table,
     require_path,
+    set_image_options,
     write_slides,
 )
 
@@ -136,10 +138,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slide", action="append", help="slide name (default: folder name)")
     p.add_argument("--manifest", type=Path, help="CSV: slide, outs, image[, abundances]")
     p.add_argument("--out", type=Path, required=True)
+    add_image_options(p)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.quiet)
     slides = [gather_slide(*g) for g in _groups(args)]
+    set_image_options(slides, args.images, args.reader)
     write_slides(slides, args.out, str(args.manifest or "command line"))
     return 0
 

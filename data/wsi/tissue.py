@@ -22,6 +22,9 @@ from data.wsi.base import SlideImage
 MASK_PX = 2048
 #: saturation below this is never tissue, whatever Otsu says (blank glass is ~0.01-0.03)
 MIN_SATURATION = 0.05
+#: ... and above this always is: on a view that is all tissue (a crop, the challenge's
+#: images) Otsu splits the tissue itself (the bundled C2 slide's threshold is 0.156)
+MAX_SATURATION = 0.2
 #: pixels darker than this (max channel) are scanner fill or pen, not tissue
 MIN_BRIGHTNESS = 30
 #: connected pieces of tissue smaller than this are dropped as specks (µm^2)
@@ -115,13 +118,13 @@ def detect_tissue(image: SlideImage, mask_px: int = MASK_PX,
     sat = saturation(thumb)
     bright = thumb.max(axis=2) >= MIN_BRIGHTNESS
     found = otsu(sat[bright]) if bright.any() else 1.0
-    threshold = max(found, min_saturation)
+    threshold = min(max(found, min_saturation), max(MAX_SATURATION, min_saturation))
     mask = (sat > threshold) & bright
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
     mask = ndimage.binary_fill_holes(mask)
     if image.pixel_size_um:
         px_area = image.pixel_size_um ** 2 * scale[0] * scale[1]
-        min_px = MIN_AREA_UM2 / px_area
+        min_px = min(MIN_AREA_UM2 / px_area, 0.01 * mask.size)
     else:
         min_px = MIN_AREA_SHARE * mask.size
     labels, n = ndimage.label(mask)
@@ -134,7 +137,8 @@ def detect_tissue(image: SlideImage, mask_px: int = MASK_PX,
         raise DataError(Problem(image.path, image.slide, "tissue",
                                 "stained tissue (saturated pixels)",
                                 f"none: saturation threshold {threshold:.3f} (Otsu "
-                                f"{found:.3f}, floor {min_saturation}), max saturation "
+                                f"{found:.3f}, kept within {min_saturation}-"
+                                f"{MAX_SATURATION}), max saturation "
                                 f"{float(sat.max()):.3f}",
                                 "check that the slide is stained and not blank, or pass "
                                 "--spots with the spot positions"))

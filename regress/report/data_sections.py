@@ -31,21 +31,32 @@ def section_slides(ctx: Inputs) -> str:
             thumb, extent = ctx.thumb(slide)
             H, W = h5.image_shape(slide)[:2]
             px = h5.pixel_size_um(slide)
-            fig = plots.fig_overlay(thumb, extent, t.x, t.y, f"{slide} ({split}, {len(t)} spots)")
-            figs.append(ctx.figure(fig, f"slide_{slide}", f"thumbnail of {slide}",
-                                   f"{slide}: {W} x {H} px" + (f", {px:g} µm/px" if px else "")))
+            mask, caption = h5.tissue(slide), f"{slide}: {W} x {H} px"
+            caption += f", {px:g} µm/px" if px else ""
+            tissue = None
+            if mask is not None:  # spots laid out on a grid over the tissue (import-wsi)
+                (mh, mw), (fy, fx) = mask.mask.shape, mask.scale
+                tissue = (mask.mask, (0.0, mw * fx, mh * fy, 0.0))
+                caption += (f"; grid spots over the tissue (green outline: {mask.share:.0%} "
+                            f"of the slide, saturation > {mask.threshold:.3f})")
+            if h5.image_ref(slide) is not None:
+                caption += "; image read in place"
+            fig = plots.fig_overlay(thumb, extent, t.x, t.y, f"{slide} ({split}, {len(t)} spots)",
+                                    tissue)
+            figs.append(ctx.figure(fig, f"slide_{slide}", f"thumbnail of {slide}", caption))
     return '<div class="grid">' + "".join(figs) + "</div>"
 
 
 def section_background(ctx: Inputs) -> str:
-    """A table: the share of each slide's spots on bright, unstained glass."""
+    """A table: the share of each slide's spots off the tissue (data.check)."""
     h5 = ctx.need_h5()
     rows = []
     for slide in h5.train_slides + h5.test_slides:
         share = background_share(h5, slide)
         rows.append([slide, h5.split_of(slide), str(len(ctx.table(slide))), f"{share:.1%}"])
     table = Table.of(["slide", "split", "spots", "on background"], rows)
-    return ("<p>Spots whose centre box is bright, unstained glass (data.check).</p>"
+    return ("<p>Spots whose centre is off the tissue (the tissue mask of data.wsi.tissue, "
+            "as data.check reports it).</p>"
             + to_html(table))
 
 

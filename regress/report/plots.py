@@ -93,12 +93,16 @@ def _frame(ax, thumb: np.ndarray | None, extent: Extent | None, x, y, margin: fl
 
 
 def fig_overlay(thumb: np.ndarray, extent: Extent, x: np.ndarray, y: np.ndarray,
-                title: str) -> Figure:
-    """The whole thumbnail with every spot outlined."""
+                title: str, tissue: tuple[np.ndarray, Extent] | None = None) -> Figure:
+    """The whole thumbnail with every spot outlined, and the outline of a tissue mask
+    (bool (h, w) and its extent in full-resolution pixels) when given."""
     aspect = (extent[2] - extent[3]) / max(1.0, extent[1] - extent[0])
     fig = new_figure(5.0, 5.0 * aspect + 0.4)
     ax = fig.add_subplot()
     _frame(ax, thumb, extent, x, y, 0, whole=True)
+    if tissue is not None and tissue[0].any() and not tissue[0].all():
+        ax.contour(tissue[0].astype(float), levels=[0.5], extent=tissue[1], origin="upper",
+                   colors="#00a050", linewidths=0.8)
     _spots(ax, x, y, SPOT_FILL * spot_spacing(x, y))
     ax.set_title(title, fontsize=9)
     return fig

@@ -1,0 +1,112 @@
+"""Benchmark stage 1's reader alone beside the model: ``make bench-read`` (not a test).
+
+For each ``--h5`` (the sample's canonical file, whose pixels it holds; the big slide's,
+which references a pyramidal TIFF read in place), the patches/s of the reading side of
+stage 1 as the background reader thread does it: crop the spots chunk by chunk (one
+window read per chunk, :class:`data.patches.PatchCropper`), then preprocess them for the
+model. Then the model's own limit on random input (spots/s, the same views, runner,
+dtype and batch as ``make embeddings``), in a fresh process. Reading keeps up when its
+patches/s exceed the model's spots/s. The last line is the machine-readable summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from data.cli import Parser, add_common, run_cli, setup_logging
+from data.h5 import CanonicalH5
+from data.patches import PatchCropper
+from embed.backbones import Backbone, get_backbone
+from embed.bench import in_subprocess, limit_in_process
+from embed.config import EmbedConfig, default_batch_spots
+from embed.device import select_device
+from embed.extract import preprocess
+from embed.run import peak_rss_mb
+
+log = logging.getLogger("hespot")
+
+
+def reader_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spots: int,
+                         chunk_spots: int) -> tuple[float, float, int, str]:
+    """(patches/s cropped, patches/s cropped + preprocessed, spots read, reader name) over
+    the first ``n_spots`` spots of the file's slides, in spot-table order."""
+    with CanonicalH5(h5_path) as h5:
+        slides = h5.train_slides + h5.test_slides
+        crop_s = prep_s = 0.0
+        done, reader = 0, ""
+        for slide in slides:
+            table = h5.spots(slide)
+            reader = h5.image(slide).reader
+            cropper = PatchCropper(h5, slide, crop_px, out_px=backbone.input_size)
+            for s in range(0, len(table), chunk_spots):
+                idx = slice(s, min(len(table), s + chunk_spots, s + n_spots - done))
+                t0 = time.perf_counter()
+                patches = cropper.crop(table.x[idx], table.y[idx])
+                t1 = time.perf_counter()
+                preprocess(patches, backbone)
+                crop_s += t1 - t0
+                prep_s += time.perf_counter() - t1
+                done += len(patches)
+                if done >= n_spots:
+                    break
+            if done >= n_spots:
+                break
+    return done / crop_s, done / (crop_s + prep_s), done, reader
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="hespot bench-read", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p, "device", "precision", "threads")
+    p.set_defaults(device="auto", precision="auto")
+    p.add_argument("--h5", action="append", required=True, help="canonical file (repeat)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--tta", type=int, default=8)
+    p.add_argument("--patch-px", type=int, default=EmbedConfig.patch_px)
+    p.add_argument("--spots", type=int, default=2000, help="spots read per file")
+    p.add_argument("--limit-seconds", type=float, default=10.0)
+    p.add_argument("--runner", default="auto")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = get_backbone(args.backbone)
+    choice = select_device(args.device, args.precision)
+    batch = default_batch_spots(choice)
+    out = sys.stdout
+    figures = []
+    for path in args.h5:
+        crop, full, n, reader = reader_patches_per_s(path, backbone, args.patch_px,
+                                                     args.spots, EmbedConfig.chunk_spots)
+        out.write(f"reader {path} ({reader}): {crop:.0f} patches/s cropped, {full:.0f} "
+                  f"patches/s cropped + preprocessed ({n} spots, {args.patch_px} px)\n")
+        figures.append(full)
+    views, runner = in_subprocess(limit_in_process, backbone.name, None, args.tta, batch,
+                                  args.device, args.precision, args.runner,
+                                  args.limit_seconds, threads=args.threads)
+    spots = views / args.tta
+    out.write(f"model {backbone.name}: {views:.1f} views/s = {spots:.1f} spots/s at "
+              f"{args.tta} views ({choice.describe()}, runner {runner}, {batch} spots/batch)"
+              f"\n")
+    pairs = " ".join(f"reader{i}_patches_per_s={v:.0f}" for i, v in enumerate(figures))
+    out.write(f"bench-read {pairs} model_spots_per_s={spots:.1f} "
+              f"reader_over_model={min(figures) / spots:.1f} peak_rss_mb={peak_rss_mb():.0f}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
