@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
-	fit predict \
+	fit predict import-wsi big-slide bench-read \
 	bench-embed report chromium
 
 $(VENV)/.installed: pyproject.toml
@@ -98,6 +98,28 @@ demo: $(VENV)/.installed $(OUT)/her2st.h5
 	$(MAKE) --no-print-directory report H5=$(H5) OUT=$(OUT) STORE=$(STORE) REPORT_ARGS="--quiet $(REPORT_ARGS)"
 	@echo "LOSO table: $(OUT)/report.md   submission: $(OUT)/submission.csv   AnnData: $(OUT)/predictions.h5ad"
 	@echo "embeddings: $(STORE)   report page: $(OUT)/report/index.html"
+
+# an H&E-only slide: a grid of Visium spots over its tissue, the image read in place
+# (make import-wsi SLIDE=path/to/slide.svs [WSI_ARGS="--mpp 0.25"]): OUT/<stem>.h5
+SLIDE ?=
+WSI_ARGS ?=
+import-wsi: $(VENV)/.installed
+	@test -n "$(SLIDE)" || { echo "give SLIDE=path/to/slide (SVS, NDPI, MRXS, TIFF, ...)"; exit 2; }
+	$(HESPOT) import-wsi --slide $(SLIDE) --out $(OUT)/$(basename $(notdir $(SLIDE))).h5 $(WSI_ARGS)
+
+# the benchmark slide: the bundled C2 image tiled 3 x 3 (27,822 x 29,733 px, 0.69 µm/px)
+# as a pyramidal JPEG TIFF, imported by reference with a Visium grid: OUT/big.{tif,h5}
+BIG ?= $(OUT)/big
+$(BIG).tif: | $(VENV)/.installed
+	$(HESPOT) make-wsi --image data/samples/her2st/images/C2.jpg --repeat 3x3 --mpp 0.69 --out $@
+$(BIG).h5: $(BIG).tif
+	$(HESPOT) import-wsi --slide $(BIG).tif --out $@
+big-slide: $(BIG).h5
+
+# stage 1's reader alone (patches/s) on the sample's HDF5 and on the big slide read in
+# place, beside the model's spots/s
+bench-read: $(VENV)/.installed $(OUT)/her2st.h5 $(BIG).h5
+	$(HESPOT) bench-read --h5 $(H5) --h5 $(BIG).h5 $(ARGS)
 
 bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
 	$(HESPOT) bench-embed --h5 $(H5) $(ARGS)

@@ -278,3 +278,33 @@ def test_per_type_layer_in_submit_and_predict(synthetic_h5, tiny_store, tmp_path
     unordered = _submission(synthetic_h5, out, tmp_path / "no", "--no-orders")
     np.testing.assert_allclose(unordered[types].to_numpy(),
                                np.clip(spot_test.to_numpy(), 0, 1), atol=1e-12)
+
+
+def test_model_predicts_a_slide_read_in_place(synthetic_h5, single, tmp_path):
+    """An H&E-only slide (a pyramidal TIFF imported with hespot import-wsi, held by
+    reference) is predicted by a model fitted elsewhere: with the test slide's own spots,
+    the predictions equal those of the slide whose pixels are in the HDF5; with a grid,
+    every grid spot gets a prediction."""
+    from data.h5 import CanonicalH5
+    from data.importers import wsi
+    from data.wsi.pyramid import write_array_pyramid
+
+    with CanonicalH5(synthetic_h5) as h5:
+        slide = h5.test_slides[0]
+        H, W = h5.image_shape(slide)[:2]
+        image, table = h5.read_window(slide, 0, H, 0, W), h5.spots(slide)
+    tif = write_array_pyramid(tmp_path / "slide.tif", image, 1.0, n_levels=2,
+                              compression="zlib")
+    pd.DataFrame({"x": table.x, "y": table.y}).to_csv(tmp_path / "spots.csv", index=False)
+    h5_path = tmp_path / "wsi.h5"
+    assert wsi.main(["--slide", str(tif), "--spots", str(tmp_path / "spots.csv"),
+                     "--images", "reference", "--out", str(h5_path), "--quiet"]) == 0
+    with CanonicalH5(h5_path) as h5:
+        assert h5.train_slides == [] and h5.image_ref("slide") is not None
+    assert _predict(h5_path, single, tmp_path / "wsi") == 0
+    assert _predict(synthetic_h5, single, tmp_path / "h5") == 0
+    got, want = (pd.read_csv(tmp_path / p / "predictions.csv") for p in ("wsi", "h5"))
+    cols = [c for c in want.columns if c not in ("slide", "row", "spot_id", "x", "y")]
+    want = want[want["slide"] == slide]
+    assert len(got) == len(want) == len(table)
+    np.testing.assert_allclose(got[cols].to_numpy(), want[cols].to_numpy(), atol=1e-6)
