@@ -581,3 +581,33 @@ def test_bad_split_value(tmp_path, capsys):
 def test_her2st_default_source_is_the_bundled_sample():
     assert (import_her2st.SAMPLE_DIR / "README.md").is_file()
     assert (import_her2st.SAMPLE_DIR / "spots").is_dir()
+
+
+def test_visium_by_reference_gives_the_features_of_a_copy(tmp_path):
+    """A Visium slide whose full-resolution image is a tiled TIFF, imported by reference
+    (read in place) and by copy: the same patches and bit-identical stage-1 features."""
+    import embed.run
+    from data.patches import crop_patches
+    from data.store import read_features
+    from data.wsi.pyramid import write_array_pyramid
+
+    v = make_visium(tmp_path, "V1", 1)
+    tif = write_array_pyramid(tmp_path / "V1.tif", _rgb(1), None, n_levels=2,
+                              compression="zlib")
+    features = {}
+    for mode in ("reference", "copy"):
+        out = tmp_path / f"{mode}.h5"
+        assert import_visium.main(["--outs", str(v["outs"]), "--image", str(tif),
+                                   "--abundances", str(v["abundances"]), "--images", mode,
+                                   "--out", str(out), "--quiet"]) == 0
+        with CanonicalH5(out) as h5:
+            assert (h5.image_ref("V1") is not None) == (mode == "reference")
+            assert h5.pixel_size_um("V1") == pytest.approx(0.5)  # Space Ranger's, not None
+            features[f"patches_{mode}"] = crop_patches(h5, "V1", 48)
+        store = tmp_path / f"{mode}.zarr"
+        assert embed.run.main(["--h5", str(out), "--store", str(store), "--backbones",
+                               "tiny_random", "--patch-px", "48", "--tta", "2",
+                               "--quiet"]) == 0
+        features[mode] = read_features(str(store), "tiny_random", "V1")
+    np.testing.assert_array_equal(features["patches_reference"], features["patches_copy"])
+    np.testing.assert_array_equal(features["reference"], features["copy"])
