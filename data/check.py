@@ -21,7 +21,7 @@ from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem
 from data.h5 import SPLITS, CanonicalH5
 from data.spots import cell_type_fields
-from data.wsi.tissue import detect_tissue
+from data.wsi.tissue import NoTissue, detect_tissue
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def background_share(h5: CanonicalH5, slide: str) -> float:
     if mask is None:
         try:
             mask = detect_tissue(h5.image(slide))
-        except DataError:  # blank: no tissue anywhere
+        except NoTissue:  # blank: no tissue anywhere (unreadable files raise)
             return 1.0
     return float(1.0 - mask.on_tissue(table.x, table.y).mean())
 
@@ -60,7 +60,7 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
                         "add the image or remove the spot table")]
     if h5.image_ref(slide) is not None:
         try:
-            h5.image(slide)  # the referenced file is there, readable and the same size
+            h5.image(slide).verify()  # the file is there, the same size, its tiles readable
         except DataError as exc:
             return exc.problems
         shape, dtype = h5.image_shape(slide), np.dtype(np.uint8)

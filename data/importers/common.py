@@ -117,7 +117,8 @@ def add_image_options(p: Parser) -> None:
     p.add_argument("--images", choices=IMAGE_MODES, default="auto",
                    help="copy pixels into the HDF5, or reference the image files and read "
                    "them in place (auto: reference images over "
-                   f"{REFERENCE_MIN_PIXELS / 1e6:.0f} Mpx that have windowed reads)")
+                   f"{REFERENCE_MIN_PIXELS / 1e6:.0f} Mpx that have windowed reads; default "
+                   "%(default)s)")
     p.add_argument("--reader", choices=("auto", *READERS), default="auto",
                    help="image reader (auto: by suffix; OpenSlide for slides it recognises)")
 
@@ -143,6 +144,8 @@ def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]
     for s in slides:
         with open_image(s.image_path, s.name, s.reader) as image:
             h, w = image.shape
+            if image.reader != "pil":  # a damaged slide is named now, not after the import
+                image.verify()
         problems += validate.check_coordinates(str(s.image_path), s.name, s.x, s.y, (h, w))
         if "spot_id" in s.extra:
             problems += validate.check_spot_ids(str(s.spots_path or label), s.name,

@@ -10,7 +10,8 @@ without it, from a grid laid over the tissue: Visium geometry by default (55 µm
 100 µm centre to centre, hexagonal) or ``square:<pitch>``. Tissue is found on a low
 pyramid level (:mod:`data.wsi.tissue`); a grid spot is kept when at least ``--min-tissue``
 of its disc is tissue. The mask is stored beside the spots and shown in the report.
-Images are read in place by default (``--images``); nothing holds a whole slide.
+Images are held by reference and read in place by default (``--images copy`` copies the
+pixels into the HDF5 window by window); nothing holds a whole slide.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mpp", type=float, help="µm per pixel (overrides the file's)")
     p.add_argument("--out", type=Path, required=True)
     add_image_options(p)
+    p.set_defaults(images="reference")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.quiet)

@@ -93,6 +93,19 @@ class SlideImage:
             out[i0:i1] = np.minimum(255, (total + fy * fx // 2) // (fy * fx)).astype(np.uint8)
         return out, (fy * lev.downsample, fx * lev.downsample)
 
+    def verify(self, max_px: int = 4096) -> None:
+        """Read the coarsest level whole when it is at most ``max_px`` a side (the tiles
+        scanners write last), else its four corners: a damaged or truncated file fails
+        here, before any expensive work. Raises the reader's DataError."""
+        level = len(self.levels) - 1
+        h, w = self.levels[level].height, self.levels[level].width
+        if max(h, w) <= max_px:
+            self.read_level(level, 0, h, 0, w)
+            return
+        for y0, x0 in ((0, 0), (0, w - 256), (h - 256, 0), (h - 256, w - 256)):
+            y0, x0 = max(0, y0), max(0, x0)
+            self.read_level(level, y0, min(h, y0 + 256), x0, min(w, x0 + 256))
+
     def close(self) -> None:
         """Release file handles (a no-op where there are none)."""
 
@@ -103,6 +116,8 @@ class SlideImage:
         self.close()
 
     def __repr__(self) -> str:
+        if not self.levels:
+            return f"{type(self).__name__}({self.path!r}, not open)"
         h, w = self.shape
         return (f"{type(self).__name__}({self.path!r}, {h}x{w} px, {len(self.levels)} "
                 f"level(s), {self.pixel_size_um} um/px)")

@@ -36,5 +36,9 @@ class PilImage(SlideImage):
             self._pixels = load_image(self.path, self.slide)
         return self._pixels[y0:y1, x0:x1]
 
+    def verify(self, max_px: int = 4096) -> None:
+        """Decode the file (JPEG/PNG have no cheaper check); kept for the reads after."""
+        self.read_level(0, 0, 1, 0, 1)
+
     def close(self) -> None:
         self._pixels = None

@@ -47,7 +47,7 @@ def choose_reader(path: str | Path, slide: str = "") -> str:
     if name.endswith((".ome.tif", ".ome.tiff")):
         return "tifffile"
     vendor = detect(str(path)) if suffix in OPENSLIDE_SUFFIXES | TIFF_SUFFIXES else None
-    if vendor is not None and vendor != "generic-tiff":
+    if vendor is not None and (vendor != "generic-tiff" or suffix not in TIFF_SUFFIXES):
         return "openslide"
     if suffix in TIFF_SUFFIXES:
         return "tifffile"

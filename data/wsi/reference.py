@@ -82,7 +82,7 @@ class ImageRef:
         candidates.append(Path(self.image_path))
         for c in candidates:
             if c.is_file():
-                return c
+                return c.resolve()
         raise DataError(Problem(str(h5_path), slide, "image_path",
                                 f"the slide image {self.image_path}", "no such file",
                                 "put the image back where it was (or beside the HDF5 file "

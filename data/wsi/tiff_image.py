@@ -14,9 +14,9 @@ from data.wsi.base import Level, SlideImage
 RGB_AXES = ("S", "C")
 
 
-def _unreadable(path: str, slide: str, exc: Exception) -> DataError:
-    return DataError(Problem(path, slide, "image", "a readable TIFF", f"error: {exc}",
-                             "the file is truncated or not a TIFF; export it again"))
+def _unreadable(path: str, slide: str, exc: Exception, where: str = "") -> DataError:
+    return DataError(Problem(path, slide, f"image{where}", "a readable TIFF", f"error: {exc}",
+                             "the file is damaged, truncated or not a TIFF; export it again"))
 
 
 class TiffImage(SlideImage):
@@ -54,6 +54,24 @@ class TiffImage(SlideImage):
         self.levels = tuple(levels)
         self._arrays: dict[int, zarr.Array] = {}
         self.pixel_size_um = pixel_size.check_override(mpp) or self._file_pixel_size()
+        self._check_extent()
+
+    def _check_extent(self) -> None:
+        """Every level's tiles (or strips) lie inside the file: a truncated file is named
+        at open, from its tags alone, before any pixel is read."""
+        size = self._tif.filehandle.size
+        for i, lev in enumerate(self._tif.series[0].levels):
+            for page in lev.pages:
+                if page is None or not hasattr(page, "dataoffsets"):
+                    continue
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts,
+                                              strict=True) if n]
+                if ends and max(ends) > size:
+                    self.close()
+                    raise DataError(Problem(self.path, self.slide, f"level {i} tiles",
+                                            f"tiles inside the file ({size} bytes)",
+                                            f"tiles up to byte {max(ends)}",
+                                            "the file is truncated: copy or export it again"))
 
     def _hw(self, level: int, shape: tuple[int, ...]) -> tuple[int, int]:
         axes = self._axes[level]
@@ -89,7 +107,8 @@ class TiffImage(SlideImage):
         try:
             window = np.asarray(self._array(level)[index])
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise _unreadable(self.path, self.slide, exc) from exc
+            raise _unreadable(self.path, self.slide, exc,
+                              f" (level {level}, y {y0}:{y1}, x {x0}:{x1})") from exc
         kept = [a for a in axes if a in ("Y", "X") or a in RGB_AXES]
         if not any(a in RGB_AXES for a in kept):
             return np.repeat(window.transpose(kept.index("Y"), kept.index("X"))[..., None],

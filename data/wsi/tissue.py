@@ -27,10 +27,16 @@ MIN_SATURATION = 0.05
 MAX_SATURATION = 0.2
 #: pixels darker than this (max channel) are scanner fill or pen, not tissue
 MIN_BRIGHTNESS = 30
+#: widest disc (mask pixels, radius) correlated with the mask; wider ones use a coarser mask
+MAX_DISC = 8
 #: connected pieces of tissue smaller than this are dropped as specks (µm^2)
 MIN_AREA_UM2 = 20_000.0
 #: ... or, when the pixel size is unknown, smaller than this share of the thumbnail
 MIN_AREA_SHARE = 2e-4
+
+
+class NoTissue(DataError):
+    """The slide shows no tissue at all (blank glass)."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +75,20 @@ class TissueMask:
         r = radius_px / float(np.mean(self.scale))
         if r < 1:
             return self.on_tissue(x, y).astype(float)
-        k = int(np.ceil(r))
+        # discs wider than MAX_DISC mask pixels: average the mask over blocks first, so
+        # the cost stays ~ mask pixels x MAX_DISC^2 whatever the slide's resolution
+        f = max(1, int(np.ceil(r / MAX_DISC)))
+        h, w = self.mask.shape
+        hp, wp = -(-h // f) * f, -(-w // f) * f
+        padded = np.zeros((hp, wp), np.float32)
+        padded[:h, :w] = self.mask
+        small = padded.reshape(hp // f, f, wp // f, f).mean(axis=(1, 3))
+        k, rs = int(np.ceil(r / f)), r / f
         yy, xx = np.mgrid[-k:k + 1, -k:k + 1]
-        disc = (xx ** 2 + yy ** 2 <= r * r).astype(np.float32)
-        share = ndimage.correlate(self.mask.astype(np.float32), disc / disc.sum(),
-                                  mode="constant", cval=0.0)
-        return share[self._index(x, y)].astype(float)
+        disc = (xx ** 2 + yy ** 2 <= rs * rs).astype(np.float32)
+        share = ndimage.correlate(small, disc / disc.sum(), mode="constant", cval=0.0)
+        i, j = self._index(x, y)
+        return share[i // f, j // f].astype(float)
 
     def write(self, f: h5py.File, key: str) -> None:
         dset = f.create_dataset(key, data=self.mask.astype(np.uint8), compression="gzip")
@@ -134,7 +148,7 @@ def detect_tissue(image: SlideImage, mask_px: int = MASK_PX,
         keep[0] = False
         mask = keep[labels]
     if not mask.any():
-        raise DataError(Problem(image.path, image.slide, "tissue",
+        raise NoTissue(Problem(image.path, image.slide, "tissue",
                                 "stained tissue (saturated pixels)",
                                 f"none: saturation threshold {threshold:.3f} (Otsu "
                                 f"{found:.3f}, kept within {min_saturation}-"
