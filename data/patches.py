@@ -33,8 +33,10 @@ def resolve_patch_px(size_px: int | None = 224, size_um: float | None = None,
     if size_um is not None:
         if not pixel_size_um:
             raise DataError(Problem(where, "", "pixel_size_um", "a recorded pixel size",
-                                    "none", "give the patch size in pixels instead of µm, or "
-                                    "re-import with --pixel-size"))
+                                    "none", "give the patch size in pixels (--patch-px) "
+                                    "instead of µm, or import the slide again with its pixel "
+                                    "size (import-wsi --mpp, import-her2st --pixel-size, "
+                                    "import-table's pixel_size_um column)"))
         return max(1, int(round(size_um / pixel_size_um)))
     if size_px is None or size_px < 1:
         raise ConfigError(f"patch size must be a positive number of pixels, got {size_px}")

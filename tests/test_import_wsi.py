@@ -540,3 +540,26 @@ def test_import_table_reference_equals_copy(small, tmp_path):
         assert ref.pixel_size_um("T1") is None and cp.pixel_size_um("T1") is None
     for out in outs.values():
         assert check_main([str(out)]) == 0
+
+
+def test_patch_size_in_um_without_pixel_size_is_refused_before_work(small, tmp_path, capsys):
+    """A slide without a pixel size imports with --spots (no grid needs one), and stage 1
+    with --patch-um then stops at once, naming the file, slide and field."""
+    import embed.run
+
+    path = tmp_path / "nompp.tif"
+    write_array_pyramid(path, small[1], None, n_levels=2, compression="zlib")
+    spots = _spots_csv(tmp_path / "spots.csv", [100.0, 300.0], [100.0, 200.0])
+    out = tmp_path / "nompp.h5"
+    assert _wsi("--slide", path, "--spots", spots, "--out", out) == 0
+    with CanonicalH5(out) as h5:
+        assert h5.pixel_size_um("nompp") is None
+    store = tmp_path / "e.zarr"
+    rc = embed.run.main(["--h5", str(out), "--store", str(store), "--backbones",
+                         "tiny_random", "--patch-um", "100", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("hespot: ") == 1 and "Traceback" not in err, err
+    for needle in (str(out), "slide nompp", "pixel_size_um", "--mpp"):
+        assert needle in err, err
+    assert not store.exists() or not any(store.rglob("features"))
