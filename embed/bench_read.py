@@ -23,7 +23,7 @@ from data.cli import Parser, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
 from embed.backbones import Backbone, get_backbone
-from embed.bench import in_subprocess, limit_in_process
+from embed.bench import _set_threads, in_subprocess, limit_in_process
 from embed.config import EmbedConfig, default_batch_spots
 from embed.device import select_device
 from embed.extract import preprocess
@@ -78,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     backbone = get_backbone(args.backbone)
     choice = select_device(args.device, args.precision)
     batch = default_batch_spots(choice)
