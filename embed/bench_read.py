@@ -17,8 +17,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import torch
-
 from data.cli import Parser, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
