@@ -3,8 +3,8 @@
 ``auto`` picks by suffix: vendor whole-slide suffixes (SVS, NDPI, MRXS, ...) go to
 OpenSlide, and so do TIFFs OpenSlide recognises as a vendor's (Philips, Ventana); other
 TIFFs (generic tiled/pyramidal, strip, OME) go to tifffile, which reads the same windows of
-a generic pyramidal TIFF ~3.6x faster than OpenSlide here (``make bench-read``: 399 vs
-110 patches/s of 224 px on the 28k x 30k benchmark slide); JPEG/PNG go to PIL.
+a generic pyramidal TIFF ~3.5x faster than OpenSlide here (``make bench-read``: 461 vs
+131 patches/s of 224 px on the 28k x 30k benchmark slide); JPEG/PNG go to PIL.
 ``--reader openslide`` still reads generic TIFFs through OpenSlide.
 """
 
