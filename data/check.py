@@ -10,7 +10,9 @@ cannot be opened at all.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,10 +20,12 @@ import numpy as np
 
 from data import validate
 from data.cli import Parser, run_cli, setup_logging
-from data.errors import DataError, Problem
+from data.errors import DataError, Problem, raise_errors
 from data.h5 import SPLITS, CanonicalH5
 from data.spots import cell_type_fields
 from data.wsi.tissue import NoTissue, detect_tissue
+
+log = logging.getLogger("hespot")
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,15 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
     return problems
 
 
-def check_file(path: str) -> CheckResult:
-    """Every problem of a canonical file; DataError only when it cannot be opened."""
+def check_file(path: str, background: bool = True,
+               slides: Sequence[str] | None = None) -> CheckResult:
+    """Every problem of a canonical file; DataError only when it cannot be opened.
+
+    Args:
+        background: also measure each slide's off-tissue share (reads a thumbnail).
+        slides: check only these slides (default: all); cell-type columns are compared
+            among the train slides checked.
+    """
     problems: list[Problem] = []
     background: dict[str, float] = {}
     with CanonicalH5(path) as h5:
@@ -109,6 +120,8 @@ def check_file(path: str) -> CheckResult:
         columns = {}
         for split in SPLITS:
             for slide in h5.slides(split):
+                if slides is not None and slide not in slides:
+                    continue
                 try:
                     slide_problems = _check_slide(h5, split, slide)
                     problems += slide_problems
@@ -116,7 +129,7 @@ def check_file(path: str) -> CheckResult:
                         table = f[f"spots/Train/{slide}"]
                         if table.dtype.names:
                             columns[slide] = cell_type_fields(table[:0], h5.extra_fields(slide))
-                    if not any(p.level == "error" for p in slide_problems):
+                    if background and not any(p.level == "error" for p in slide_problems):
                         background[slide] = background_share(h5, slide)
                 except (OSError, KeyError, ValueError) as exc:
                     problems.append(Problem(path, slide, f"{split}/{slide}", "readable data",
@@ -124,6 +137,20 @@ def check_file(path: str) -> CheckResult:
                                             "truncated: import it again"))
         problems += validate.check_same_cell_types(path, columns)
     return CheckResult(problems, background)
+
+
+def preflight(path: str, slides: Sequence[str] | None = None) -> None:
+    """The rules of ``hespot check`` (the background share aside) before a stage reads a
+    canonical file: structure, images, spot tables (finite coordinates inside the image,
+    numeric non-negative finite abundances, the same cell types on every train slide).
+    Cheap (no pixel is read but a referenced slide's coarsest level); warnings are logged.
+
+    Raises:
+        DataError: every error found, each naming the file, slide and field.
+    """
+    t0 = time.perf_counter()
+    raise_errors(check_file(str(path), background=False, slides=slides).problems)
+    log.debug("%s checked in %.2f s", path, time.perf_counter() - t0)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -157,4 +184,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["check_file", "background_share", "CheckResult", "main"]
+__all__ = ["check_file", "preflight", "background_share", "CheckResult", "main"]

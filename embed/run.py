@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.check import preflight
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.h5 import CanonicalH5
+from data.lock import output_lock
 from data.store import SlideWriter, array_name, open_slide
 from embed.backbones import get_backbone
 from embed.config import EmbedConfig, check_config, with_device_defaults
@@ -119,8 +121,15 @@ def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
     """Embed every requested backbone x slide. Returns {backbone: {slide: status}}.
 
     Settings, names and every slide's inputs (spot table, fingerprint, pixel size, crop
-    size) are checked and read once, before any model is built."""
+    size) are checked and read once, before any model is built; the store is locked
+    against another run writing it (:func:`data.lock.output_lock`)."""
     jobs = check_config(cfg)
+    preflight(cfg.h5, list(cfg.slides) or None)
+    with output_lock(cfg.store, "embeddings store"):
+        return _run(cfg, jobs)
+
+
+def _run(cfg: EmbedConfig, jobs: list) -> dict[str, dict[str, str]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     choice = select_device(cfg.device, cfg.precision)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,9 +148,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"no such weights file: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path} is not a readable safetensors file ({exc}); "
+                               "download or export it again") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError,
+            AttributeError, ImportError, IndexError, KeyError) as exc:
+        # torch's own message suggests weights_only=False, i.e. running the file's code
+        raise WeightsError(
+            f"{path} is not a weights file hespot can read safely ({type(exc).__name__} "
+            "from torch.load with weights_only=True: truncated, not a PyTorch file, or "
+            "holding objects other than tensors); hespot never runs code from a weights "
+            "file: give a .safetensors file, or a state dict saved with "
+            "torch.save(model.state_dict(), path)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

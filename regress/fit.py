@@ -34,6 +34,7 @@ from data.cli import (
     setup_logging,
 )
 from data.errors import ConfigError, DataError, Problem
+from data.lock import output_lock
 from data.store import FeatureSpec, open_store
 from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
 from regress.features import SlideSet, load_slides
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(FitConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
-    run(cfg)
+    with output_lock(cfg.out, "output folder"):
+        run(cfg)
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from data.atomic import atomic_write_text
+from data.check import preflight
 from data.cli import (
     DEFAULT_H5,
     DEFAULT_OUT,
@@ -39,6 +40,7 @@ from data.cli import (
 )
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
+from data.lock import output_lock
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
 from regress.features import SlideSet
@@ -153,6 +155,7 @@ def run(cfg: PredictConfig) -> Path:
     store = cfg.store or str(Path(cfg.out) / "embeddings.zarr")
     with CanonicalH5(cfg.h5) as h5:
         slides = check_slides(bundle, h5, cfg.slides, cfg.spatialdata)
+    preflight(cfg.h5, slides)
     require_weights(bundle, cfg.weights)
     log.info("model %s: %s; slides %s", cfg.model, [m["id"] for m in bundle.meta["models"]],
              slides)
@@ -198,7 +201,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(PredictConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
     log.info("config: %s", config_dict(cfg))
-    run(cfg)
+    with output_lock(cfg.out, "output folder"):
+        run(cfg)
     return 0
 
 

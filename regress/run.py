@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.check import preflight
 from data.cli import (
     DEFAULT_H5,
     DEFAULT_OUT,
@@ -30,6 +31,7 @@ from data.cli import (
     setup_logging,
 )
 from data.errors import ConfigError, DataError, Problem
+from data.lock import output_lock
 from data.store import FeatureSpec
 from regress.features import load_slides
 from regress.loso import run_loso
@@ -139,6 +141,7 @@ def run(cfg: RegressConfig) -> dict:
     """LOSO for every model x target; returns the report dict."""
     check_config(cfg)
     recipe = resolve_recipe(cfg)
+    preflight(cfg.h5)
     t0 = time.perf_counter()
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in recipe.features])
     data, post = prepare(data, recipe)
@@ -207,7 +210,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(RegressConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
     log.info("config: %s", json.dumps(config_dict(cfg)))
-    report = run(cfg)
+    with output_lock(cfg.out, "output folder"):
+        report = run(cfg)
     if not cfg.quiet:
         log.info("LOSO table (per-spot / per-type):\n%s", loso_table(report))
     return 0

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from data.atomic import atomic_write_json, atomic_write_text
+from data.check import preflight
 from data.cli import (
     DEFAULT_H5,
     DEFAULT_OUT,
@@ -41,6 +42,7 @@ from data.cli import (
 )
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
+from data.lock import output_lock
 from regress.orders import combine_by_slide, score_oof
 from regress.outputs import write_anndata
 from regress.results import load_report, rank_models, read_predictions
@@ -227,12 +229,19 @@ def oof_scores(out: Path, h5_path: str, models: Sequence[str], weights: np.ndarr
 def _main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
     setup_logging(args.quiet)
+    with output_lock(args.out, "output folder"):
+        return submit(args)
+
+
+def submit(args: SubmitConfig) -> int:
+    """Write the submission, its record and the AnnData of ``args``' chosen models."""
     log.info("config: %s", config_dict(args))
     if args.spatialdata:
         require_spatialdata()
     out = Path(args.out)
     report = load_report(out)
     models, weights = choose_models(report, args.models, args.weights)
+    preflight(args.h5)
     with CanonicalH5(args.h5) as h5:
         ids, cell_types = expected_ids(h5), list(h5.cell_types)
     frames = read_test_frames(out, models, ids, cell_types)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.atomic import atomic_write_json
+from data.check import preflight
 from data.cli import (
     DEFAULT_H5,
     DEFAULT_OUT,
@@ -30,6 +31,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
+from data.lock import output_lock
 from data.store import FeatureSpec
 from regress.features import SlideSet, load_slides
 from regress.loso import run_loso
@@ -81,6 +83,7 @@ def run(cfg: TuneConfig) -> dict:
     for t in cfg.targets:
         check_name("target", t, TARGETS)
     specs = sorted({f for r in recipes for f in r.features})
+    preflight(cfg.h5)
     t0 = time.perf_counter()
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in specs])
     log.info("loaded %d feature parts in %.1f s", len(specs), time.perf_counter() - t0)
@@ -112,7 +115,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--alpha-max", dest="alpha_max", type=float)
     cfg = resolve_config(TuneConfig, p.parse_args(argv))
     setup_logging(cfg.quiet)
-    run(cfg)
+    with output_lock(cfg.out, "output folder"):
+        run(cfg)
     return 0
 
 

@@ -35,9 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.check import preflight
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
+from data.lock import output_lock
 from data.patches import PAD_MODES
 from embed.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
 from embed.device import DeviceChoice, select_device
@@ -144,6 +146,7 @@ def run(cfg: FinetuneConfig) -> dict:
     """
     cfg = replace(cfg, augment=check_augment(cfg.augment))
     check_config(cfg)
+    preflight(cfg.h5)
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -250,7 +253,8 @@ def resolve(argv: Sequence[str] | None = None) -> FinetuneConfig:
 def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve(argv)
     setup_logging(cfg.quiet)
-    run(cfg)
+    with output_lock(cfg.out, "output folder"):
+        run(cfg)
     return 0
 
 
