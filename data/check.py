@@ -62,15 +62,19 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
     if key not in f:
         return [Problem(file, slide, key, "an image for every spot table", "no image",
                         "add the image or remove the spot table")]
+    problems = validate.check_name(file, slide, "slide name", slide)
     if h5.image_ref(slide) is not None:
+        shape, dtype, chunks = h5.image_shape(slide), np.dtype(np.uint8), None
+        problems += validate.check_image(file, slide, shape, dtype)
+        if problems:
+            return problems
         try:
             h5.image(slide).verify()  # the file is there, the same size, its tiles readable
         except DataError as exc:
             return exc.problems
-        shape, dtype = h5.image_shape(slide), np.dtype(np.uint8)
     else:
-        shape, dtype = f[key].shape, f[key].dtype
-    problems = validate.check_image(file, slide, shape, dtype)
+        shape, dtype, chunks = f[key].shape, f[key].dtype, f[key].chunks
+        problems += validate.check_image(file, slide, shape, dtype, chunks)
     table = f[f"spots/{split}/{slide}"]
     names = table.dtype.names
     if names is None or not {"x", "y"} <= set(names):
@@ -92,12 +96,12 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
     return problems
 
 
-def check_file(path: str, background: bool = True,
+def check_file(path: str, with_background: bool = True,
                slides: Sequence[str] | None = None) -> CheckResult:
     """Every problem of a canonical file; DataError only when it cannot be opened.
 
     Args:
-        background: also measure each slide's off-tissue share (reads a thumbnail).
+        with_background: also measure each slide's off-tissue share (reads a thumbnail).
         slides: check only these slides (default: all); cell-type columns are compared
             among the train slides checked.
     """
@@ -129,7 +133,8 @@ def check_file(path: str, background: bool = True,
                         table = f[f"spots/Train/{slide}"]
                         if table.dtype.names:
                             columns[slide] = cell_type_fields(table[:0], h5.extra_fields(slide))
-                    if background and not any(p.level == "error" for p in slide_problems):
+                    if with_background and not any(p.level == "error"
+                                                   for p in slide_problems):
                         background[slide] = background_share(h5, slide)
                 except (OSError, KeyError, ValueError) as exc:
                     problems.append(Problem(path, slide, f"{split}/{slide}", "readable data",
@@ -149,7 +154,7 @@ def preflight(path: str, slides: Sequence[str] | None = None) -> None:
         DataError: every error found, each naming the file, slide and field.
     """
     t0 = time.perf_counter()
-    raise_errors(check_file(str(path), background=False, slides=slides).problems)
+    raise_errors(check_file(str(path), with_background=False, slides=slides).problems)
     log.debug("%s checked in %.2f s", path, time.perf_counter() - t0)
 
 

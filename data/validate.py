@@ -5,6 +5,7 @@ Each function returns a list of :class:`~data.errors.Problem`; nothing here rais
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -12,11 +13,53 @@ import numpy as np
 from data.errors import Problem
 
 ROW_SUM_TOLERANCE = 0.05
+#: the longest image side accepted (px): the largest whole-slide scans are ~200k px; a file
+#: declaring more is refused before anything is allocated
+MAX_SIDE = 500_000
+#: the biggest stored chunk accepted (bytes, uncompressed): one chunk is inflated at a time,
+#: so a dataset chunked as one huge block (or a compression bomb) is refused
+MAX_CHUNK_BYTES = 256 * 2**20
+#: the longest slide or cell-type name accepted
+MAX_NAME = 200
 
 
-def check_image(file: str, slide: str, shape: tuple[int, ...], dtype: np.dtype) -> list[Problem]:
-    """An image must be uint8 (H, W, 3)."""
+def check_name(file: str, slide: str, field: str, name: str, path_safe: bool = True
+               ) -> list[Problem]:
+    """A name written into outputs: no control characters, at most :data:`MAX_NAME`
+    characters, no leading/trailing spaces; with ``path_safe`` (slide names, which become
+    HDF5/Zarr groups and file names) also no path separators and no ``.``/``..``. Markup
+    characters are allowed: every HTML writer escapes them, the CSV writers defuse
+    formulas (:func:`data.atomic.csv_safe`). Cell types may hold ``/`` (her2st's do)."""
+    bad = ""
+    if not name or name.strip() != name:
+        bad = "empty, or leading/trailing spaces"
+    elif len(name) > MAX_NAME:
+        bad = f"{len(name)} characters"
+    elif path_safe and ("/" in name or "\\" in name or name in (".", "..")):
+        bad = "a path separator or a dot name"
+    elif any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        bad = "control characters"
+    if not bad:
+        return []
+    rule = "no /, \\, '..', " if path_safe else ""
+    return [Problem(file, slide, field, f"a plain name ({rule}no control characters, at "
+                    f"most {MAX_NAME} characters)", f"{name[:60]!r}: {bad}",
+                    "rename it in the source table or manifest and import again")]
+
+
+def check_image(file: str, slide: str, shape: tuple[int, ...], dtype: np.dtype,
+                chunks: tuple[int, ...] | None = None) -> list[Problem]:
+    """An image must be uint8 (H, W, 3), at most :data:`MAX_SIDE` a side, stored in chunks of
+    at most :data:`MAX_CHUNK_BYTES` (checked from the metadata: nothing is read)."""
     out = []
+    if any(int(n) > MAX_SIDE for n in shape[:2]):
+        return [Problem(file, slide, "image shape", f"at most {MAX_SIDE:,} px a side",
+                        str(tuple(shape)), "the file declares an impossible size: it is "
+                        "damaged or hostile; import the slide again")]
+    if chunks is not None and int(np.prod(chunks)) * np.dtype(dtype).itemsize > MAX_CHUNK_BYTES:
+        return [Problem(file, slide, "image chunks", f"chunks of at most "
+                        f"{MAX_CHUNK_BYTES // 2**20} MB", str(tuple(chunks)),
+                        "re-import the slide (hespot writes 512 x 512 chunks)")]
     if np.dtype(dtype) != np.uint8:
         out.append(Problem(file, slide, "image dtype", "uint8", str(dtype),
                            "re-import the slide from an 8-bit RGB image"))
@@ -106,7 +149,7 @@ def check_same_cell_types(file: str, columns: Mapping[str, Sequence[str]]) -> li
     if not columns:
         return []
     first_slide, first = next(iter(columns.items()))
-    out = []
+    out = [p for c in first for p in check_name(file, first_slide, "cell type", c, False)]
     for slide, cols in columns.items():
         if list(cols) != list(first):
             missing = sorted(set(first) - set(cols))

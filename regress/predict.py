@@ -38,6 +38,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
+from data.csvsafe import csv_text
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
@@ -172,7 +173,7 @@ def run(cfg: PredictConfig) -> Path:
         values = combine_by_slide(values, layers["per_type"], frame["slide"].to_numpy())
         frame[bundle.cell_types] = values
     out = Path(cfg.out)
-    atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "predictions.csv", csv_text(frame))
     write_anndata(out / "predictions.h5ad", frame, values, bundle.cell_types, h5_path=cfg.h5,
                   layers=layers)
     if cfg.spatialdata:

@@ -40,6 +40,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
+from data.csvsafe import csv_text
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
@@ -263,7 +264,7 @@ def submit(args: SubmitConfig) -> int:
               "oof": oof_scores(out, args.h5, models, weights, order_by, cell_types)}
     log.info("LOSO of the submitted values (out-of-fold): per-spot %.3f, per-type %.3f",
              record["oof"]["mean"]["spot"], record["oof"]["mean"]["type"])
-    atomic_write_text(path, sub.to_csv(index=False))
+    atomic_write_text(path, csv_text(sub))
     atomic_write_json(path.with_suffix(".json"), record)
     h5ad = Path(args.h5ad or out / "predictions.h5ad")
     layers = {"per_type": per_type[cell_types].to_numpy(float)} if layer else None

@@ -142,8 +142,13 @@ def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]
         problems.append(Problem(label, dups[0], "slide", "unique slide names",
                                 f"duplicated: {dups}", "give each slide its own name"))
     for s in slides:
+        problems += validate.check_name(label, s.name, "slide name", s.name)
         with open_image(s.image_path, s.name, s.reader) as image:
             h, w = image.shape
+            size = validate.check_image(str(s.image_path), s.name, (h, w, 3), np.uint8)
+            if size:
+                problems += size
+                continue
             if image.reader != "pil":  # a damaged slide is named now, not after the import
                 image.verify()
         problems += validate.check_coordinates(str(s.image_path), s.name, s.x, s.y, (h, w))

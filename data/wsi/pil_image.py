@@ -11,6 +11,9 @@ from data.images import load_image
 from data.wsi import pixel_size
 from data.wsi.base import Level, SlideImage
 
+#: the most pixels a JPEG/PNG may have: it is decoded whole (3 GB of RGB at the limit)
+MAX_PIXELS = 2**30
+
 
 class PilImage(SlideImage):
     """A JPEG/PNG, header read at open, pixels decoded whole at the first window."""
@@ -27,6 +30,11 @@ class PilImage(SlideImage):
             raise DataError(Problem(self.path, slide, "image", "a readable JPEG or PNG",
                                     f"error: {exc}", "the file is truncated or not an "
                                     "image; export it again")) from exc
+        if h * w > MAX_PIXELS:  # decoded whole: a decompression bomb stops here
+            raise DataError(Problem(self.path, slide, "image size", f"at most "
+                                    f"{MAX_PIXELS / 1e9:.1f} Gpx for a JPEG/PNG (decoded whole)",
+                                    f"{w} x {h} px", "convert the slide to a tiled TIFF "
+                                    "(vips tiffsave --tile --pyramid), read in place"))
         self.levels = (Level(h, w, 1.0),)
         self.pixel_size_um = pixel_size.check_override(mpp)
         self._pixels: np.ndarray | None = None
