@@ -1,9 +1,12 @@
 """Atomic file writes: every output of hespot is written to a temporary name in its own
 folder and renamed over the target only when complete, so a failed or killed run leaves
-the previous file intact and never a half-written one."""
+the previous file intact and never a half-written one. A full disk, a quota or a
+read-only folder is a :class:`~data.errors.DataError` naming the output, not a traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +15,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from data.errors import DataError, Problem
+
+#: errors of the output side while writing (a full disk, a quota, a read-only mount)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+#: ... and, when creating the output's folder or temporary file, no permission
+SETUP_ERRNOS = WRITE_ERRNOS | {errno.EACCES, errno.EPERM}
+
+
+def _unwritable(path: Path, exc: OSError) -> DataError:
+    return DataError(Problem(str(path), "", "", "a writable folder with free space",
+                             f"{exc.strerror or exc} ({exc.filename or path.parent})",
+                             "free space, or write elsewhere (--out / --store); nothing was "
+                             "written and the previous output is untouched"))
+
+
+@contextmanager
+def _writable(path: Path, errnos: set[int]) -> Iterator[None]:
+    """Turn an OSError with one of ``errnos`` into :func:`_unwritable`'s DataError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in errnos:
+            raise _unwritable(path, exc) from exc
+        raise
 
 
 @contextmanager
@@ -22,16 +50,18 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     ``suffix`` lets writers that check the extension (h5ad, HDF5) accept the name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    with _writable(path, SETUP_ERRNOS):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        with _writable(path, WRITE_ERRNOS):
+            yield tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -59,10 +89,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     ``path`` (an existing store is moved aside first and removed only once the new one is
     in place), on an error the temporary folder is removed and ``path`` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _writable(path, SETUP_ERRNOS):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield work / path.name
+        with _writable(path, WRITE_ERRNOS):
+            yield work / path.name
         if path.exists() or path.is_symlink():
             old = work / "previous"
             os.replace(path, old)

@@ -1,16 +1,19 @@
 """Issue 18's observations, each refused in seconds with one message naming the file,
 slide and field (exit 2, no traceback, nothing written): a NaN spot coordinate, a train
 slide missing a cell-type column, a weights file that is not weights, two runs writing one
-store (and a stale lock from a killed run, taken over)."""
+store (and a stale lock from a killed run, taken over); a full disk or a read-only output
+named, the previous output kept."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,6 +22,8 @@ import torch
 
 import embed.run
 import regress.run
+from data.atomic import atomic_dir, atomic_write_text
+from data.errors import DataError
 from data.lock import lock_path, output_lock
 from embed.weights import WeightsError, read_state_dict
 
@@ -136,3 +141,49 @@ def test_lock_is_held_during_the_run_and_nested_use_is_allowed(tmp_path):
         assert path.exists()
     assert not path.exists()
     assert not out.exists()  # created for the lock only, removed again
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_is_named_and_leaves_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "out" / "report.json"
+    atomic_write_text(target, "old")
+    monkeypatch.setattr(Path, "write_bytes", _enospc)
+    with pytest.raises(DataError, match="No space left on device") as exc:
+        atomic_write_text(target, "new")
+    assert str(target) in str(exc.value) and "free space" in str(exc.value)
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]  # no temporary
+
+
+def test_read_only_output_folder_is_named(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
+
+    monkeypatch.setattr("data.atomic.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("data.atomic.tempfile.mkdtemp", read_only)
+    with pytest.raises(DataError, match="Read-only file system"):
+        atomic_write_text(tmp_path / "x.csv", "a")
+    with pytest.raises(DataError, match="Read-only file system"):
+        with atomic_dir(tmp_path / "store.zarr"):
+            pass
+
+
+def test_submit_on_a_full_disk_exits_2_and_keeps_the_submission(synthetic_h5, tiny_regressed,
+                                                                 tmp_path, monkeypatch, capsys):
+    import regress.submit
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_regressed, out)
+    argv = ["--h5", str(synthetic_h5), "--out", str(out), "--quiet"]
+    assert regress.submit.main(argv) == 0
+    before = (out / "submission.csv").read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(Path, "write_bytes", _enospc)
+    _one_error(capsys, regress.submit.main(argv), "submission.csv", "No space left")
+    monkeypatch.undo()
+    assert (out / "submission.csv").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".submission")]
