@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import pickle
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path} is not a readable safetensors file ({exc}); "
                                "download or export it again") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not ours
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError,
             AttributeError, ImportError, IndexError, KeyError) as exc:
         # torch's own message suggests weights_only=False, i.e. running the file's code

@@ -3,6 +3,8 @@ strip) through tifffile's Zarr view of each level, never the whole page."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tifffile
 import zarr
@@ -30,6 +32,8 @@ class TiffImage(SlideImage):
 
     def __init__(self, path: str, slide: str = "", mpp: float | None = None):
         self.path, self.slide = str(path), slide
+        quiet = logging.getLogger("tifffile")  # its errors come back as our DataError
+        level, quiet.level = quiet.level, logging.CRITICAL
         try:
             self._tif = tifffile.TiffFile(path)
             series = self._tif.series[0]
@@ -38,6 +42,8 @@ class TiffImage(SlideImage):
             dtype = series.dtype
         except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
             raise _unreadable(self.path, slide, exc) from exc
+        finally:
+            quiet.setLevel(level)
         if dtype != np.uint8:
             self.close()
             raise DataError(Problem(self.path, slide, "image dtype", "8-bit pixels (uint8)",
