@@ -30,27 +30,6 @@ def _check_suffix(path: Path, slide: str) -> str:
     return suffix
 
 
-def image_shape(path: str | Path, slide: str = "") -> tuple[int, int]:
-    """(H, W) of an image file, read from its header only."""
-    path = Path(path)
-    if not path.is_file():
-        raise _missing(path, slide)
-    suffix = _check_suffix(path, slide)
-    try:
-        if suffix in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.series[0].levels[0].shape
-                axes = tif.series[0].levels[0].axes
-            return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-        Image.MAX_IMAGE_PIXELS = None  # whole-slide images exceed PIL's bomb guard
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise DataError(Problem(str(path), slide, "image", "a readable image", f"error: {exc}",
-                                "the file is truncated or not an image; export it again")
-                        ) from exc
-
-
 def to_rgb_uint8(array: np.ndarray, path: str, slide: str) -> np.ndarray:
     """Return (H, W, 3) uint8; gray and RGBA are converted with a warning.
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data.errors import ConfigError, DataError, Problem
+from data.images import PIL_SUFFIXES, TIFF_SUFFIXES
 from data.wsi.base import SlideImage
 from data.wsi.openslide_image import OpenSlideImage, detect
 from data.wsi.pil_image import PilImage
@@ -25,8 +26,6 @@ READERS: dict[str, Callable[..., SlideImage]] = {
     "pil": PilImage,
 }
 OPENSLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide"}
-TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
-PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SUFFIXES = sorted(OPENSLIDE_SUFFIXES | TIFF_SUFFIXES | PIL_SUFFIXES)
 
 

@@ -55,6 +55,12 @@ class TissueMask:
     otsu: float
 
     @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """``(0, w*fx, h*fy, 0)``: the mask's extent in level-0 pixels, for ``imshow``."""
+        h, w = self.mask.shape
+        return 0.0, w * self.scale[1], h * self.scale[0], 0.0
+
+    @property
     def share(self) -> float:
         """Fraction of the (thumbnail) slide area that is tissue."""
         return float(self.mask.mean()) if self.mask.size else 0.0

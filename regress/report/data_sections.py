@@ -35,8 +35,7 @@ def section_slides(ctx: Inputs) -> str:
             caption += f", {px:g} µm/px" if px else ""
             tissue = None
             if mask is not None:  # spots laid out on a grid over the tissue (import-wsi)
-                (mh, mw), (fy, fx) = mask.mask.shape, mask.scale
-                tissue = (mask.mask, (0.0, mw * fx, mh * fy, 0.0))
+                tissue = (mask.mask, mask.extent)
                 caption += (f"; grid spots over the tissue (green outline: {mask.share:.0%} "
                             f"of the slide, saturation > {mask.threshold:.3f})")
             if h5.image_ref(slide) is not None:
