@@ -25,7 +25,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
 	fit predict import-wsi big-slide bench-read faults \
-	bench-embed report chromium
+	bench-embed bench-scale report chromium
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
@@ -124,8 +124,13 @@ bench-read: $(VENV)/.installed $(OUT)/her2st.h5 $(BIG).h5
 bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
 	$(HESPOT) bench-embed --h5 $(H5) $(ARGS)
 
-# the fault suite (issue 18): bad inputs refused, each step SIGKILLed at 20/50/80 % of its
-# time then rerun to the uninterrupted outputs, concurrent runs kept apart; last line
+# stage 1 in-process vs a Dask LocalCluster of 1 and 2 workers (views/s, same features)
+bench-scale: $(VENV)/.installed $(OUT)/her2st.h5
+	$(HESPOT) bench-scale --h5 $(H5) $(ARGS)
+
+# the fault suite (issue 18): bad inputs refused, each command that writes SIGKILLed at
+# 20/50/80 % of its time (the slow ones at 50 %) then rerun to the uninterrupted outputs,
+# concurrent runs kept apart; last line
 # "faults bad_inputs_refused=n/m kills_survived=n/m concurrent_safe=n/m"
 faults: $(VENV)/.installed
 	$(PY) tests/fault_suite.py $(ARGS)

@@ -42,6 +42,13 @@ COMMON_FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "precision": (("--precision",), {"choices": ["auto", "fp32", "bf16", "fp16"],
                                      "help": "auto: bf16 on a CPU with AMX, fp16 on CUDA"}),
     "threads": (("--threads",), {"type": int, "help": "torch intra-op threads"}),
+    "workers": (("--workers",), {"type": int, "help": "run on a Dask cluster of N worker "
+                                 "processes started on this machine for this run"}),
+    "threads_per_worker": (("--threads-per-worker",), {
+        "type": int, "help": "threads per Dask worker (each runs one task at a time)"}),
+    "scheduler": (("--scheduler",), {"help": "run on an existing Dask cluster, e.g. "
+                                     "tcp://10.0.0.5:8786 (dask-jobqueue, Kubernetes, or "
+                                     "`dask scheduler` + `dask worker`)"}),
     "quiet": (("--quiet",), {"action": argparse.BooleanOptionalAction,
                              "help": "warnings and errors only, no progress bars"}),
 }

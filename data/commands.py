@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-embed": ("embed.bench", "stage 1 speed: pipeline vs model limit vs a naive loop"),
     "bench-read": ("embed.bench_read", "stage 1's reader alone (patches/s) beside the "
                    "model (spots/s), on HDF5 pixels and slides read in place"),
+    "bench-scale": ("embed.bench_scale", "stage 1 in-process vs 1 and 2 Dask workers: "
+                    "views/s and identical features"),
     "finetune": ("embed.finetune.run", "the fine-tuned CNN path, LOSO, stage-2 predictions"),
     "bench-finetune": ("embed.finetune.bench", "fine-tuning throughput, fp32 vs bf16"),
     "regress": ("regress.run", "stage 2: LOSO over the train slides, then predict the test"),

@@ -59,6 +59,9 @@ class DataError(Exception):
         )
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def __reduce__(self):  # raised on a Dask worker, re-raised by the coordinator
+        return (type(self), (self.problems,))
+
 
 def raise_errors(problems: Sequence[Problem]) -> None:
     """Log warnings among ``problems`` and raise :class:`DataError` if any is an error."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from data.cli import DEFAULT_H5, DEFAULT_STORE
+from data.cluster import check_cluster
 from data.errors import ConfigError, DataError, Problem
 from data.patches import PAD_MODES
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
@@ -70,6 +71,11 @@ class EmbedConfig:
     prefetch: int | None = None           # batches read ahead in a background thread;
                                           # 0: read in the model's thread; None: auto
     overwrite: bool = False
+    verify: bool = True                   # check finished chunks' checksums on resume
+    workers: int = 0                      # >0: a Dask LocalCluster of this many processes
+    threads_per_worker: int | None = None # torch threads per worker (default: in-process)
+    scheduler: str | None = None          # an existing Dask cluster's scheduler address
+    chunks_per_task: int = 8              # chunks per Dask task (x chunk_spots spots)
     quiet: bool = False
 
 
@@ -82,7 +88,8 @@ def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
     """
     if cfg.tta not in TTA_CHOICES:
         raise ConfigError(f"--tta must be one of {TTA_CHOICES}, got {cfg.tta}")
-    for field in ("batch_spots", "chunk_spots"):
+    check_cluster(cfg.workers, cfg.scheduler, cfg.threads_per_worker)
+    for field in ("batch_spots", "chunk_spots", "chunks_per_task"):
         if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
             raise ConfigError(f"--{field.replace('_', '-')} must be at least 1")
     if cfg.runner not in ("auto", *RUNNERS):
@@ -127,10 +134,12 @@ def default_batch_spots(choice: DeviceChoice) -> int:
     return 64 if choice.device.type == "cuda" else 4
 
 
-def with_device_defaults(cfg: EmbedConfig, choice: DeviceChoice) -> EmbedConfig:
-    """``cfg`` with ``batch_spots`` and ``prefetch`` filled in for the device when unset."""
+def with_device_defaults(cfg: EmbedConfig, choice: DeviceChoice,
+                         prefetch: int | None = None) -> EmbedConfig:
+    """``cfg`` with ``batch_spots`` and ``prefetch`` filled in for the device when unset
+    (``prefetch``: the executor's default, else :func:`default_prefetch`)."""
     if cfg.batch_spots is None:
         cfg = replace(cfg, batch_spots=default_batch_spots(choice))
     if cfg.prefetch is None:
-        cfg = replace(cfg, prefetch=default_prefetch(choice))
+        cfg = replace(cfg, prefetch=default_prefetch(choice) if prefetch is None else prefetch)
     return cfg

@@ -16,26 +16,28 @@ import logging
 import resource
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from data.check import preflight
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.cluster import CLUSTER_FLAGS
 from data.h5 import CanonicalH5
 from data.lock import output_lock
-from data.store import SlideWriter, array_name, open_slide
-from embed.backbones import get_backbone
-from embed.config import EmbedConfig, check_config, with_device_defaults
-from embed.device import select_device
+from data.store import SlideWriter, array_name, is_url, open_slide
+from embed.config import BackboneJob, EmbedConfig, check_config, with_device_defaults
+from embed.executors import make_executor, pinned
 from embed.extract import FeatureExtractor
-from embed.reading import SlideInputs, patch_batches, prefetch, read_slide_inputs
+from embed.reading import SlideInputs, read_slide_inputs
 from embed.runners import RUNNERS
 from embed.tta import TTA_CHOICES
-from embed.weights import WeightsInfo, build_model
+from embed.units import WorkUnit, slide_units
+from embed.weights import WeightsInfo
 
 log = logging.getLogger("hespot")
 
@@ -53,8 +55,8 @@ def slide_settings(cfg: EmbedConfig, backbone, weights_sha: str, crops: Sequence
 
 
 def open_writer(inputs: SlideInputs, extractor: FeatureExtractor, cfg: EmbedConfig,
-                 weights_info: WeightsInfo, run_info: dict, crops: Sequence[int]
-                 ) -> SlideWriter:
+                weights_info: WeightsInfo, run_info: dict, crops: Sequence[int]
+                ) -> SlideWriter:
     """Open (resume) or create the store group of one backbone x slide, with one array per
     crop x layer (``features``, ``stages``, ``features_448px``...)."""
     backbone, primary = extractor.backbone, inputs.primary_px
@@ -77,39 +79,44 @@ def open_writer(inputs: SlideInputs, extractor: FeatureExtractor, cfg: EmbedConf
                       cfg.chunk_spots, settings, info, meta, cfg.overwrite)
 
 
-def embed_slide(h5: CanonicalH5, inputs: SlideInputs, extractor: FeatureExtractor,
-                cfg: EmbedConfig, weights_info: WeightsInfo, run_info: dict,
-                contexts: Sequence[int] = ()) -> str:
-    """Embed one slide; returns "skipped", "resumed" or "written"."""
-    backbone, slide, n = extractor.backbone, inputs.slide, inputs.n_spots
-    crops = inputs.crops(contexts)
-    writer = open_writer(inputs, extractor, cfg, weights_info, run_info, crops)
-    start = writer.first_incomplete()
-    if start == writer.n_chunks:
-        log.info("%s / %s: complete, skipped", backbone.name, slide)
-        return "skipped"
-    if start:
-        log.info("%s / %s: resuming at chunk %d of %d", backbone.name, slide, start,
-                 writer.n_chunks)
-    bar = tqdm(total=n, initial=min(n, start * cfg.chunk_spots), unit="spot",
-               desc=f"{backbone.name} {slide}", disable=cfg.quiet, leave=False)
-    pending: list[dict[str, np.ndarray]] = []
-    batches = patch_batches(h5, inputs, crops, start, cfg, backbone)
-    for chunk, last, batch in prefetch(batches, cfg.prefetch):
-        arrays = {}
-        for c, x in zip(crops, batch, strict=True):
-            feats = extractor(x)
-            arrays[array_name("pooled", c, inputs.primary_px)] = feats["pooled"]
-            if "stages" in feats:
-                arrays[array_name("stages", c, inputs.primary_px)] = feats["stages"]
-        pending.append(arrays)
-        bar.update(len(batch[0]))
-        if last:
-            writer.write_chunk(chunk, {k: np.concatenate([a[k] for a in pending])
-                                       for k in pending[0]})
-            pending = []
-    bar.close()
-    return "resumed" if start else "written"
+@dataclass(eq=False)
+class SlidePlan:
+    """What a run does to one backbone x slide: its units, and how it left the slide."""
+
+    job: BackboneJob
+    slide: str
+    status: str                      # "skipped", "resumed" or "written"
+    units: list[WorkUnit]
+
+
+def plan_slide(inputs: SlideInputs, job: BackboneJob, extractor: FeatureExtractor,
+               cfg: EmbedConfig, winfo: WeightsInfo, run_info: dict,
+               max_chunks: int | None) -> SlidePlan:
+    """Create (or reopen) the slide's group, recheck its finished chunks' checksums
+    (``cfg.verify``; damaged ones are computed again) and cut the chunks still to compute
+    into units of at most ``max_chunks``."""
+    crops = tuple(inputs.crops(job.contexts))
+    writer = open_writer(inputs, extractor, cfg, winfo, run_info, crops)
+    if cfg.verify and not cfg.overwrite:
+        damaged = writer.damaged_chunks()
+        if damaged:
+            log.warning("%s: %s / %s: %d damaged chunk(s) (%s), computed again",
+                        cfg.store, job.name, inputs.slide, len(damaged),
+                        ", ".join(f"{c} in {a}" for c, a in list(damaged.items())[:4]))
+            writer.reset(damaged)
+    missing = writer.missing_chunks()
+    if not len(missing):
+        status = "skipped"
+        log.info("%s / %s: complete, skipped", job.name, inputs.slide)
+    elif len(missing) < writer.n_chunks:
+        status = "resumed"
+        log.info("%s / %s: resuming, %d of %d chunks to compute", job.name, inputs.slide,
+                 len(missing), writer.n_chunks)
+    else:
+        status = "written"
+    units = slide_units(job, inputs.slide, inputs.table.x, inputs.table.y, missing,
+                        cfg.chunk_spots, crops, inputs.primary_px, max_chunks)
+    return SlidePlan(job, inputs.slide, status, units)
 
 
 def peak_rss_mb() -> float:
@@ -117,56 +124,93 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(cfg: EmbedConfig) -> dict[str, dict[str, str]]:
+def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str]]:
     """Embed every requested backbone x slide. Returns {backbone: {slide: status}}.
 
     Settings, names and every slide's inputs (spot table, fingerprint, pixel size, crop
     size) are checked and read once, before any model is built; the store is locked
-    against another run writing it (:func:`data.lock.output_lock`)."""
+    against another run writing it (:func:`data.lock.output_lock`). Every slide's group
+    is created (or reopened) before any unit runs; the units then go to the executor
+    (:mod:`embed.executors`: in-process, or Dask workers). ``timing``, when given, is
+    filled with ``spots`` and ``views`` computed and ``units_s``, the seconds from the
+    first unit handed out to the last one finished (model loading on workers included,
+    start-up and planning not)."""
     jobs = check_config(cfg)
     preflight(cfg.h5, list(cfg.slides) or None)
-    with output_lock(cfg.store, "embeddings store"):
-        return _run(cfg, jobs)
+    if is_url(cfg.store):
+        log.warning("%s: no lock is taken on a store at a URL: do not start two runs on it "
+                    "at once", cfg.store)
+        lock = nullcontext()
+    else:
+        cfg = replace(cfg, store=str(Path(cfg.store).resolve()))
+        lock = output_lock(cfg.store, "embeddings store")
+    cfg = replace(cfg, h5=str(Path(cfg.h5).resolve()))
+    with lock:
+        executor = make_executor(cfg)
+        try:
+            return _run(cfg, jobs, executor, {} if timing is None else timing)
+        finally:
+            executor.close()
 
 
-def _run(cfg: EmbedConfig, jobs: list) -> dict[str, dict[str, str]]:
+def _run(cfg: EmbedConfig, jobs: list[BackboneJob], executor, timing: dict
+         ) -> dict[str, dict[str, str]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    choice = select_device(cfg.device, cfg.precision)
-    cfg = with_device_defaults(cfg, choice)
-    log.info("device: %s", choice.describe())
+    choice = executor.device_choice(cfg)
+    cfg = pinned(with_device_defaults(cfg, choice, executor.default_prefetch(choice)),
+                 choice, executor.task_threads(cfg))
+    log.info("device: %s; executor: %s", choice.describe(), executor.describe())
     log.info("config: %s", json.dumps(config_dict(cfg)))
     run_info = {"hespot_version": version("hespot"), "torch_version": torch.__version__,
                 "timm_version": version("timm"), "device": choice.describe(),
                 "config": config_dict(cfg), "h5": str(cfg.h5)}
-    results: dict[str, dict[str, str]] = {}
     with CanonicalH5(cfg.h5) as h5:
         names = list(cfg.slides) or h5.train_slides + h5.test_slides
         for slide in names:
             h5.split_of(slide)  # unknown slide names fail before any slide is hashed
         slides = [read_slide_inputs(h5, s, cfg) for s in names]
-        for job in jobs:
-            backbone = get_backbone(job.name)
-            model, winfo = build_model(backbone, cfg.weights)
-            log.info("%s: weights %s %s (sha256 %s)", job.name, winfo.source, winfo.path,
-                     winfo.sha256[:16])
-            stage_idx = backbone.stage_indices if job.stages else ()
-            extractor = FeatureExtractor(model, backbone, choice, cfg.tta, stage_idx,
-                                         cfg.runner, cfg.batch_spots)
-            log.info("%s: runner %s", job.name, extractor.runner)
-            results[job.name] = {}
-            for inputs in tqdm(slides, desc=job.name, unit="slide", disable=cfg.quiet):
-                t0 = time.perf_counter()
-                status = embed_slide(h5, inputs, extractor, cfg, winfo, run_info, job.contexts)
-                results[job.name][inputs.slide] = status
-                log.info("%s / %s: %s in %.1f s (peak RSS %.0f MB)", job.name, inputs.slide,
-                         status, time.perf_counter() - t0, peak_rss_mb())
+    max_chunks = cfg.chunks_per_task if executor.name != "inprocess" else None
+    plans: list[tuple[EmbedConfig, SlidePlan]] = []
+    for job in jobs:
+        extractor, winfo = executor.planning_model(cfg, job)
+        log.info("%s: weights %s %s (sha256 %s); runner %s", job.name, winfo.source,
+                 winfo.path, winfo.sha256[:16], extractor.runner)
+        job_cfg = replace(cfg, runner=extractor.runner)
+        plans += [(job_cfg, plan_slide(inputs, job, extractor, job_cfg, winfo, run_info,
+                                       max_chunks)) for inputs in slides]
+    results: dict[str, dict[str, str]] = {job.name: {} for job in jobs}
+    owner: dict[str, SlidePlan] = {}
+    tasks: list[tuple[EmbedConfig, WorkUnit]] = []
+    for job_cfg, plan in plans:
+        results[plan.job.name][plan.slide] = plan.status
+        tasks += [(job_cfg, u) for u in plan.units]
+        owner.update({u.key: plan for u in plan.units})
+    left = {key: plan for key, plan in owner.items()}
+    bar = tqdm(total=sum(u.n_spots for _, u in tasks), unit="spot", desc="embeddings",
+               disable=cfg.quiet or not tasks)
+    t0 = time.perf_counter()
+
+    def finished(unit: WorkUnit) -> None:
+        plan = left.pop(unit.key)
+        if not any(p is plan for p in left.values()):
+            log.info("%s / %s: %s at %.1f s (peak RSS %.0f MB)", plan.job.name, plan.slide,
+                     plan.status, time.perf_counter() - t0, peak_rss_mb())
+
+    executor.run(tasks, finished, bar.update)
+    bar.close()
+    spots = sum(u.n_spots for _, u in tasks)
+    timing.update(spots=spots, views=spots * cfg.tta, units_s=time.perf_counter() - t0)
+    if tasks:
+        log.info("stage 1: %d spots x %d views in %.1f s (%.1f views/s, %s)", spots, cfg.tta,
+                 timing["units_s"], timing["views"] / timing["units_s"], executor.describe())
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = config_parser("python -m embed.run", __doc__, EmbedConfig,
-                      common=("h5", "store", "device", "precision", "threads", "quiet"))
+                      common=("h5", "store", "device", "precision", "threads", *CLUSTER_FLAGS,
+                              "quiet"))
     p.add_argument("--backbones", type=parse_list,
                    help="comma-separated registry names, each optionally with +stages and "
                    "+<crop px>, e.g. mobilenet_v2,efficientnet_lite0+stages+448")
@@ -196,13 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
                    help="recompute every requested slide, finished or not, whatever its "
                    "stored settings")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction,
+                   help="recheck finished chunks' checksums and compute damaged ones again "
+                   "(default on)")
+    p.add_argument("--chunks-per-task", dest="chunks_per_task", type=int,
+                   help="with --workers/--scheduler: chunks of --chunk-spots spots per Dask "
+                   "task (default 8)")
     return p
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(EmbedConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
-    Path(cfg.store).parent.mkdir(parents=True, exist_ok=True)
+    if not is_url(cfg.store):
+        Path(cfg.store).parent.mkdir(parents=True, exist_ok=True)
     run(cfg)
     return 0
 

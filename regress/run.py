@@ -30,6 +30,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
+from data.cluster import CLUSTER_FLAGS, TaskMap, check_cluster, task_map
 from data.errors import ConfigError, DataError, Problem
 from data.lock import output_lock
 from data.store import FeatureSpec
@@ -74,6 +75,9 @@ class RegressConfig:
     ridge_alpha_max: float = 1e7
     lgbm_pca: int = 32
     lgbm_trees: int = 200
+    workers: int = 0                      # >0: the folds on a local Dask cluster
+    threads_per_worker: int | None = None
+    scheduler: str | None = None          # or on an existing Dask cluster
     quiet: bool = False
 
 
@@ -135,6 +139,7 @@ def check_config(cfg: RegressConfig) -> None:
             raise ConfigError(f"{flag} must be at least {least:g}, got {value:g}")
     if cfg.smooth_w is not None and not 0 <= cfg.smooth_w <= 1:
         raise ConfigError(f"--smooth-w must lie in [0, 1], got {cfg.smooth_w:g}")
+    check_cluster(cfg.workers, cfg.scheduler, cfg.threads_per_worker)
 
 
 def run(cfg: RegressConfig) -> dict:
@@ -152,6 +157,19 @@ def run(cfg: RegressConfig) -> dict:
     if len(data.train) < 2:
         raise DataError(Problem(cfg.h5, "", "spots/Train", "at least 2 train slides (LOSO)",
                                 f"{len(data.train)}", "import more training slides"))
+    with task_map(cfg.workers, cfg.scheduler, cfg.threads_per_worker) as tasks:
+        if tasks.client is not None:
+            log.info("LOSO folds on %s", tasks.describe())
+        entries = _loso_all(cfg, recipe, data, post, tasks)
+    report = update_report(Path(cfg.out), entries, config=config_dict(cfg),
+                           recipe=recipe.as_dict(), cell_types=list(data.cell_types),
+                           train_slides=data.train, test_slides=data.test)
+    return report
+
+
+def _loso_all(cfg: RegressConfig, recipe: Recipe, data, post, tasks: TaskMap) -> dict:
+    """LOSO of every model x target (folds through ``tasks``); writes each one's
+    predictions and returns their report entries."""
     entries = {}
     out = Path(cfg.out)
     models = ["constant"] + [m for m in cfg.models if m != "constant"]
@@ -161,7 +179,7 @@ def run(cfg: RegressConfig) -> dict:
             model_id = f"{name}-{target}"
             res = run_loso(lambda n=name, p=params: make_model(n, **p), data, target,
                            postprocess=None if name == "constant" else post,
-                           describe=describe)
+                           describe=describe, tasks=tasks)
             write_predictions(out, model_id,
                               predictions_frame(res.oof, data.cell_types, data.xy,
                                                 data.spot_ids),
@@ -175,15 +193,12 @@ def run(cfg: RegressConfig) -> dict:
             log.info("%s: per-spot %.3f, per-type %.3f (%.1f s) %s", model_id,
                      res.mean["spot"], res.mean["type"], res.seconds,
                      json.dumps(res.fitted))
-    report = update_report(out, entries, config=config_dict(cfg), recipe=recipe.as_dict(),
-                           cell_types=list(data.cell_types), train_slides=data.train,
-                           test_slides=data.test)
-    return report
+    return entries
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = config_parser("python -m regress.run", __doc__, RegressConfig,
-                      common=("h5", "store", "out", "quiet"))
+                      common=("h5", "store", "out", *CLUSTER_FLAGS, "quiet"))
     p.add_argument("--recipe", help=f"auto (tuned, else {DEFAULT_RECIPE}) or one of "
                    f"{', '.join(RECIPES)}")
     p.add_argument("--features", type=parse_list,

@@ -31,6 +31,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
+from data.cluster import CLUSTER_FLAGS, check_cluster, task_map
 from data.lock import output_lock
 from data.store import FeatureSpec
 from regress.features import SlideSet, load_slides
@@ -51,6 +52,9 @@ class TuneConfig:
     recipes: tuple[str, ...] = TUNE_GRID
     targets: tuple[str, ...] = ("spot_rank", "type_rank")
     alpha_max: float = 1e7
+    workers: int = 0                      # >0: the grid's rows on a local Dask cluster
+    threads_per_worker: int | None = None
+    scheduler: str | None = None          # or on an existing Dask cluster
     quiet: bool = False
 
 
@@ -68,6 +72,12 @@ def evaluate(data: SlideSet, recipe: Recipe, target: str, alpha_max: float) -> d
             "mean": res.mean, "seconds": round(res.seconds, 2)}
 
 
+def _row(item: tuple[Recipe, str], alpha_max: float, data: SlideSet) -> dict:
+    """One task of the grid: :func:`evaluate` of one (recipe, target)."""
+    recipe, target = item
+    return evaluate(data, recipe, target, alpha_max)
+
+
 def choose(rows: dict[str, dict], target: str = "spot_rank") -> str:
     """The recipe with the best mean per-spot Spearman on ``target`` (the challenge's
     metric), ties broken by per-type. Rows are keyed ``<recipe>/<target>``."""
@@ -82,19 +92,24 @@ def run(cfg: TuneConfig) -> dict:
     recipes = [get_recipe(n) for n in cfg.recipes]
     for t in cfg.targets:
         check_name("target", t, TARGETS)
+    check_cluster(cfg.workers, cfg.scheduler, cfg.threads_per_worker)
     specs = sorted({f for r in recipes for f in r.features})
     preflight(cfg.h5)
     t0 = time.perf_counter()
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in specs])
     log.info("loaded %d feature parts in %.1f s", len(specs), time.perf_counter() - t0)
+    grid = [(recipe, target) for target in cfg.targets for recipe in recipes]
+    with task_map(cfg.workers, cfg.scheduler, cfg.threads_per_worker) as tasks:
+        if tasks.client is not None:
+            log.info("%d rows on %s", len(grid), tasks.describe())
+        scored = tasks.map(_row, grid, alpha_max=cfg.alpha_max, data=data)
     rows = {}
-    for target in cfg.targets:
-        for recipe in recipes:
-            key = f"{recipe.name}/{target}"
-            rows[key] = evaluate(data, recipe, target, cfg.alpha_max)
-            m = rows[key]["mean"]
-            log.info("%-28s per-spot %.3f per-type %.3f (%.0f s)", key, m["spot"], m["type"],
-                     rows[key]["seconds"])
+    for (recipe, target), row in zip(grid, scored, strict=True):
+        key = f"{recipe.name}/{target}"
+        rows[key] = row
+        m = row["mean"]
+        log.info("%-28s per-spot %.3f per-type %.3f (%.0f s)", key, m["spot"], m["type"],
+                 row["seconds"])
     chosen = choose(rows, cfg.targets[0])
     out = Path(cfg.out)
     atomic_write_json(out / "tuned.json",
@@ -108,7 +123,7 @@ def run(cfg: TuneConfig) -> dict:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     p = config_parser("python -m regress.tune", __doc__, TuneConfig,
-                      common=("h5", "store", "out", "quiet"))
+                      common=("h5", "store", "out", *CLUSTER_FLAGS, "quiet"))
     p.add_argument("--recipes", type=parse_list, help="comma-separated recipe names")
     p.add_argument("--targets", type=parse_list,
                    help="comma-separated; the first one chooses the recipe")

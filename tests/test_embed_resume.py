@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zarr
 
-import embed.run as run_mod
+import embed.worker
 from data.errors import DataError
 from data.store import read_features
 from embed.config import EmbedConfig
@@ -83,7 +83,8 @@ def test_crash_then_resume(h5, reference, tmp_path, monkeypatch):
     rows = g["features"][:]
     assert np.all(np.isfinite(rows[:n_ok * BATCH]))
     assert np.all(np.isnan(rows[n_ok * BATCH:]))
-    assert "S_2" not in zarr.open_group(str(store), mode="r")[BACKBONE]
+    # every group is created before work starts (design.md); S_2's holds no finished chunk
+    assert not zarr.open_group(str(store), mode="r")[f"{BACKBONE}/S_2/done"][:].any()
     with pytest.raises(DataError, match="interrupted run"):
         read_features(store, BACKBONE, "S_1")
 
@@ -186,7 +187,7 @@ def _crash_after(monkeypatch, n_ok):
                 raise RuntimeError("simulated crash")
             return super().__call__(x)
 
-    monkeypatch.setattr(run_mod, "FeatureExtractor", Crashing)
+    monkeypatch.setattr(embed.worker, "FeatureExtractor", Crashing)
 
 
 def test_resume_with_chunks_not_a_multiple_of_batches(h5, tmp_path, monkeypatch):

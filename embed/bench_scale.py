@@ -1,0 +1,125 @@
+"""Benchmark stage 1's executors on the sample: ``make bench-scale`` (not a test).
+
+In one run, each in a fresh process: stage 1 in-process, with ``--workers 1`` and with
+``--workers 2`` (a Dask LocalCluster started and stopped by the run), same backbone,
+views and slides, each into its own store; then whether the three stores hold the same
+features bit for bit. Throughput is views per second of the work phase (from the first
+unit handed out to the last one written, the workers' model loading included); the
+start-up (imports, cluster, planning) is printed beside it. The last line is
+``bench-scale inproc_views_per_s=<a> workers1_views_per_s=<b> workers2_views_per_s=<c>
+same_features=<true|false>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from data.cli import DEFAULT_H5, Parser, add_common, parse_list, run_cli, setup_logging
+from data.store import FeatureSpec, open_store, read_array
+
+log = logging.getLogger("hespot")
+
+VARIANTS = {"inproc": 0, "workers1": 1, "workers2": 2}
+
+
+def one_run(cfg_json: str) -> dict:
+    """Run stage 1 with the EmbedConfig fields in ``cfg_json``; its timing and wall."""
+    from embed.config import EmbedConfig
+    from embed.run import run
+    fields = json.loads(cfg_json)
+    cfg = replace(EmbedConfig(), **{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in fields.items()})
+    timing: dict = {}
+    run(cfg, timing)
+    return timing
+
+
+def _fresh(cfg: dict) -> tuple[dict, float]:
+    """:func:`one_run` in a new interpreter (``--one``), as ``make embeddings`` runs."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "embed.bench_scale", "--one", json.dumps(cfg)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"stage 1 ({cfg}) failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
+
+
+def same_features(stores: Sequence[str], backbone: str, slides: Sequence[str]) -> bool:
+    """Whether every store holds bit-identical ``features`` of every slide."""
+    first = [read_array(open_store(stores[0]), stores[0], FeatureSpec(backbone), s)
+             for s in slides]
+    for other in stores[1:]:
+        store = open_store(other)
+        if not all(np.array_equal(a, read_array(store, other, FeatureSpec(backbone), s))
+                   for a, s in zip(first, slides, strict=True)):
+            return False
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m embed.bench_scale", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p, "h5", "device", "precision")
+    p.set_defaults(h5=DEFAULT_H5, device="auto", precision="auto")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--tta", type=int, default=8)
+    p.add_argument("--slides", type=parse_list, default=(),
+                   help="comma-separated (default: all)")
+    p.add_argument("--chunks-per-task", type=int, default=2,
+                   help="chunks of 64 spots per Dask task (the sample's slides are "
+                   "about 3 chunks: 2 spreads them over both workers)")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.one:
+        setup_logging(quiet=True)
+        sys.stdout.write(json.dumps(one_run(args.one)) + "\n")
+        return 0
+    setup_logging(quiet=True)
+    from data.h5 import CanonicalH5
+    with CanonicalH5(args.h5) as h5:
+        slides = list(args.slides) or h5.train_slides + h5.test_slides
+    out = sys.stdout
+    figures, stores = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, workers in VARIANTS.items():
+            store = str(Path(tmp) / f"{name}.zarr")
+            stores.append(store)
+            cfg = {"h5": str(args.h5), "store": store, "backbones": [args.backbone],
+                   "slides": slides, "tta": args.tta, "device": args.device,
+                   "precision": args.precision, "workers": workers,
+                   "chunks_per_task": args.chunks_per_task, "quiet": True}
+            timing, wall = _fresh(cfg)
+            figures[name] = timing["views"] / timing["units_s"]
+            out.write(f"{name:9s} {figures[name]:7.1f} views/s over {timing['views']} views "
+                      f"({timing['units_s']:.1f} s of work; {wall:.1f} s with start-up, "
+                      f"{timing['views'] / wall:.1f} views/s)\n")
+            out.flush()
+        same = same_features(stores, args.backbone, slides)
+    out.write(f"bench-scale inproc_views_per_s={figures['inproc']:.1f} "
+              f"workers1_views_per_s={figures['workers1']:.1f} "
+              f"workers2_views_per_s={figures['workers2']:.1f} "
+              f"same_features={str(same).lower()}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

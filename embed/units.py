@@ -1,0 +1,72 @@
+"""Units of stage-1 work: (backbone, slide, range of chunks), the pieces an executor hands
+out (design.md, "Scale beyond one machine").
+
+A unit carries everything a task on another process or machine needs besides the files
+(the spot coordinates of its rows, its crop sizes), so it can be pickled and sent; it
+writes whole chunks of its slide's group, which the coordinator created, and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from embed.config import BackboneJob
+
+
+@dataclass(frozen=True, eq=False)
+class WorkUnit:
+    """Chunks ``first_chunk .. first_chunk + n_chunks - 1`` of one backbone x slide.
+
+    Attributes:
+        x, y: float64 (rows,) spot centres of the unit's rows, in slide order.
+        crops: crop sides in px, the primary one first.
+        primary_px: the primary crop side (names the arrays: ``features``,
+            ``features_448px``...).
+    """
+
+    job: BackboneJob
+    slide: str
+    first_chunk: int
+    n_chunks: int
+    x: np.ndarray
+    y: np.ndarray
+    crops: tuple[int, ...]
+    primary_px: int
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.x)
+
+    @property
+    def key(self) -> str:
+        """A name unique within a run (Dask's task key)."""
+        return f"embed-{self.job.name}-{self.slide}-{self.first_chunk}"
+
+
+def chunk_runs(chunks: np.ndarray, max_chunks: int | None = None) -> Iterator[tuple[int, int]]:
+    """(first chunk, count) of each run of consecutive ``chunks`` (int (k,) ascending),
+    runs cut to at most ``max_chunks``."""
+    chunks = np.asarray(chunks, dtype=np.int64)
+    if not len(chunks):
+        return
+    breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+    for run in np.split(chunks, breaks):
+        step = max_chunks or len(run)
+        for i in range(0, len(run), step):
+            yield int(run[i]), len(run[i:i + step])
+
+
+def slide_units(job: BackboneJob, slide: str, x: np.ndarray, y: np.ndarray,
+                chunks: np.ndarray, chunk_spots: int, crops: tuple[int, ...],
+                primary_px: int, max_chunks: int | None = None) -> list[WorkUnit]:
+    """The units that compute ``chunks`` (int (k,)) of one backbone x slide whose spot
+    centres are ``x``, ``y`` (float64 (n_spots,))."""
+    units = []
+    for first, count in chunk_runs(chunks, max_chunks):
+        rows = slice(first * chunk_spots, min((first + count) * chunk_spots, len(x)))
+        units.append(WorkUnit(job, slide, first, count, np.ascontiguousarray(x[rows]),
+                              np.ascontiguousarray(y[rows]), tuple(crops), primary_px))
+    return units

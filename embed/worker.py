@@ -1,0 +1,133 @@
+"""The task of stage 1: compute one :class:`~embed.units.WorkUnit` and write its chunks.
+
+The same function runs in the coordinator's process (the in-process executor) and on Dask
+workers. Models and open slide files are kept per process (:class:`ProcessCache`), so a
+worker loads each backbone once, not once per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.h5 import CanonicalH5
+from data.patches import PatchCropper
+from data.store import array_name, slide_writer
+from embed.backbones import Backbone, get_backbone
+from embed.config import BackboneJob, EmbedConfig
+from embed.device import select_device
+from embed.extract import FeatureExtractor, preprocess
+from embed.reading import prefetch
+from embed.units import WorkUnit
+from embed.weights import WeightsInfo, build_model
+
+log = logging.getLogger("hespot")
+
+
+class ProcessCache:
+    """Models (feature extractors) and open HDF5 files of one process.
+
+    Args:
+        max_models: extractors kept; the least recently used is dropped beyond it (a
+            worker given units of several backbones keeps the last ones).
+    """
+
+    def __init__(self, max_models: int = 1) -> None:
+        self.max_models = max_models
+        self._models: OrderedDict[tuple, tuple[FeatureExtractor, WeightsInfo]] = OrderedDict()
+        self._files: dict[tuple, CanonicalH5] = {}
+
+    def extractor(self, cfg: EmbedConfig, job: BackboneJob) -> tuple[FeatureExtractor,
+                                                                     WeightsInfo]:
+        """The extractor of ``job`` under ``cfg`` (device, precision, runner, TTA, batch),
+        built at the first call. ``cfg.runner`` may be the one asked for ("auto") or the
+        one it resolved to: both find the same extractor."""
+        base = (job.name, job.stages, cfg.weights, cfg.device, cfg.precision, cfg.tta,
+                cfg.batch_spots)
+        for key, value in self._models.items():
+            if key[0] == base and cfg.runner in key[1:]:
+                self._models.move_to_end(key)
+                return value
+        while len(self._models) >= self.max_models:
+            self._models.popitem(last=False)
+        backbone = get_backbone(job.name)
+        model, winfo = build_model(backbone, cfg.weights)
+        stage_idx = backbone.stage_indices if job.stages else ()
+        extractor = FeatureExtractor(model, backbone, select_device(cfg.device, cfg.precision),
+                                     cfg.tta, stage_idx, cfg.runner, cfg.batch_spots)
+        self._models[(base, cfg.runner, extractor.runner)] = extractor, winfo
+        return extractor, winfo
+
+    def h5(self, path: str) -> CanonicalH5:
+        """The canonical file at ``path``, opened once (again if it changed on disk)."""
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+        if key not in self._files:
+            for old in self._files.values():
+                old.close()
+            self._files = {key: CanonicalH5(path)}
+        return self._files[key]
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        self._models.clear()
+
+
+#: the cache of a worker process (Dask pickles run_unit by reference: one per process)
+WORKER_CACHE = ProcessCache(max_models=2)
+
+
+def unit_batches(h5: CanonicalH5, unit: WorkUnit, cfg: EmbedConfig, backbone: Backbone
+                 ) -> Iterator[tuple[int, bool, list[torch.Tensor]]]:
+    """(chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop]).
+
+    The patches of each chunk (``cfg.chunk_spots`` spots) are cropped with one window
+    read (from the coarsest pyramid level that keeps the model's input resolution) and
+    handed out in model batches of ``cfg.batch_spots``."""
+    croppers = [PatchCropper(h5, unit.slide, c, cfg.pad_mode, out_px=backbone.input_size)
+                for c in unit.crops]
+    for i in range(unit.n_chunks):
+        rows = slice(i * cfg.chunk_spots, min((i + 1) * cfg.chunk_spots, unit.n_spots))
+        patches = [cr.crop(unit.x[rows], unit.y[rows]) for cr in croppers]
+        n = len(patches[0])
+        for s in range(0, n, cfg.batch_spots):
+            yield (unit.first_chunk + i, s + cfg.batch_spots >= n,
+                   [preprocess(p[s:s + cfg.batch_spots], backbone) for p in patches])
+
+
+def run_unit(unit: WorkUnit, cfg: EmbedConfig, cache: ProcessCache | None = None,
+             progress: Callable[[int], None] | None = None) -> int:
+    """Compute ``unit`` and write its chunks (each marked done after its rows); returns
+    the spots written. ``cfg`` is the coordinator's, with device, precision, runner and
+    batch size already resolved; ``progress(n)`` is called after every model batch."""
+    cache = WORKER_CACHE if cache is None else cache
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    extractor, _ = cache.extractor(cfg, unit.job)
+    backbone = extractor.backbone
+    writer = slide_writer(cfg.store, backbone.name, unit.slide)
+    pending: list[dict[str, np.ndarray]] = []
+    batches = unit_batches(cache.h5(cfg.h5), unit, cfg, backbone)
+    for chunk, last, batch in prefetch(batches, cfg.prefetch):
+        arrays = {}
+        for c, x in zip(unit.crops, batch, strict=True):
+            feats = extractor(x)
+            arrays[array_name("pooled", c, unit.primary_px)] = feats["pooled"]
+            if "stages" in feats:
+                arrays[array_name("stages", c, unit.primary_px)] = feats["stages"]
+        pending.append(arrays)
+        if progress:
+            progress(len(batch[0]))
+        if last:
+            writer.write_chunk(chunk, {k: np.concatenate([a[k] for a in pending])
+                                       for k in pending[0]})
+            pending = []
+    return unit.n_spots
