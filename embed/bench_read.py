@@ -16,16 +16,21 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
-from data.cli import Parser, add_common, run_cli, setup_logging
+import numpy as np
+
+from data.cli import Parser, add_common, parse_list, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
 from embed.backbones import Backbone, get_backbone
 from embed.bench import _set_threads, in_subprocess, limit_in_process
-from embed.config import EmbedConfig, default_batch_spots
+from embed.config import BackboneJob, EmbedConfig, default_batch_spots
 from embed.device import select_device
 from embed.extract import preprocess
 from embed.run import peak_rss_mb
+from embed.units import slide_units
+from embed.worker import unit_batches
 
 log = logging.getLogger("hespot")
 
@@ -58,6 +63,31 @@ def reader_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spots
     return done / crop_s, done / (crop_s + prep_s), done, reader
 
 
+def readers_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spots: int,
+                          readers: int) -> float:
+    """Patches/s cropped + preprocessed by ``readers`` threads reading chunks at once
+    (:func:`embed.worker.unit_batches`, as stage 1 feeds a GPU), over the first
+    ``n_spots`` spots of the file's slides."""
+    cfg = replace(EmbedConfig(), patch_px=crop_px, batch_spots=64, readers=readers)
+    job = BackboneJob(backbone.name)
+    done, seconds = 0, 0.0
+    with CanonicalH5(h5_path) as h5:
+        for slide in h5.train_slides + h5.test_slides:
+            table = h5.spots(slide)
+            take = min(len(table), n_spots - done)
+            chunks = np.arange(-(-take // cfg.chunk_spots))
+            for unit in slide_units(job, slide, table.x[:take], table.y[:take], chunks,
+                                    cfg.chunk_spots, (crop_px,), crop_px):
+                t0 = time.perf_counter()
+                for _ in unit_batches(h5, unit, cfg, backbone, readers):
+                    pass
+                seconds += time.perf_counter() - t0
+                done += unit.n_spots
+            if done >= n_spots:
+                break
+    return done / seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="hespot bench-read", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spots", type=int, default=2000, help="spots read per file")
     p.add_argument("--limit-seconds", type=float, default=10.0)
     p.add_argument("--runner", default="auto")
+    p.add_argument("--readers", type=lambda v: parse_list(v, int), default=(1, 2),
+                   help="reader thread counts to measure, e.g. 1,2,4 (--readers of embed)")
     return p
 
 
@@ -88,6 +120,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         out.write(f"reader {path} ({reader}): {crop:.0f} patches/s cropped, {full:.0f} "
                   f"patches/s cropped + preprocessed ({n} spots, {args.patch_px} px)\n")
         figures.append(full)
+        for r in args.readers:
+            rate = readers_patches_per_s(path, backbone, args.patch_px, args.spots, r)
+            out.write(f"  --readers {r}: {rate:.0f} patches/s cropped + preprocessed "
+                      f"({rate / r:.0f} per reader thread)\n")
     views, runner = in_subprocess(limit_in_process, backbone.name, None, args.tta, batch,
                                   args.device, args.precision, args.runner,
                                   args.limit_seconds, threads=args.threads)

@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int,
                    help="batches read ahead in a background thread; 0 reads in the model's "
                    "thread (default: 3 on a GPU or with spare CPU cores, else 0)")
+    p.add_argument("--readers", type=int,
+                   help="threads reading chunks at once (default: 1 on a CPU, 4 on CUDA)")
     p.add_argument("--weights", help="local weights file (safetensors or state dict)")
     p.add_argument("--pad-mode", dest="pad_mode", choices=["reflect", "constant", "edge"])
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction,

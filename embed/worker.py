@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -85,22 +87,65 @@ class ProcessCache:
 WORKER_CACHE = ProcessCache(max_models=2)
 
 
-def unit_batches(h5: CanonicalH5, unit: WorkUnit, cfg: EmbedConfig, backbone: Backbone
-                 ) -> Iterator[tuple[int, bool, list[torch.Tensor]]]:
-    """(chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop]).
+def _chunk_reader(h5_path: str, h5: CanonicalH5 | None, unit: WorkUnit, cfg: EmbedConfig,
+                  backbone: Backbone) -> Callable[[int], list]:
+    """``read(i)``: the model batches of the unit's ``i``-th chunk, as
+    (chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop]).
+
+    With ``h5`` the reads go through it (one reader thread); without, each calling thread
+    opens the file once for itself (several reader threads: slide images keep caches that
+    are not shared between threads)."""
+    local = threading.local()
+    files: list[CanonicalH5] = []
+
+    def croppers() -> list[PatchCropper]:
+        if not hasattr(local, "croppers"):
+            f = h5
+            if f is None:
+                f = CanonicalH5(h5_path)
+                files.append(f)
+            local.croppers = [PatchCropper(f, unit.slide, c, cfg.pad_mode,
+                                           out_px=backbone.input_size) for c in unit.crops]
+        return local.croppers
+
+    def read(i: int) -> list:
+        rows = slice(i * cfg.chunk_spots, min((i + 1) * cfg.chunk_spots, unit.n_spots))
+        patches = [cr.crop(unit.x[rows], unit.y[rows]) for cr in croppers()]
+        n = len(patches[0])
+        return [(unit.first_chunk + i, s + cfg.batch_spots >= n,
+                 [preprocess(p[s:s + cfg.batch_spots], backbone) for p in patches])
+                for s in range(0, n, cfg.batch_spots)]
+
+    read.files = files  # type: ignore[attr-defined]  # closed by unit_batches
+    return read
+
+
+def unit_batches(h5: CanonicalH5, unit: WorkUnit, cfg: EmbedConfig, backbone: Backbone,
+                 readers: int = 1) -> Iterator[tuple[int, bool, list[torch.Tensor]]]:
+    """(chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop]),
+    chunk after chunk in order.
 
     The patches of each chunk (``cfg.chunk_spots`` spots) are cropped with one window
     read (from the coarsest pyramid level that keeps the model's input resolution) and
-    handed out in model batches of ``cfg.batch_spots``."""
-    croppers = [PatchCropper(h5, unit.slide, c, cfg.pad_mode, out_px=backbone.input_size)
-                for c in unit.crops]
-    for i in range(unit.n_chunks):
-        rows = slice(i * cfg.chunk_spots, min((i + 1) * cfg.chunk_spots, unit.n_spots))
-        patches = [cr.crop(unit.x[rows], unit.y[rows]) for cr in croppers]
-        n = len(patches[0])
-        for s in range(0, n, cfg.batch_spots):
-            yield (unit.first_chunk + i, s + cfg.batch_spots >= n,
-                   [preprocess(p[s:s + cfg.batch_spots], backbone) for p in patches])
+    handed out in model batches of ``cfg.batch_spots``. ``readers`` > 1: that many threads
+    read chunks ahead at once (a GPU outruns one reader), still handed out in order."""
+    read = _chunk_reader(str(h5.path), h5 if readers <= 1 else None, unit, cfg, backbone)
+    try:
+        if readers <= 1:
+            for i in range(unit.n_chunks):
+                yield from read(i)
+            return
+        with ThreadPoolExecutor(readers, thread_name_prefix="chunk-reader") as pool:
+            ahead: deque = deque()
+            for i in range(unit.n_chunks):
+                ahead.append(pool.submit(read, i))
+                if len(ahead) > 2 * readers:
+                    yield from ahead.popleft().result()
+            while ahead:
+                yield from ahead.popleft().result()
+    finally:
+        for f in read.files:
+            f.close()
 
 
 def run_unit(unit: WorkUnit, cfg: EmbedConfig, cache: ProcessCache | None = None,
@@ -115,7 +160,7 @@ def run_unit(unit: WorkUnit, cfg: EmbedConfig, cache: ProcessCache | None = None
     backbone = extractor.backbone
     writer = slide_writer(cfg.store, backbone.name, unit.slide)
     pending: list[dict[str, np.ndarray]] = []
-    batches = unit_batches(cache.h5(cfg.h5), unit, cfg, backbone)
+    batches = unit_batches(cache.h5(cfg.h5), unit, cfg, backbone, cfg.readers)
     for chunk, last, batch in prefetch(batches, cfg.prefetch):
         arrays = {}
         for c, x in zip(unit.crops, batch, strict=True):
