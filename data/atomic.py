@@ -2,21 +2,32 @@
 folder and renamed over the target only when complete, so a failed or killed run leaves
 the previous file intact and never a half-written one. A full disk, a quota or a
 read-only folder is a :class:`~data.errors.DataError` naming the output, not a traceback.
+
+A temporary is named ``.<target>.<pid>-<host>.<random><suffix>``: the next write of the
+same target removes the temporaries of writers that are gone (a SIGKILLed run cannot
+remove its own), those of live writers and other hosts' are left alone.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from data.errors import DataError, Problem
+from data.lock import pid_alive
+
+log = logging.getLogger("hespot")
 
 #: errors of the output side while writing (a full disk, a quota, a read-only mount)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -42,6 +53,43 @@ def _writable(path: Path, errnos: set[int]) -> Iterator[None]:
         raise
 
 
+def _host() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _temp_prefix(path: Path) -> str:
+    """The start of every temporary's name of ``path`` written by this process."""
+    return f".{path.name}.{os.getpid()}-{_host()}."
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` left by writers gone from this host (killed while
+    writing); returns them. A previous folder that :func:`atomic_dir` had moved aside when
+    its writer was killed is put back first, if nothing took its place."""
+    start, host = f".{path.name}.", _host()
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(start)]
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        owner = re.match(r"(\d+)-([0-9a-f]{8})\.", entry.name[len(start):])
+        if not owner or owner[2] != host or pid_alive(int(owner[1])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            previous = entry / "previous"
+            if previous.exists() and not (path.exists() or path.is_symlink()):
+                os.replace(previous, path)
+                log.warning("%s: put back the previous output, moved aside by a run that "
+                            "was killed while replacing it", path)
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        log.info("removed %s, left by a run that was killed while writing %s", entry, path)
+        removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit it is renamed over ``path``
@@ -52,7 +100,8 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     path = Path(path)
     with _writable(path, SETUP_ERRNOS):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -91,7 +140,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _writable(path, SETUP_ERRNOS):
         path.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        remove_stale_temporaries(path)
+        work = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         with _writable(path, WRITE_ERRNOS):
             yield work / path.name

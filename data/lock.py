@@ -38,7 +38,8 @@ def _holder() -> dict:
             "command": " ".join(sys.argv)[:300]}
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +61,7 @@ def _stale(holder: dict) -> bool:
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return True
-    return holder.get("host") == socket.gethostname() and not _alive(pid)
+    return holder.get("host") == socket.gethostname() and not pid_alive(pid)
 
 
 @contextmanager

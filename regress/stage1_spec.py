@@ -8,13 +8,16 @@ never imports torch.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import logging
+import os
 import shlex
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +123,30 @@ def stored_slides(store_path: str, backbone: str, part: dict, slides: Sequence[s
     return found
 
 
+#: prctl's option: the signal a process gets when the thread that started it ends (Linux)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` by which a child process is SIGKILLed when this process ends, however
+    it ends (Linux; None elsewhere): a killed ``predict`` leaves no stage 1 running on,
+    writing the store and holding its lock. Call it from the thread that starts the child.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+    return setup
+
+
 def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
-    """Run stage 1 for every backbone of the model on ``slides`` (a child process each).
+    """Run stage 1 for every backbone of the model on ``slides`` (a child process each,
+    ended with this one: :func:`die_with_parent`).
 
     Raises:
         DataError: stage 1 refused an input or setting (its message is passed on).
@@ -138,7 +163,7 @@ def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
         argv = embed_argv(part, cfg.h5, store, todo, cfg.weights, cfg.device, cfg.threads)
         log.info("stage 1: python -m embed.run %s", shlex.join(argv))
         proc = subprocess.run([sys.executable, "-m", "embed.run", *argv], text=True,
-                              capture_output=True)
+                              capture_output=True, preexec_fn=die_with_parent())
         for line in proc.stderr.splitlines() if proc.returncode == 0 else ():
             log.warning("stage 1: %s", line)
         if proc.returncode == 2:

@@ -1,12 +1,18 @@
 """The fault suite (issue 18): ``make faults`` (``python tests/fault_suite.py``).
 
-Every case runs the real ``hespot`` command in its own process on the synthetic fixture:
+Every case runs the real ``hespot`` command in its own process, on the synthetic fixture
+(``import-her2st`` on one section of the bundled sample, ``import-wsi`` on a generated
+pyramidal TIFF; ``tune`` through its ``main`` with two recipes of the tiny backbone):
 
 - bad inputs: each must exit 2 with one ``hespot: ...`` line (no traceback) and write
   nothing;
-- kills: ``embed``, ``regress`` and ``submit`` are SIGKILLed at several points of an
-  uninterrupted run's duration, then run again: the outputs must equal the
-  uninterrupted run's (features array for array, report scores, submission bytes);
+- kills: every command that writes (``import-her2st``, ``import-wsi``, ``embed``,
+  ``regress``, ``submit``, ``report``, ``fit``, ``predict``, ``tune``, ``finetune``) is
+  SIGKILLed at points of an uninterrupted run's duration (20, 50 and 80 %; the slow ones
+  at 50 % only), then run again. After the kill, no child of it may run on and no output
+  may be found incomplete under its final name; the rerun must succeed, give the
+  uninterrupted run's outputs (``fault_outputs``: what "the same" means per command) and
+  leave no temporary behind;
 - concurrency: two runs started at once on one store (or one OUT) must not both write:
   one refuses naming the holder (or both finish one after the other), and the result
   equals the uninterrupted run's.
@@ -18,7 +24,7 @@ concurrent_safe=<n>/<m>``. ``tests/test_faults.py`` runs a quick subset in ``mak
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import re
 import shutil
 import signal
@@ -26,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -34,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from data.synthetic import write_synthetic  # noqa: E402
 from data.wsi.pyramid import write_array_pyramid  # noqa: E402
@@ -155,88 +163,181 @@ def bad_input_cases(root: Path, base: Path) -> dict[str, Callable[[], bool]]:
                                     unsafe_name)}
 
 
-def _arrays(store: Path) -> dict[str, np.ndarray]:
-    import zarr
+from fault_outputs import (  # noqa: E402
+    partial_files,
+    same_finetune,
+    same_h5,
+    same_model,
+    same_predict,
+    same_report,
+    same_scores,
+    same_store,
+    same_submission,
+    same_tune,
+    temporaries,
+)
 
-    out: dict[str, np.ndarray] = {}
-
-    def walk(group, prefix: str) -> None:
-        for name, arr in group.arrays():
-            out[prefix + name] = arr[:]
-        for name, sub in group.groups():
-            walk(sub, f"{prefix}{name}/")
-
-    walk(zarr.open_group(str(store), mode="r"), "")
-    return out
-
-
-def same_store(a: Path, b: Path) -> bool:
-    x, y = _arrays(a), _arrays(b)
-    return x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+HER2ST = ROOT / "data" / "samples" / "her2st"
+FINETUNE = ["--backbone", "tiny_random", "--patch-px", "64", "--epochs", "3", "--batch-size",
+            "16", "--lr", "2e-3", "--augment", "flips", "--cutmix-p", "0", "--workers", "0",
+            "--precision", "fp32", "--tta", "2", "--threads", "1", "--quiet"]
+#: ``hespot tune`` with two recipes of the tiny backbone (the grid's recipes read the real
+#: backbones' features): the real command's main in its own process
+TUNE = ("import sys\n"
+        "import regress.recipes as r\n"
+        "tiny = [r.Recipe('t_plain', ('tiny_random',)),\n"
+        "        r.Recipe('t_smooth', ('tiny_random',), smooth_k=4, smooth_w=0.5)]\n"
+        "r.RECIPES = {**r.RECIPES, **{t.name: t for t in tiny}}\n"
+        "from regress.tune import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n")
 
 
-def same_scores(a: Path, b: Path) -> bool:
-    def scores(out: Path) -> dict:
-        report = json.loads((out / "report.json").read_text())
-        return {m: (e["per_slide"], e["mean"], e["per_type"])
-                for m, e in report["models"].items()}
-    return scores(a) == scores(b)
+@dataclass(frozen=True)
+class Step:
+    """A command killed: the paths it writes under OUT, the reference outputs it reads,
+    and what "the same outputs" means for it."""
+    outputs: tuple[str, ...]
+    needs: tuple[str, ...]
+    same: Callable[[Path, Path], bool]
 
 
-def same_submission(a: Path, b: Path) -> bool:
-    return all((a / n).read_bytes() == (b / n).read_bytes()
-               for n in ("submission.csv", "predictions.h5ad"))
+_REGRESSED = ("embeddings.zarr", "report.json", "report.md", "predictions")
+#: in the order the reference runs them (each reads what the ones before wrote)
+STEPS: dict[str, Step] = {
+    "import-her2st": Step(("her2st.h5",), (), lambda a, b: same_h5(a / "her2st.h5",
+                                                                    b / "her2st.h5")),
+    "import-wsi": Step(("wsi.h5",), (), lambda a, b: same_h5(a / "wsi.h5", b / "wsi.h5")),
+    "embed": Step(("embeddings.zarr",), (),
+                  lambda a, b: same_store(a / "embeddings.zarr", b / "embeddings.zarr")),
+    "regress": Step(("report.json", "report.md", "predictions"), ("embeddings.zarr",),
+                    same_scores),
+    "submit": Step(("submission.csv", "submission.json", "predictions.h5ad"), _REGRESSED,
+                   same_submission),
+    "report": Step(("report",), (*_REGRESSED, "submission.csv", "submission.json",
+                                 "predictions.h5ad"), same_report),
+    "fit": Step(("model",), _REGRESSED, same_model),
+    "predict": Step(("predict",), ("model",),
+                    lambda a, b: same_predict(a / "predict", b / "predict")),
+    "tune": Step(("tune",), ("embeddings.zarr",), same_tune),
+    "finetune": Step(("ft",), (), lambda a, b: same_finetune(a / "ft", b / "ft")),
+}
+
+
+def survivors(session: int, wait_s: float = 3.0) -> bool:
+    """Whether processes of the killed command's session (its children) still run
+    ``wait_s`` after it was killed; they are then killed."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(session, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    os.killpg(session, signal.SIGKILL)
+    return True
+
+
+def with_inputs(names: Sequence[str]) -> list[str]:
+    """``names`` and the steps that write what they read, in :data:`STEPS`' order."""
+    found = set(names)
+    for name in reversed(STEPS):
+        if name in found:
+            found |= {s for s, step in STEPS.items()
+                      if set(step.outputs) & set(STEPS[name].needs)}
+    return [s for s in STEPS if s in found]
 
 
 class Steps:
-    """The three commands killed, their reference outputs (uninterrupted) and timings."""
+    """The commands killed, their reference outputs (uninterrupted) and timings."""
 
-    def __init__(self, root: Path, base: Path):
+    def __init__(self, root: Path, base: Path, names: Sequence[str] = tuple(STEPS)):
         self.root, self.base = root, base
         self.ref = root / "ref"
         self.seconds: dict[str, float] = {}
-        for step in ("embed", "regress", "submit"):
+        self.why: dict[str, str] = {}
+        if "import-wsi" in names:
+            pixels = np.full((3000, 3000, 3), 235, np.uint8)
+            pixels[600:2400, 600:2400] = (200, 110, 170)
+            pixels[600:2400, 600:2400] += np.random.default_rng(0).integers(
+                0, 40, (1800, 1800, 3), dtype=np.uint8)
+            write_array_pyramid(root / "wsi.tif", pixels, 1.0, n_levels=3, compression="zlib")
+        for step in (s for s in STEPS if s in names):
             t0 = time.perf_counter()
-            result = hespot(*self.argv(step, self.ref))
+            result = subprocess.run(self.command(step, self.ref), cwd=ROOT, capture_output=True,
+                                    text=True, timeout=600)
             if result.returncode != 0:
                 raise RuntimeError(f"reference {step} failed: {result.stderr[-2000:]}")
             self.seconds[step] = time.perf_counter() - t0
 
     def argv(self, step: str, out: Path) -> list:
-        store = out / "embeddings.zarr"
-        if step == "embed":
-            return ["embed", "--h5", self.base, "--store", store, *EMBED]
-        if step == "regress":
-            return ["regress", "--h5", self.base, "--store", store, "--out", out, *REGRESS]
-        return ["submit", "--h5", self.base, "--out", out, "--quiet"]
+        """The ``hespot`` arguments of ``step`` writing under ``out``."""
+        base, store = self.base, out / "embeddings.zarr"
+        return {
+            "import-her2st": ["import-her2st", "--src", HER2ST, "--sections", "C2", "--out",
+                              out / "her2st.h5", "--quiet"],
+            "import-wsi": ["import-wsi", "--slide", self.root / "wsi.tif", "--images", "copy",
+                           "--out", out / "wsi.h5", "--quiet"],
+            "embed": ["embed", "--h5", base, "--store", store, *EMBED],
+            "regress": ["regress", "--h5", base, "--store", store, "--out", out, *REGRESS],
+            "submit": ["submit", "--h5", base, "--out", out, "--quiet"],
+            "report": ["report", "--h5", base, "--store", store, "--out", out, "--quiet"],
+            "fit": ["fit", "--h5", base, "--store", store, "--out", out, "--quiet"],
+            "predict": ["predict", "--model", out / "model", "--h5", base, "--out",
+                        out / "predict", "--quiet"],
+            "tune": ["tune", "--h5", base, "--store", store, "--out", out / "tune",
+                     "--recipes", "t_plain,t_smooth", "--targets", "spot_rank", "--quiet"],
+            "finetune": ["finetune", "--h5", base, "--out", out / "ft", *FINETUNE],
+        }[step]
+
+    def command(self, step: str, out: Path) -> list[str]:
+        args = [str(a) for a in self.argv(step, out)]
+        if step == "tune":
+            return [sys.executable, "-c", TUNE, *args[1:]]
+        return [sys.executable, "-m", "data.commands", *args]
 
     def prepare(self, step: str, out: Path) -> None:
         """``out`` holds what ``step`` reads: the reference's outputs of the steps before."""
-        if step in ("regress", "submit"):
-            shutil.copytree(self.ref, out)
-            drop = ["submission.csv", "submission.json", "predictions.h5ad"]
-            if step == "regress":
-                drop += ["report.json", "predictions"]
-            for name in drop:
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        out.mkdir(parents=True)
+        for name in STEPS[step].needs:
+            src = self.ref / name
+            shutil.copytree(src, out / name) if src.is_dir() else shutil.copy(src, out / name)
 
     def same(self, step: str, out: Path) -> bool:
-        if step == "embed":
-            return same_store(self.ref / "embeddings.zarr", out / "embeddings.zarr")
-        if step == "regress":
-            return same_scores(self.ref, out)
-        return same_submission(self.ref, out)
+        """Whether ``out`` holds the reference's outputs of ``step`` (False when some are
+        missing)."""
+        try:
+            return STEPS[step].same(self.ref, out)
+        except FileNotFoundError:
+            return False
 
     def killed_then_rerun(self, step: str, fraction: float) -> bool:
+        """SIGKILL ``step`` at ``fraction`` of its uninterrupted time; no output may then be
+        partial under its final name; run again, it must give the reference's outputs."""
+        case = f"{step}@{fraction:.0%}"
         out = self.root / f"kill_{step}_{int(fraction * 100)}"
         self.prepare(step, out)
-        proc = hespot(*self.argv(step, out), wait=False)
+        proc = subprocess.Popen(self.command(step, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(fraction * self.seconds[step])
         proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        result = hespot(*self.argv(step, out))
-        return result.returncode == 0 and self.same(step, out)
+        proc.wait()
+        orphans = survivors(proc.pid)
+        partial = partial_files(self.ref, out, STEPS[step].outputs)
+        result = subprocess.run(self.command(step, out), cwd=ROOT, capture_output=True,
+                                text=True, timeout=600)
+        left = temporaries(out)
+        differs = result.returncode == 0 and not self.same(step, out)
+        if orphans:
+            self.why[case] = "its child processes ran on after it was killed"
+        elif partial:
+            self.why[case] = f"partial after the kill: {', '.join(partial[:5])}"
+        elif result.returncode != 0:
+            self.why[case] = f"rerun exit {result.returncode}: {result.stderr.strip()[-600:]}"
+        elif differs:
+            self.why[case] = "rerun's outputs differ from the uninterrupted run's"
+        elif left:
+            self.why[case] = f"temporaries left after the rerun: {', '.join(left[:5])}"
+        return case not in self.why
 
     def concurrent(self, step: str) -> bool:
         """Two runs at once: not both writing; the output then equals the reference."""
@@ -251,20 +352,43 @@ class Steps:
         return hespot(*self.argv(step, out)).returncode == 0 and self.same(step, out)
 
 
+#: the slowest commands (10-20 s here), killed at the middle kill point only
+SLOW = ("import-her2st", "report", "predict", "tune", "finetune")
+
+
+def kill_points(steps: Sequence[str], fractions: Sequence[float]) -> list[tuple[str, float]]:
+    """(step, fraction) of every kill case: each fraction, the middle one for :data:`SLOW`."""
+    middle = fractions[len(fractions) // 2]
+    return [(s, f) for s in steps for f in (fractions if s not in SLOW else (middle,))]
+
+
 def run_suite(root: Path, fractions: tuple[float, ...] = (0.2, 0.5, 0.8),
-              log: Callable[[str], None] = print) -> dict[str, tuple[int, int]]:
-    """Run every case under ``root``; returns {kind: (passed, total)}."""
+              log: Callable[[str], None] = print, steps: Sequence[str] = tuple(STEPS),
+              concurrent: Sequence[str] = ("embed", "regress", "submit"),
+              bad_inputs: bool = True) -> dict[str, tuple[int, int]]:
+    """Run every case under ``root``; returns {kind: (passed, total)}.
+
+    Args:
+        fractions: kill points, as fractions of each step's uninterrupted time (the
+            middle one only for the :data:`SLOW` steps).
+        steps: the commands killed (keys of :data:`STEPS`).
+        concurrent: the commands run twice at once.
+        bad_inputs: whether to run the bad-input cases.
+    """
     base = write_synthetic(root / "synthetic.h5")
     counts = {}
-    bad = {name: case() for name, case in bad_input_cases(root, base).items()}
-    steps = Steps(root, base)
-    kills = {f"{s}@{f:.0%}": steps.killed_then_rerun(s, f)
-             for s in ("embed", "regress", "submit") for f in fractions}
-    concurrent = {s: steps.concurrent(s) for s in ("embed", "regress", "submit")}
+    bad = {name: case() for name, case in bad_input_cases(root, base).items()} \
+        if bad_inputs else {}
+    runner = Steps(root, base, with_inputs([*steps, *concurrent]))
+    log("uninterrupted: " + ", ".join(f"{s} {t:.1f} s" for s, t in runner.seconds.items()))
+    kills = {f"{s}@{f:.0%}": runner.killed_then_rerun(s, f)
+             for s, f in kill_points(steps, fractions)}
+    together = {s: runner.concurrent(s) for s in concurrent}
     for kind, cases in (("bad_inputs_refused", bad), ("kills_survived", kills),
-                        ("concurrent_safe", concurrent)):
+                        ("concurrent_safe", together)):
         for name, ok in cases.items():
-            log(f"{'ok  ' if ok else 'FAIL'} {kind}: {name}")
+            why = f" ({runner.why[name]})" if name in runner.why else ""
+            log(f"{'ok  ' if ok else 'FAIL'} {kind}: {name}{why}")
         counts[kind] = (sum(cases.values()), len(cases))
     return counts
 
@@ -277,11 +401,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tests/fault_suite.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kill-at", default="0.2,0.5,0.8",
-                   help="fractions of an uninterrupted run's time at which to SIGKILL")
+                   help="fractions of an uninterrupted run's time at which to SIGKILL (the "
+                   f"middle one only for {', '.join(SLOW)})")
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help=f"commands to kill (default all: {','.join(STEPS)})")
+    p.add_argument("--keep", type=Path, help="run in this folder and keep it (debugging)")
     args = p.parse_args(argv)
     fractions = tuple(float(v) for v in args.kill_at.split(","))
-    with tempfile.TemporaryDirectory(prefix="hespot-faults-") as tmp:
-        counts = run_suite(Path(tmp), fractions)
+    steps = args.steps.split(",")
+    if args.keep:
+        args.keep.mkdir(parents=True)
+        counts = run_suite(args.keep, fractions, steps=steps)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hespot-faults-") as tmp:
+            counts = run_suite(Path(tmp), fractions, steps=steps)
     print(summary(counts))
     return 0 if all(n == m for n, m in counts.values()) else 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -114,6 +115,17 @@ def test_resume_continues_the_same_schedule(patches, tmp_path):
     assert sa["scheduler"] == sb["scheduler"]
     # only the last and the best epoch are kept
     assert set(saved_epochs(tmp_path / "whole")) == {3, full.best_epoch}
+
+
+def test_rerun_prunes_what_a_run_killed_before_pruning_left(patches, tmp_path):
+    """Killed after saving its last epoch, before deleting the one before: the rerun, all
+    epochs done, keeps what an uninterrupted run keeps."""
+    _, full = _fold(patches, tmp_path)
+    kept = {3, full.best_epoch}
+    stale = min({1, 2} - kept)
+    shutil.copy(tmp_path / "epoch_3.pt", tmp_path / f"epoch_{stale}.pt")
+    _fold(patches, tmp_path)
+    assert set(saved_epochs(tmp_path)) == kept
 
 
 def test_workers_give_the_same_epochs_as_each_other(patches, tmp_path):

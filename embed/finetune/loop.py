@@ -230,6 +230,8 @@ def train_fold(model: nn.Module, fold: str, folder: Path, train: SpotDataset,
         model.to(memory_format=torch.channels_last)
     optim = Optimisation.build(model, st, len(train), choice)
     outcome = resume(model, optim, folder, settings, fold, st.epochs)
+    if outcome.history and not st.keep_checkpoints:  # a run killed between save and prune
+        prune_checkpoints(folder, {len(outcome.history), outcome.best_epoch})
     last = min(st.epochs, stop_after) if stop_after else st.epochs
     for epoch in range(len(outcome.history), last):
         t0 = time.perf_counter()
