@@ -38,7 +38,12 @@ class DeviceChoice:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def describe(self) -> str:
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        if self.device.type != "cuda":
+            name = "cpu"
+        elif torch.cuda.is_available():
+            name = torch.cuda.get_device_name(self.device)
+        else:
+            name = "on the workers"  # a coordinator planning for GPU workers
         return f"{self.device} ({name}), {self.dtype_name}, channels_last={self.channels_last}"
 
 

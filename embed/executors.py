@@ -32,6 +32,7 @@ from data import cluster as dask_cluster
 from data.errors import ConfigError, DataError, Problem
 from embed.config import BackboneJob, EmbedConfig
 from embed.device import DeviceChoice, select_device
+from embed.runners import resolve_runner
 from embed.units import WorkUnit
 from embed.worker import ProcessCache, run_unit
 
@@ -159,8 +160,16 @@ class DaskExecutor:
 
     def planning_model(self, cfg: EmbedConfig, job: BackboneJob):
         """The model the coordinator plans with (weights checked, feature widths, runner),
-        built here once and dropped: the workers build their own."""
-        return ProcessCache().extractor(cfg, job)
+        built here once and dropped: the workers build their own. A coordinator without
+        the workers' GPU builds it on its CPU, with the workers' dtype and runner."""
+        if cfg.device != "cuda" or torch.cuda.is_available():
+            return ProcessCache().extractor(cfg, job)
+        extractor, winfo = ProcessCache().extractor(replace(cfg, device="cpu"), job)
+        cpu = select_device("cpu", cfg.precision)
+        extractor.choice = DeviceChoice(torch.device("cuda"), cpu.dtype,  # never run here
+                                        cpu.channels_last)
+        extractor.runner = resolve_runner(cfg.runner, extractor.choice, extractor.model)
+        return extractor, winfo
 
     def _resources(self, cfg: EmbedConfig, choice_device: str) -> dict | None:
         if choice_device != "cuda":
