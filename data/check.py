@@ -22,7 +22,7 @@ from data import validate
 from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import SPLITS, CanonicalH5
-from data.spots import cell_type_fields
+from data.spots import cell_type_fields, is_ascii
 from data.wsi.tissue import NoTissue, detect_tissue
 
 log = logging.getLogger("hespot")
@@ -44,16 +44,16 @@ def background_share(h5: CanonicalH5, slide: str) -> float:
     """Fraction of the slide's spots whose centre is not on tissue: the tissue mask
     recorded at import, else :func:`data.wsi.tissue.detect_tissue` on a thumbnail (1.0
     when the slide shows no tissue at all)."""
-    table = h5.spots(slide)
-    if len(table) == 0:
+    if h5.n_spots(slide) == 0:
         return 0.0
+    x, y = h5.coords(slide)
     mask = h5.tissue(slide)
     if mask is None:
         try:
             mask = detect_tissue(h5.image(slide))
         except NoTissue:  # blank: no tissue anywhere (unreadable files raise)
             return 1.0
-    return float(1.0 - mask.on_tissue(table.x, table.y).mean())
+    return float(1.0 - mask.on_tissue(x, y).mean())
 
 
 def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
@@ -82,17 +82,24 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
                                    "a structured array with fields x, y",
                                    f"fields {list(names or [])}",
                                    "store spots as a structured array with x and y")]
-    spots = h5.spots(slide)
+    # the table is read field by field and in row blocks: memory and time stay small for
+    # tables of millions of spots; rows are named by their index in the whole table
+    x, y = h5.coords(slide)
     hw = shape[:2] if len(shape) >= 2 else None
-    problems += validate.check_coordinates(file, slide, spots.x, spots.y, hw)
-    if "spot_id" in spots.extra:
-        problems += validate.check_spot_ids(file, slide, spots.extra["spot_id"])
+    problems += validate.check_coordinates(file, slide, x, y, hw)
+    types = cell_type_fields(table[:0], h5.extra_fields(slide)) if split == "Train" else []
+    if "spot_id" in names and "spot_id" not in types:
+        ids = table.fields("spot_id")[()]
+        if ids.dtype.kind == "S" and not is_ascii(ids):
+            ids = np.char.decode(ids, "utf-8")  # UTF-8 checked; ASCII bytes compare as is
+        problems += validate.check_spot_ids(file, slide, ids)
     if split == "Train":
-        if not spots.cell_types:
+        if not types:
             problems.append(Problem(file, slide, "cell types", "numeric cell-type fields",
                                     "none", "add the abundance columns to the train table"))
         else:
-            problems += validate.check_abundances(file, slide, spots.Y, spots.cell_types)
+            problems += validate.check_abundance_blocks(
+                file, slide, (Y for _, Y in h5.abundance_blocks(slide)), types)
     return problems
 
 

@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 
 PAD_MODES = ("reflect", "constant", "edge")
+#: patches up to this side are cut from a band with one vectorised gather (a copy loop
+#: per spot costs more than the copy there); larger ones are copied one by one
+SMALL_PATCH = 48
 
 
 def resolve_patch_px(size_px: int | None = 224, size_um: float | None = None,
@@ -126,19 +130,22 @@ class PatchCropper:
         tops = np.round(y).astype(np.int64) - half
         lefts = np.round(x).astype(np.int64) - half
         order = np.argsort(tops, kind="stable")
+        sorted_tops = tops[order]
         start = 0
-        while start < len(order):
-            stop = start + 1
-            limit = tops[order[start]] + max(self.band_px - self.size, 0)
-            while stop < len(order) and tops[order[stop]] <= limit:
-                stop += 1
+        while start < len(order):  # one band (one window read) per turn, not per spot
+            limit = sorted_tops[start] + max(self.band_px - self.size, 0)
+            stop = int(np.searchsorted(sorted_tops, limit, side="right"))
             idx = order[start:stop]
-            top, bottom = tops[idx].min(), tops[idx].max() + self.size
+            top, bottom = sorted_tops[start], sorted_tops[stop - 1] + self.size
             left, right = lefts[idx].min(), lefts[idx].max() + self.size
             box = self._read_box(top, left, bottom, right)
-            for i in idx:
-                r, c = tops[i] - top, lefts[i] - left
-                out[i] = box[r:r + self.size, c:c + self.size]
+            rows, cols = tops[idx] - top, lefts[idx] - left
+            if self.size <= SMALL_PATCH:  # one gather: Python per spot would dominate
+                windows = sliding_window_view(box, (self.size, self.size), axis=(0, 1))
+                out[idx] = windows[rows, cols].transpose(0, 2, 3, 1)
+            else:
+                for i, r, c in zip(idx, rows, cols, strict=True):
+                    out[i] = box[r:r + self.size, c:c + self.size]
             start = stop
         return out
 
@@ -146,7 +153,7 @@ class PatchCropper:
 def crop_patches(h5: CanonicalH5, slide: str, size: int, indices: np.ndarray | None = None,
                  pad_mode: str = "reflect") -> np.ndarray:
     """uint8 (n, size, size, 3) patches for the slide's spots (all, or ``indices``)."""
-    table = h5.spots(slide)
+    table = h5.positions(slide)  # x, y only: no abundances read
     idx = np.arange(len(table)) if indices is None else np.asarray(indices)
     return PatchCropper(h5, slide, size, pad_mode).crop(table.x[idx], table.y[idx])
 
@@ -156,7 +163,7 @@ def iter_patch_batches(h5: CanonicalH5, slide: str, size: int, batch_size: int,
                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (indices (b,), patches uint8 (b, size, size, 3)) over the slide's spots from
     row ``start`` on, ``batch_size`` spots at a time, in spot-table order."""
-    table = h5.spots(slide)
+    table = h5.positions(slide)  # x, y only: no abundances read
     cropper = PatchCropper(h5, slide, size, pad_mode)
     for s in range(start, len(table), batch_size):
         idx = np.arange(s, min(s + batch_size, len(table)))

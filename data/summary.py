@@ -24,7 +24,7 @@ def summarize(path: str) -> str:
         total = 0
         for split, slides in (("Train", h5.train_slides), ("Test", h5.test_slides)):
             for slide in slides:
-                n = len(h5.spots(slide))
+                n = h5.n_spots(slide)
                 total += n
                 h, w = h5.image_shape(slide)[:2]
                 px = h5.pixel_size_um(slide)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from data.h5 import SlideRecord, write_h5
@@ -92,3 +93,44 @@ def true_test_abundances(cfg: SyntheticConfig | None = None) -> dict[str, np.nda
         if i >= cfg.n_train:
             out[f"{cfg.slide_prefix}{i + 1}"] = Y
     return out
+
+
+def write_many_spots(path: str | Path, n_test: int = 1_000_000, n_train: int = 300_000,
+                     n_types: int = 4, n_extra: int = 10, side: int = 1000,
+                     nan_test_row: int | None = None,
+                     nan_train_row: int | None = None) -> Path:
+    """A canonical file with huge spot tables on small plain images, for checks that must
+    stream tables (tests, and timing ``hespot check`` / preflight on 10^6 spots).
+
+    Train slide ``S1``: ``n_train`` spots with ``n_types`` cell types ``C1``.. (0 .. 1 each,
+    rows summing to 1); test slide ``T1``: ``n_test`` spots with ``Test_Set`` and
+    ``n_extra`` more float fields (``f0``..). Spots lie on a grid over ``side`` x ``side``
+    images, each at its own position. ``nan_test_row`` / ``nan_train_row``: make that
+    row's ``x`` (test) or ``C2`` (train) NaN.
+    """
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        image = np.full((side, side, 3), 200, np.uint8)
+        f["images/Train/S1"], f["images/Test/T1"] = image, image
+        k = np.arange(n_train)
+        step = max(1, side * side // max(1, n_train))
+        train = np.zeros(n_train, [("x", float), ("y", float)] +
+                         [(f"C{i + 1}", float) for i in range(n_types)])
+        train["x"], train["y"] = (k * step) % side + 0.5, (k * step) // side + 0.5
+        Y = rng.dirichlet(np.ones(n_types), size=n_train)
+        for i in range(n_types):
+            train[f"C{i + 1}"] = Y[:, i]
+        k = np.arange(n_test)
+        step = max(1, side * side // max(1, n_test))
+        extra = ["Test_Set"] + [f"f{i}" for i in range(n_extra)]
+        test = np.zeros(n_test, [("x", float), ("y", float), ("Test_Set", np.int64)] +
+                        [(c, float) for c in extra[1:]])
+        test["x"], test["y"] = (k * step) % side + 0.5, (k * step) // side + 0.5
+        test["Test_Set"] = k % 2 + 1
+        if nan_test_row is not None:
+            test["x"][nan_test_row] = np.nan
+        if nan_train_row is not None:
+            train["C2"][nan_train_row] = np.nan
+        f["spots/Train/S1"], f["spots/Test/T1"] = train, test
+        f["spots/Test/T1"].attrs["extra_fields"] = extra
+    return Path(path)

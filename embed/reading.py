@@ -1,6 +1,6 @@
-"""The reading side of stage 1: a slide's inputs gathered once (spot table, content
-fingerprint, pixel size, primary crop), its patches cut chunk by chunk and handed out in
-model batches, optionally read ahead in a background thread."""
+"""The reading side of stage 1: a slide's inputs gathered once (spot positions, content
+fingerprint, pixel size, primary crop), and a background thread that reads ahead
+(:func:`prefetch`). A unit's patches are cut by :func:`embed.worker.unit_batches`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from data.h5 import CanonicalH5
-from data.patches import PatchCropper, resolve_patch_px
+from data.patches import resolve_patch_px
 from data.spots import SpotTable
-from embed.backbones import Backbone
 from embed.config import EmbedConfig
-from embed.extract import preprocess
 
 
 @dataclass(frozen=True)
@@ -24,7 +20,7 @@ class SlideInputs:
     """What every backbone needs of one slide, read once before the backbone loop.
 
     Attributes:
-        table: the spot table (x, y float (n_spots,)).
+        table: the spot positions (x, y float (n_spots,); no abundances).
         fingerprint: sha256 of spot positions and image content (``CanonicalH5.fingerprint``).
         pixel_size_um: µm per pixel, or None where the file does not record it.
         primary_px: the primary crop side in pixels (``--patch-px``, or ``--patch-um``
@@ -47,33 +43,16 @@ class SlideInputs:
 
 
 def read_slide_inputs(h5: CanonicalH5, slide: str, cfg: EmbedConfig) -> SlideInputs:
-    """Gather one slide's :class:`SlideInputs` (hashes the image once).
+    """Gather one slide's :class:`SlideInputs` (hashes the image once). Only the spot
+    positions are read (:meth:`CanonicalH5.positions`): stage 1 never needs abundances,
+    and a table of a million spots costs 16 MB, not a copy of every field.
 
     Raises:
         DataError: unknown slide, or a patch size in µm on a slide without a pixel size.
     """
     pixel = h5.pixel_size_um(slide)
     primary = resolve_patch_px(cfg.patch_px, cfg.patch_um, pixel, f"{h5.path}, slide {slide}")
-    return SlideInputs(slide, h5.spots(slide), h5.fingerprint(slide), pixel, primary)
-
-
-def patch_batches(h5: CanonicalH5, inputs: SlideInputs, crops: Sequence[int],
-                  start_chunk: int, cfg: EmbedConfig, backbone: Backbone) -> Iterator:
-    """(chunk index, last batch of the chunk?, [preprocessed (b, 3, in, in) per crop]).
-
-    From ``start_chunk`` on, the patches of each stored chunk (``cfg.chunk_spots`` spots)
-    are cropped with one window read (from the coarsest pyramid level that keeps the
-    model's input resolution) and handed out in model batches of ``cfg.batch_spots``."""
-    table = inputs.table
-    croppers = [PatchCropper(h5, inputs.slide, c, cfg.pad_mode, out_px=backbone.input_size)
-                for c in crops]
-    for chunk, g in enumerate(range(start_chunk * cfg.chunk_spots, len(table),
-                                    cfg.chunk_spots), start=start_chunk):
-        gidx = np.arange(g, min(g + cfg.chunk_spots, len(table)))
-        patches = [cr.crop(table.x[gidx], table.y[gidx]) for cr in croppers]
-        for s in range(0, len(gidx), cfg.batch_spots):
-            inputs_ = [preprocess(p[s:s + cfg.batch_spots], backbone) for p in patches]
-            yield chunk, s + cfg.batch_spots >= len(gidx), inputs_
+    return SlideInputs(slide, h5.positions(slide), h5.fingerprint(slide), pixel, primary)
 
 
 def prefetch(iterator: Iterator, depth: int) -> Iterator:

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.atomic import atomic_write_text
 from data.check import preflight
 from data.cli import (
     DEFAULT_H5,
@@ -38,7 +37,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
-from data.csvsafe import csv_text
+from data.csvsafe import write_safe_csv
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
@@ -173,7 +172,7 @@ def run(cfg: PredictConfig) -> Path:
         values = combine_by_slide(values, layers["per_type"], frame["slide"].to_numpy())
         frame[bundle.cell_types] = values
     out = Path(cfg.out)
-    atomic_write_text(out / "predictions.csv", csv_text(frame))
+    write_safe_csv(out / "predictions.csv", frame)
     write_anndata(out / "predictions.h5ad", frame, values, bundle.cell_types, h5_path=cfg.h5,
                   layers=layers)
     if cfg.spatialdata:

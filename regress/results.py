@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from data.atomic import atomic_write_json, atomic_write_text
+from data.csvwrite import write_csv
 from data.errors import DataError, Problem
 from regress import tables
 from regress.metrics import spearman_per_spot, spearman_per_type
@@ -84,8 +85,8 @@ def predictions_frame(preds: Mapping[str, np.ndarray], cell_types: Sequence[str]
 def write_predictions(out: Path, model_id: str, oof: pd.DataFrame, test: pd.DataFrame) -> Path:
     """Write ``<out>/predictions/<model_id>/oof.csv`` and ``test.csv``; returns the folder."""
     folder = Path(out) / "predictions" / model_id
-    atomic_write_text(folder / "oof.csv", oof.to_csv(index=False))
-    atomic_write_text(folder / "test.csv", test.to_csv(index=False))
+    write_csv(folder / "oof.csv", oof)      # to_csv(index=False)'s bytes, in blocks
+    write_csv(folder / "test.csv", test)
     return folder
 
 

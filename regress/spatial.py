@@ -20,12 +20,11 @@ def neighbour_index(xy: np.ndarray, k: int) -> np.ndarray:
         return np.zeros((n, 0), dtype=np.int64)
     _, idx = cKDTree(xy).query(xy, k=kk + 1)
     idx = np.asarray(idx).reshape(n, kk + 1)
-    # drop each spot itself (normally column 0; robust to duplicate positions)
-    out = np.empty((n, kk), dtype=np.int64)
-    for i in range(n):
-        row = idx[i][idx[i] != i]
-        out[i] = row[:kk]
-    return out
+    # drop each spot itself (normally column 0; robust to duplicate positions, where it
+    # may sit further right or be missing): the first kk other entries of every row
+    other = idx != np.arange(n)[:, None]
+    keep = np.argsort(~other, axis=1, kind="stable")[:, :kk]
+    return np.take_along_axis(idx, keep, axis=1).astype(np.int64)
 
 
 def neighbour_mean(values: np.ndarray, xy: np.ndarray, k: int) -> np.ndarray:

@@ -26,19 +26,22 @@ The reader reads the challenge's ``elucidata_ai_challenge_data.h5`` as it is.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from data.errors import DataError, Problem
-from data.spots import COORDS, SpotTable, cell_type_fields
+from data.spots import COORDS, SpotTable, cell_type_fields, decode_utf8
 from data.wsi.base import SlideImage
 from data.wsi.h5_image import H5Image
 from data.wsi.reference import MARK, ImageRef
 from data.wsi.tissue import TissueMask
 
 SPLITS = ("Train", "Test")
+#: rows of a spot table read at once (19 MB for x, y and 35 float64 cell types)
+SPOT_BLOCK = 65_536
 
 class CanonicalH5:
     """Read-only access to a file in the canonical layout.
@@ -182,37 +185,85 @@ class CanonicalH5:
         empty = self._f[f"spots/Train/{slide}"][:0]
         return tuple(cell_type_fields(empty, self.extra_fields(slide)))
 
-    def raw_table(self, slide: str) -> np.ndarray:
-        """The stored structured array of one slide."""
-        return self._f[f"spots/{self.split_of(slide)}/{slide}"][()]
+    def _table(self, slide: str) -> h5py.Dataset:
+        return self._f[f"spots/{self.split_of(slide)}/{slide}"]
 
-    def spots(self, slide: str) -> SpotTable:
-        """The slide's spot table; cell types are the training columns."""
-        split = self.split_of(slide)
-        table = self.raw_table(slide)
-        names = table.dtype.names or ()
+    def raw_table(self, slide: str) -> np.ndarray:
+        """The stored structured array of one slide, whole (:meth:`spot_blocks` reads it
+        a block of rows at a time)."""
+        return self._table(slide)[()]
+
+    def n_spots(self, slide: str) -> int:
+        """Rows of the slide's spot table (from the metadata: nothing is read)."""
+        return int(self._table(slide).shape[0])
+
+    def spot_blocks(self, slide: str, rows: int = SPOT_BLOCK
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, structured rows) of the slide's spot table, ``rows`` at a time: a
+        table of millions of spots is read in bounded memory."""
+        dset = self._table(slide)
+        for start in range(0, dset.shape[0], rows):
+            yield start, dset[start:start + rows]
+
+    def _require_coords(self, slide: str, names: tuple[str, ...]) -> None:
         for c in COORDS:
             if c not in names:
+                split = self.split_of(slide)
                 raise DataError(Problem(str(self.path), slide, f"spots/{split}/{slide}:{c}",
                                         "fields x (pixel column) and y (pixel row)",
                                         f"fields {list(names)}",
                                         "rename the coordinate fields to x and y"))
+
+    def coords(self, slide: str) -> tuple[np.ndarray, np.ndarray]:
+        """float64 (n_spots,) x (pixel column) and y (pixel row) of the slide's spots, read
+        field by field (the rest of the table is not loaded)."""
+        dset = self._table(slide)
+        self._require_coords(slide, dset.dtype.names or ())
+        return tuple(np.asarray(dset.fields(c)[()], dtype=np.float64) for c in COORDS)
+
+    def positions(self, slide: str) -> SpotTable:
+        """The slide's spot positions alone: a :class:`SpotTable` with x and y (no cell
+        types, abundances or extra fields read), for stages that only crop patches."""
+        x, y = self.coords(slide)
+        return SpotTable(slide, self.split_of(slide), x, y)
+
+    def abundance_blocks(self, slide: str, rows: int = SPOT_BLOCK
+                         ) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float64 (b, n_types) abundances) of a slide's cell-type columns
+        (:attr:`cell_types` of that slide's own table), ``rows`` at a time."""
+        types = cell_type_fields(self._table(slide)[:0], self.extra_fields(slide))
+        for start, block in self.spot_blocks(slide, rows):
+            Y = np.empty((len(block), len(types)))
+            for j, c in enumerate(types):
+                Y[:, j] = block[c]
+            yield start, Y
+
+    def spots(self, slide: str) -> SpotTable:
+        """The slide's spot table; cell types are the training columns. Read a block of
+        rows at a time (no copy of the whole stored table is held)."""
+        split = self.split_of(slide)
+        dset = self._table(slide)
+        names = dset.dtype.names or ()
+        self._require_coords(slide, names)
+        n = dset.shape[0]
         cell_types: tuple[str, ...] = ()
         Y = None
         if split == "Train":
-            cell_types = tuple(cell_type_fields(table, self.extra_fields(slide)))
-            Y = np.stack([table[c].astype(np.float64) for c in cell_types], axis=1) \
-                if cell_types else np.zeros((len(table), 0))
-        extra = {}
-        for n in names:
-            if n in COORDS or n in cell_types:
-                continue
-            col = table[n]
-            if col.dtype.kind == "S":
-                col = np.char.decode(col, "utf-8")
-            extra[n] = col
-        return SpotTable(slide, split, table["x"].astype(np.float64),
-                         table["y"].astype(np.float64), cell_types, Y, extra)
+            cell_types = tuple(cell_type_fields(dset[:0], self.extra_fields(slide)))
+            Y = np.empty((n, len(cell_types)))
+        others = [c for c in names if c not in COORDS and c not in cell_types]
+        x, y = np.empty(n), np.empty(n)
+        raw = {c: np.empty(n, dset.dtype[c]) for c in others}
+        for start, block in self.spot_blocks(slide):
+            stop = start + len(block)
+            x[start:stop], y[start:stop] = block["x"], block["y"]
+            for j, c in enumerate(cell_types):
+                Y[start:stop, j] = block[c]
+            for c in others:
+                raw[c][start:stop] = block[c]
+        extra = {c: decode_utf8(col) if col.dtype.kind == "S" else col
+                 for c, col in raw.items()}
+        return SpotTable(slide, split, x, y, cell_types, Y, extra)
 
     def read_window(self, slide: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """uint8 (y1 - y0, x1 - x0, 3) level-0 pixels of a window inside the image."""
@@ -228,9 +279,8 @@ class CanonicalH5:
         chunks when chunked; a referenced file's sha256). Abundances are left out, so
         another tier of the same slides reuses the embeddings."""
         h = hashlib.sha256()
-        table = self.raw_table(slide)
-        for c in COORDS:
-            h.update(np.ascontiguousarray(table[c], dtype=np.float64).tobytes())
+        for values in self.coords(slide):
+            h.update(values.tobytes())
         ref = self.image_ref(slide)
         if ref is not None:
             h.update(repr(((ref.height, ref.width, 3), "uint8")).encode())

@@ -56,7 +56,8 @@ def _predicted(ctx: Inputs, model: str, which: str) -> dict[str, np.ndarray]:
     out = {}
     for slide, part in df.groupby("slide", sort=False):
         n = len(ctx.table(slide))
-        if sorted(part["row"]) != list(range(n)):
+        rows = part["row"].to_numpy()
+        if len(rows) != n or not np.array_equal(np.sort(rows), np.arange(n)):
             raise DataError(Problem(str(ctx.out / "predictions" / model / f"{which}.csv"),
                                     slide, "row", f"rows 0..{n - 1}", f"{len(part)} rows",
                                     "rerun `make regress`"))
