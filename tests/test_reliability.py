@@ -187,3 +187,26 @@ def test_submit_on_a_full_disk_exits_2_and_keeps_the_submission(synthetic_h5, ti
     monkeypatch.undo()
     assert (out / "submission.csv").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.startswith(".submission")]
+
+
+@pytest.mark.parametrize("kind", ["junk", "truncated", "pickle"])
+def test_damaged_checkpoint_is_named_without_unpickling(tmp_path, kind):
+    """A fine-tune checkpoint that is not (or no longer) a checkpoint of tensors: a
+    DataError naming the file, never torch's advice to run it with weights_only=False."""
+    import pickle
+
+    import torch
+
+    from embed.finetune.checkpoints import load_checkpoint
+
+    path = tmp_path / "epoch_003.pt"
+    if kind == "junk":
+        path.write_bytes(b"not a checkpoint" * 10)
+    elif kind == "truncated":
+        torch.save({"model": {"w": torch.ones(1000)}, "settings": {}}, path)
+        path.write_bytes(path.read_bytes()[:500])
+    else:
+        path.write_bytes(pickle.dumps(Path("x")))
+    with pytest.raises(DataError) as err:
+        load_checkpoint(path, {})
+    assert str(path) in str(err.value) and "weights_only" not in str(err.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_write_bytes, atomic_write_json
-from data.errors import ConfigError
+from data.errors import ConfigError, DataError, Problem
 
 log = logging.getLogger("hespot")
 
@@ -68,8 +69,20 @@ def load_checkpoint(path: Path, settings: dict) -> dict:
 
     Raises:
         ConfigError: (a ValueError) naming the settings that differ and how to proceed.
+        DataError: the file is damaged (torch cannot read it as weights and tensors).
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        # torch's own text may advise weights_only=False (running the file's code): not shown
+        raise DataError(Problem(str(path), "", "checkpoint", "a checkpoint of tensors",
+                                f"a file torch cannot read ({type(exc).__name__})",
+                                "delete it and run again: training resumes after the epoch "
+                                "before it (or from the start); or pass --overwrite")) from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise DataError(Problem(str(path), "", "checkpoint", "a checkpoint of tensors",
+                                "something else", "delete it and run again, or pass "
+                                "--overwrite"))
     diff = _differences(state.get("settings", {}), settings)
     if diff:
         raise ConfigError(f"checkpoint {path} was written with other settings "
