@@ -5,7 +5,8 @@ Each ``same_*(a, b)`` compares the outputs of one command in two OUT folders ``a
 uninterrupted run's) and ``b``: byte for byte where the issue asks (submission, h5ad,
 predictions, tuned.json, the model folder's arrays, report images), and otherwise the
 content without timings and without the OUT folder's own path (settings name it).
-:func:`partial_files` finds outputs under their final names that a kill left incomplete;
+:func:`partial_files` finds outputs under their final names that a kill left incomplete
+(a page showing an image that is gone included);
 :func:`temporaries` finds the temporaries a rerun did not clear.
 """
 
@@ -103,12 +104,21 @@ def same_tune(a: Path, b: Path) -> bool:
     return same_bytes(a / "tune", b / "tune", "tuned.json") and ablation(a) == ablation(b)
 
 
+def missing_images(page: Path) -> list[str]:
+    """The images an HTML page shows (``<img src>``, relative to it) that are not there."""
+    srcs = re.findall(r'<img src="([^"]+)"', page.read_text())
+    return [src for src in srcs if not (page.parent / src).is_file()]
+
+
 def same_report(a: Path, b: Path) -> bool:
-    """The page but its build time and OUT's path; every image, byte for byte."""
+    """The page but its build time and OUT's path; every image, byte for byte; the page
+    shows every image of img/ and each is there."""
     def page(out: Path) -> str:
         return re.sub(r"Built in [0-9.]+ s", "", _text(out / "report" / "index.html", out))
     imgs = sorted(p.name for p in (a / "report" / "img").iterdir())
-    return (page(a) == page(b)
+    shown = sorted(Path(src).name for src in re.findall(r'<img src="([^"]+)"', page(b)))
+    return (page(a) == page(b) and shown == imgs
+            and not missing_images(b / "report" / "index.html")
             and imgs == sorted(p.name for p in (b / "report" / "img").iterdir())
             and same_bytes(a / "report" / "img", b / "report" / "img", *imgs))
 
@@ -203,7 +213,8 @@ def temporaries(out: Path) -> list[str]:
 
 def partial_files(ref: Path, out: Path, outputs: tuple[str, ...]) -> list[str]:
     """Files of ``outputs`` under their final names in ``out`` that are not whole
-    (temporaries, hidden, and lock files are not final names)."""
+    (temporaries, hidden, and lock files are not final names), and pages that show an image
+    that is not there (``page -> img/...``: the report folder is not all of one run)."""
     bad = []
     for name in outputs:
         top = out / name
@@ -215,4 +226,6 @@ def partial_files(ref: Path, out: Path, outputs: tuple[str, ...]) -> list[str]:
                 continue
             if not _whole(path, out, ref):
                 bad.append(str(rel))
+            elif path.suffix == ".html":
+                bad += [f"{rel} -> {src} (missing)" for src in missing_images(path)]
     return bad

@@ -7,15 +7,22 @@ pyramidal TIFF; ``tune`` through its ``main`` with two recipes of the tiny backb
 - bad inputs: each must exit 2 with one ``hespot: ...`` line (no traceback) and write
   nothing;
 - kills: every command that writes (``import-her2st``, ``import-wsi``, ``embed``,
+  ``embed --workers 2`` (``embed-dask``: stage 1 on a Dask LocalCluster of 2 workers),
   ``regress``, ``submit``, ``report``, ``fit``, ``predict``, ``tune``, ``finetune``) is
   SIGKILLed at points of an uninterrupted run's duration (20, 50 and 80 %; the slow ones
-  at 50 % only), then run again. After the kill, no child of it may run on and no output
-  may be found incomplete under its final name; the rerun must succeed, give the
-  uninterrupted run's outputs (``fault_outputs``: what "the same" means per command) and
-  leave no temporary behind;
+  at 50 % only; for ``embed-dask``, of the time from its workers' start to its end, as its
+  cluster starts 5 to 20 s in here), then run again. After the kill, no process it started
+  (children and grandchildren: Dask's worker processes, the multiprocessing resource
+  tracker) may run on and no output may be found incomplete under its final name (a page
+  whose images are missing is incomplete); the rerun must succeed, give the uninterrupted
+  run's outputs (``fault_outputs``: what "the same" means per command; the Dask run's
+  features are the in-process run's, bit for bit) and leave no temporary behind.
+  ``report`` is killed over a previous report, which must stay whole until the new one
+  replaces it;
 - concurrency: two runs started at once on one store (or one OUT) must not both write:
   one refuses naming the holder (or both finish one after the other), and the result
-  equals the uninterrupted run's.
+  equals the uninterrupted run's; two ``embed --workers 2`` at once, each into its own
+  fresh store (two clusters side by side), both give the in-process features bit for bit.
 
 The last line is ``faults bad_inputs_refused=<n>/<m> kills_survived=<n>/<m>
 concurrent_safe=<n>/<m>``. ``tests/test_faults.py`` runs a quick subset in ``make test``.
@@ -24,6 +31,7 @@ concurrent_safe=<n>/<m>``. ``tests/test_faults.py`` runs a quick subset in ``mak
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -195,13 +203,27 @@ TUNE = ("import sys\n"
 @dataclass(frozen=True)
 class Step:
     """A command killed: the paths it writes under OUT, the reference outputs it reads,
-    and what "the same outputs" means for it."""
+    and what "the same outputs" means for it.
+
+    Attributes:
+        against: steps whose reference outputs ``same`` also reads (not copied to OUT).
+        previous: whether the kill happens over a previous output (the reference's,
+            copied to OUT first), which must stay whole until the new one replaces it.
+        workers: Dask worker processes that must run under the command when it is
+            killed (else the case would not check that they die with it); its kill
+            points are fractions of the time from their start to the command's end.
+    """
     outputs: tuple[str, ...]
     needs: tuple[str, ...]
     same: Callable[[Path, Path], bool]
+    against: tuple[str, ...] = ()
+    previous: bool = False
+    workers: int = 0
 
 
 _REGRESSED = ("embeddings.zarr", "report.json", "report.md", "predictions")
+#: ``embed-dask``'s LocalCluster: worker processes (``--workers``)
+DASK_WORKERS = 2
 #: in the order the reference runs them (each reads what the ones before wrote)
 STEPS: dict[str, Step] = {
     "import-her2st": Step(("her2st.h5",), (), lambda a, b: same_h5(a / "her2st.h5",
@@ -209,12 +231,18 @@ STEPS: dict[str, Step] = {
     "import-wsi": Step(("wsi.h5",), (), lambda a, b: same_h5(a / "wsi.h5", b / "wsi.h5")),
     "embed": Step(("embeddings.zarr",), (),
                   lambda a, b: same_store(a / "embeddings.zarr", b / "embeddings.zarr")),
+    # the in-process reference's features, bit for bit (its own reference run, which the
+    # partial-file check compares chunks with, writes embeddings-dask.zarr)
+    "embed-dask": Step(("embeddings-dask.zarr",), (),
+                       lambda a, b: same_store(a / "embeddings.zarr",
+                                               b / "embeddings-dask.zarr"),
+                       against=("embed",), workers=DASK_WORKERS),
     "regress": Step(("report.json", "report.md", "predictions"), ("embeddings.zarr",),
                     same_scores),
     "submit": Step(("submission.csv", "submission.json", "predictions.h5ad"), _REGRESSED,
                    same_submission),
     "report": Step(("report",), (*_REGRESSED, "submission.csv", "submission.json",
-                                 "predictions.h5ad"), same_report),
+                                 "predictions.h5ad"), same_report, previous=True),
     "fit": Step(("model",), _REGRESSED, same_model),
     "predict": Step(("predict",), ("model",),
                     lambda a, b: same_predict(a / "predict", b / "predict")),
@@ -223,27 +251,106 @@ STEPS: dict[str, Step] = {
 }
 
 
-def survivors(session: int, wait_s: float = 3.0) -> bool:
-    """Whether processes of the killed command's session (its children) still run
-    ``wait_s`` after it was killed; they are then killed."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, ...,
+    start time at index 19), or None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every process under ``pid`` (children, grandchildren, ...),
+    from ``/proc``; whatever process group or session they put themselves in."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+            starts[int(entry.name)] = fields[19]
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found[child] = starts[child]
+                todo.append(child)
+    return found
+
+
+def dask_workers(pids: dict[int, str]) -> int:
+    """How many of ``pids`` are worker processes that Dask's nannies spawned."""
+    def cmdline(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+    return sum(b"multiprocessing.spawn" in cmdline(p) for p in pids)
+
+
+def workers_started(proc: subprocess.Popen, workers: int,
+                    timeout: float = 600) -> float | None:
+    """Wait until ``workers`` Dask worker processes run under ``proc``; the
+    ``time.perf_counter()`` then, or None if ``proc`` ended first (or ``timeout`` s)."""
+    deadline = time.perf_counter() + timeout
+    while proc.poll() is None and time.perf_counter() < deadline:
+        if dask_workers(descendants(proc.pid)) >= workers:
+            return time.perf_counter()
+        time.sleep(0.1)
+    return None
+
+
+def _running(pid: int, start: str) -> bool:
+    """Whether the process ``pid`` that started at ``start`` runs (not a zombie)."""
+    fields = _stat(pid)
+    return fields is not None and fields[19] == start and fields[0] not in "ZX"
+
+
+def survivors(session: int, started: dict[int, str] | None = None,
+              wait_s: float = 3.0) -> list[int]:
+    """Processes of the killed command that still run ``wait_s`` after it was killed:
+    those of its session (process group) and ``started`` (its descendants, pid -> start
+    time, listed just before the kill: Dask's nannies and workers, wherever they moved);
+    they are then killed."""
+    started = started or {}
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+    while True:
+        left = [p for p, start in started.items() if _running(p, start)]
         try:
             os.killpg(session, 0)
+            group = True
         except ProcessLookupError:
-            return False
+            group = False
+        if not (left or group):
+            return []
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.1)
-    os.killpg(session, signal.SIGKILL)
-    return True
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if group:
+        try:
+            os.killpg(session, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left or [session]
 
 
 def with_inputs(names: Sequence[str]) -> list[str]:
-    """``names`` and the steps that write what they read, in :data:`STEPS`' order."""
+    """``names`` and the steps that write what they read (or compare with), in
+    :data:`STEPS`' order."""
     found = set(names)
     for name in reversed(STEPS):
         if name in found:
             found |= {s for s, step in STEPS.items()
                       if set(step.outputs) & set(STEPS[name].needs)}
+            found |= set(STEPS[name].against)
     return [s for s in STEPS if s in found]
 
 
@@ -254,6 +361,8 @@ class Steps:
         self.root, self.base = root, base
         self.ref = root / "ref"
         self.seconds: dict[str, float] = {}
+        #: steps with Dask workers: seconds from the start until they all ran
+        self.workers_up: dict[str, float] = {}
         self.why: dict[str, str] = {}
         if "import-wsi" in names:
             pixels = np.full((3000, 3000, 3), 235, np.uint8)
@@ -262,12 +371,30 @@ class Steps:
                 0, 40, (1800, 1800, 3), dtype=np.uint8)
             write_array_pyramid(root / "wsi.tif", pixels, 1.0, n_levels=3, compression="zlib")
         for step in (s for s in STEPS if s in names):
+            self._reference(step)
+
+    def _reference(self, step: str) -> None:
+        """Run ``step`` uninterrupted into the reference folder; its time (and when its
+        Dask workers ran)."""
+        with tempfile.TemporaryFile("w+") as err:
             t0 = time.perf_counter()
-            result = subprocess.run(self.command(step, self.ref), cwd=ROOT, capture_output=True,
-                                    text=True, timeout=600)
-            if result.returncode != 0:
-                raise RuntimeError(f"reference {step} failed: {result.stderr[-2000:]}")
+            proc = subprocess.Popen(self.command(step, self.ref), cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=err, text=True)
+            if STEPS[step].workers:
+                up = workers_started(proc, STEPS[step].workers)
+                if up is not None:
+                    self.workers_up[step] = up - t0
+            try:
+                rc = proc.wait(timeout=600)
+            finally:
+                proc.kill()
             self.seconds[step] = time.perf_counter() - t0
+            if rc != 0:
+                err.seek(0)
+                raise RuntimeError(f"reference {step} failed: {err.read()[-2000:]}")
+            if STEPS[step].workers and step not in self.workers_up:
+                raise RuntimeError(f"reference {step}: its {STEPS[step].workers} Dask "
+                                   "workers were never seen running")
 
     def argv(self, step: str, out: Path) -> list:
         """The ``hespot`` arguments of ``step`` writing under ``out``."""
@@ -278,6 +405,8 @@ class Steps:
             "import-wsi": ["import-wsi", "--slide", self.root / "wsi.tif", "--images", "copy",
                            "--out", out / "wsi.h5", "--quiet"],
             "embed": ["embed", "--h5", base, "--store", store, *EMBED],
+            "embed-dask": ["embed", "--h5", base, "--store", out / "embeddings-dask.zarr",
+                           *EMBED, "--workers", DASK_WORKERS],
             "regress": ["regress", "--h5", base, "--store", store, "--out", out, *REGRESS],
             "submit": ["submit", "--h5", base, "--out", out, "--quiet"],
             "report": ["report", "--h5", base, "--store", store, "--out", out, "--quiet"],
@@ -295,10 +424,11 @@ class Steps:
             return [sys.executable, "-c", TUNE, *args[1:]]
         return [sys.executable, "-m", "data.commands", *args]
 
-    def prepare(self, step: str, out: Path) -> None:
-        """``out`` holds what ``step`` reads: the reference's outputs of the steps before."""
+    def prepare(self, step: str, out: Path, previous: bool = False) -> None:
+        """``out`` holds what ``step`` reads: the reference's outputs of the steps before;
+        with ``previous``, also the reference's outputs of ``step`` (a previous run's)."""
         out.mkdir(parents=True)
-        for name in STEPS[step].needs:
+        for name in (*STEPS[step].needs, *(STEPS[step].outputs if previous else ())):
             src = self.ref / name
             shutil.copytree(src, out / name) if src.is_dir() else shutil.copy(src, out / name)
 
@@ -310,25 +440,43 @@ class Steps:
         except FileNotFoundError:
             return False
 
+    def _at(self, step: str, proc: subprocess.Popen, fraction: float) -> None:
+        """Wait until ``fraction`` of ``step``'s uninterrupted time has passed; for a step
+        with Dask workers, ``fraction`` of the time from its workers' start to its end,
+        counted from when they run in ``proc`` (starting a cluster takes 5 to 20 s here,
+        as the machine is loaded: measured from the start, the kill would fall before
+        the cluster or after the end)."""
+        if STEPS[step].workers:
+            if workers_started(proc, STEPS[step].workers, timeout=3 * self.seconds[step]):
+                time.sleep(fraction * (self.seconds[step] - self.workers_up[step]))
+            return
+        time.sleep(fraction * self.seconds[step])
+
     def killed_then_rerun(self, step: str, fraction: float) -> bool:
         """SIGKILL ``step`` at ``fraction`` of its uninterrupted time; no output may then be
         partial under its final name; run again, it must give the reference's outputs."""
         case = f"{step}@{fraction:.0%}"
         out = self.root / f"kill_{step}_{int(fraction * 100)}"
-        self.prepare(step, out)
+        self.prepare(step, out, previous=STEPS[step].previous)
         proc = subprocess.Popen(self.command(step, out), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(fraction * self.seconds[step])
+        self._at(step, proc, fraction)
+        started = descendants(proc.pid)
+        workers = dask_workers(started)  # while they run: /proc names them
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        orphans = survivors(proc.pid)
+        orphans = survivors(proc.pid, started)
         partial = partial_files(self.ref, out, STEPS[step].outputs)
         result = subprocess.run(self.command(step, out), cwd=ROOT, capture_output=True,
                                 text=True, timeout=600)
         left = temporaries(out)
         differs = result.returncode == 0 and not self.same(step, out)
         if orphans:
-            self.why[case] = "its child processes ran on after it was killed"
+            self.why[case] = (f"{len(orphans)} of its processes ran on after it was killed "
+                              f"(pids {', '.join(map(str, orphans[:5]))})")
+        elif workers < STEPS[step].workers:
+            self.why[case] = (f"killed with {workers} Dask workers running, not "
+                              f"{STEPS[step].workers}: their end was not checked")
         elif partial:
             self.why[case] = f"partial after the kill: {', '.join(partial[:5])}"
         elif result.returncode != 0:
@@ -351,9 +499,35 @@ class Steps:
             return False
         return hespot(*self.argv(step, out)).returncode == 0 and self.same(step, out)
 
+    def twice_fresh(self, step: str) -> bool:
+        """Two runs at once, each into its own fresh OUT: both succeed and give the
+        reference's outputs (for ``embed-dask``: the in-process features, so the two
+        stores are the same array for array)."""
+        case = f"{step} x2, fresh outputs"
+        outs = [self.root / f"twice_{step}_{i}" for i in (1, 2)]
+        for out in outs:
+            self.prepare(step, out)
+        procs = [hespot(*self.argv(step, out), wait=False) for out in outs]
+        results = [(p.communicate()[1], p.returncode) for p in procs]
+        failed = [f"exit {rc}: {err.strip()[-300:]}" for err, rc in results if rc != 0]
+        if failed:
+            self.why[case] = "; ".join(failed)
+        elif not all(self.same(step, out) for out in outs):
+            self.why[case] = "outputs differ from the uninterrupted in-process run's"
+        return case not in self.why
 
-#: the slowest commands (10-20 s here), killed at the middle kill point only
-SLOW = ("import-her2st", "report", "predict", "tune", "finetune")
+
+#: the slowest commands (10-40 s here), killed at the middle kill point only
+SLOW = ("import-her2st", "embed-dask", "report", "predict", "tune", "finetune")
+#: the commands also run twice at once into fresh outputs (when killed: in ``steps``)
+TWICE = ("embed-dask",)
+
+
+def default_steps() -> tuple[str, ...]:
+    """Every step of :data:`STEPS`; ``embed-dask`` only where dask.distributed is
+    installed (``--workers`` needs it)."""
+    dask = importlib.util.find_spec("distributed") is not None
+    return tuple(s for s in STEPS if dask or s != "embed-dask")
 
 
 def kill_points(steps: Sequence[str], fractions: Sequence[float]) -> list[tuple[str, float]]:
@@ -363,27 +537,37 @@ def kill_points(steps: Sequence[str], fractions: Sequence[float]) -> list[tuple[
 
 
 def run_suite(root: Path, fractions: tuple[float, ...] = (0.2, 0.5, 0.8),
-              log: Callable[[str], None] = print, steps: Sequence[str] = tuple(STEPS),
+              log: Callable[[str], None] = print, steps: Sequence[str] | None = None,
               concurrent: Sequence[str] = ("embed", "regress", "submit"),
-              bad_inputs: bool = True) -> dict[str, tuple[int, int]]:
+              bad_inputs: bool = True,
+              twice: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
     """Run every case under ``root``; returns {kind: (passed, total)}.
 
     Args:
         fractions: kill points, as fractions of each step's uninterrupted time (the
             middle one only for the :data:`SLOW` steps).
-        steps: the commands killed (keys of :data:`STEPS`).
-        concurrent: the commands run twice at once.
+        steps: the commands killed (keys of :data:`STEPS`; default
+            :func:`default_steps`).
+        concurrent: the commands run twice at once on one output.
         bad_inputs: whether to run the bad-input cases.
+        twice: the commands run twice at once into fresh outputs (default: those of
+            :data:`TWICE` in ``steps``); counted as concurrent cases.
     """
+    steps = default_steps() if steps is None else tuple(steps)
+    twice = [s for s in TWICE if s in steps] if twice is None else list(twice)
     base = write_synthetic(root / "synthetic.h5")
     counts = {}
     bad = {name: case() for name, case in bad_input_cases(root, base).items()} \
         if bad_inputs else {}
-    runner = Steps(root, base, with_inputs([*steps, *concurrent]))
-    log("uninterrupted: " + ", ".join(f"{s} {t:.1f} s" for s, t in runner.seconds.items()))
+    runner = Steps(root, base, with_inputs([*steps, *concurrent, *twice]))
+    log("uninterrupted: " + ", ".join(
+        f"{s} {t:.1f} s" + (f" (workers up at {runner.workers_up[s]:.1f} s)"
+                            if s in runner.workers_up else "")
+        for s, t in runner.seconds.items()))
     kills = {f"{s}@{f:.0%}": runner.killed_then_rerun(s, f)
              for s, f in kill_points(steps, fractions)}
     together = {s: runner.concurrent(s) for s in concurrent}
+    together |= {f"{s} x2, fresh outputs": runner.twice_fresh(s) for s in twice}
     for kind, cases in (("bad_inputs_refused", bad), ("kills_survived", kills),
                         ("concurrent_safe", together)):
         for name, ok in cases.items():
@@ -403,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-at", default="0.2,0.5,0.8",
                    help="fractions of an uninterrupted run's time at which to SIGKILL (the "
                    f"middle one only for {', '.join(SLOW)})")
-    p.add_argument("--steps", default=",".join(STEPS),
-                   help=f"commands to kill (default all: {','.join(STEPS)})")
+    p.add_argument("--steps", default=",".join(default_steps()),
+                   help=f"commands to kill (default all: {','.join(default_steps())}; "
+                   "embed-dask is also run twice at once into fresh stores)")
     p.add_argument("--keep", type=Path, help="run in this folder and keep it (debugging)")
     args = p.parse_args(argv)
     fractions = tuple(float(v) for v in args.kill_at.split(","))

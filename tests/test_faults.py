@@ -1,18 +1,23 @@
 """The fault suite's fast part (``make faults`` runs it whole, with kills at 20, 50 and
-80 % of each step and every command that writes): every bad input refused; ``embed``,
-``regress``, ``submit`` and the fastest others (``import-wsi``, ``fit``) killed once at
-half their time and run again to the uninterrupted outputs; two runs at once kept apart.
-And the temporaries a killed writer leaves are cleared by the next write."""
+80 % of each step and every command that writes, ``embed --workers 2`` included): every
+bad input refused; ``embed``, ``regress``, ``submit`` and the fastest others
+(``import-wsi``, ``fit``) killed once at half their time and run again to the
+uninterrupted outputs; two runs at once kept apart. And the temporaries a killed writer
+leaves are cleared by the next write; a report stopped between two images leaves the
+previous page and every image it shows."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fault_suite  # noqa: E402
+import pytest  # noqa: E402
+from fault_outputs import missing_images  # noqa: E402
 
 from data.atomic import (  # noqa: E402
     _host,
@@ -73,3 +78,62 @@ def test_a_folder_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
         (tmp / "model.json").write_text("new")
     assert (store / "model.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_report_stopped_midway_leaves_the_previous_page_whole(synthetic_h5, tmp_path,
+                                                                 monkeypatch):
+    """The report folder is replaced whole: stopped after its third new image (as by a
+    kill), the previous index.html and every image it shows are there, unchanged."""
+    from regress.report import page, plots
+
+    out = tmp_path / "out"
+    args = ["--h5", str(synthetic_h5), "--store", str(tmp_path / "none.zarr"), "--out",
+            str(out), "--quiet"]
+    assert page.main([*args, "--thumb-px", "64"]) == 0
+    before = _files(out / "report")
+    assert sum(name.startswith("img/") for name in before) >= 4
+    save, saved = plots.save, []
+
+    def stopped(fig, path, dpi=90):
+        if len(saved) == 3:
+            raise KeyboardInterrupt  # not caught by the page's sections, as a kill
+        saved.append(path)
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        page.main([*args, "--thumb-px", "128"])
+    assert len(saved) == 3
+    assert _files(out / "report") == before
+    assert not missing_images(out / "report" / "index.html")
+    assert [p.name for p in out.iterdir()] == ["report"]  # its new folder is gone
+    monkeypatch.setattr(plots, "save", save)
+    assert page.main([*args, "--thumb-px", "128"]) == 0
+    after = _files(out / "report")
+    assert after.keys() == before.keys() and after != before
+    assert not missing_images(out / "report" / "index.html")
+
+
+def test_a_grandchild_that_left_the_session_is_found_and_killed():
+    """The kill cases' survivor check follows descendants listed before the kill (Dask's
+    workers), not only the killed command's process group."""
+    code = ("import subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+            " start_new_session=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    started: dict[int, str] = {}
+    for _ in range(100):
+        started = fault_suite.descendants(proc.pid)
+        if started:
+            break
+        time.sleep(0.05)
+    assert len(started) == 1
+    proc.kill()
+    proc.wait()
+    assert fault_suite.survivors(proc.pid, started, wait_s=0.5) == list(started)
+    assert fault_suite.survivors(proc.pid, started, wait_s=0.5) == []  # killed by the first

@@ -37,6 +37,8 @@ class Inputs:
             non-constant model with out-of-fold predictions).
         types: cell types mapped (``--cell-types``, else the most abundant).
         written: the figures saved so far, in page order.
+        img_dir: the folder figures are saved to (``build_report`` points it at the
+            new report folder it builds beside the old one).
 
     Raises:
         DataError: ``--models`` or ``--cell-types`` names one that does not exist.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.atomic import atomic_write_text
+from data.atomic import atomic_dir
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.errors import DataError, Problem
 from regress.report.browser import BrowserError, check_in_browser
@@ -97,7 +97,12 @@ def render_page(ctx: Inputs, sections: Sequence[str], seconds: float) -> str:
 
 
 def build_report(cfg: ReportConfig) -> Path:
-    """Write OUT/report/index.html and its images; returns the page's path.
+    """Write OUT/report/ (index.html and its images in img/) whole; returns the page's path.
+
+    The new folder is built beside the old one and renamed over it (:func:`atomic_dir`), so
+    a failed or killed run leaves the previous page with every image it shows, never a page
+    whose images are gone. The folder is replaced whole: a screenshot of the previous page
+    goes with it (``--screenshot`` writes a new one).
 
     Raises:
         DataError: ``cfg.models`` or ``cfg.cell_types`` names one that does not exist
@@ -105,18 +110,19 @@ def build_report(cfg: ReportConfig) -> Path:
     """
     t0 = time.perf_counter()
     folder = Path(cfg.out) / "report"
-    img_dir = folder / "img"
-    ctx = Inputs(cfg, img_dir)
-    for old in img_dir.glob("*.png"):
-        old.unlink()
+    index = folder / "index.html"
+    ctx = Inputs(cfg, folder / "img")  # checks the names before anything is written
     try:
-        sections = [render_section(ctx, s.key, s.title, s.build) for s in
-                    tqdm(SECTIONS, desc="report", disable=cfg.quiet)]
+        with atomic_dir(folder) as tmp:
+            ctx.img_dir = tmp / "img"  # the figures go to the new folder
+            ctx.img_dir.mkdir(parents=True)
+            sections = [render_section(ctx, s.key, s.title, s.build) for s in
+                        tqdm(SECTIONS, desc="report", disable=cfg.quiet)]
+            page = tmp / index.name
+            page.write_text(render_page(ctx, sections, time.perf_counter() - t0))
+            size = sum(p.stat().st_size for p in [page, *ctx.written])
     finally:
         ctx.close()
-    index = folder / "index.html"
-    atomic_write_text(index, render_page(ctx, sections, time.perf_counter() - t0))
-    size = sum(p.stat().st_size for p in [index, *ctx.written])
     log.info("report: %s (%d images, %.2f MB, %.1f s)", index, len(ctx.written), size / 2**20,
              time.perf_counter() - t0)
     return index
