@@ -176,3 +176,17 @@ def test_a_cpu_coordinator_plans_for_gpu_workers():
     assert extractor.choice.device.type == "cuda" and extractor.choice.dtype_name == "bfloat16"
     assert extractor.runner == "eager" and winfo.sha256
     assert "on the workers" in extractor.choice.describe()
+
+
+@pytest.mark.slow
+def test_workers_give_the_in_process_features_on_the_sample(her2st_h5, tmp_path):
+    """The real sample (C2, efficientnet_lite0 with its real weights and traced runner):
+    two Dask workers write the in-process features bit for bit."""
+    args = ["--h5", str(her2st_h5), "--backbones", "efficientnet_lite0", "--tta", "1",
+            "--slides", "C2", "--quiet"]
+    stores = [tmp_path / "inproc.zarr", tmp_path / "workers.zarr"]
+    assert embed.run.main([*args, "--store", str(stores[0])]) == 0
+    assert embed.run.main([*args, "--store", str(stores[1]), "--workers", "2",
+                           "--chunks-per-task", "1"]) == 0
+    a, b = (read_features(s, "efficientnet_lite0", "C2") for s in stores)
+    assert a.shape == (187, 1280) and np.array_equal(a, b)
