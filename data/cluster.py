@@ -129,7 +129,11 @@ class TaskMap:
     def map(self, fn: Callable, items: Sequence, **shared: Any) -> list:
         if self.client is None:
             return [fn(item, **shared) for item in items]
-        sent = {k: self.client.scatter(v, broadcast=True) for k, v in shared.items()}
+        # a fresh key each time (hash=False): the same object scattered again under its
+        # content's key can race the release of the previous map's copy ("lost
+        # dependencies", seen once in CI)
+        sent = {k: self.client.scatter(v, broadcast=True, hash=False)
+                for k, v in shared.items()}
         futures = self.client.map(fn, list(items), pure=False, **sent)
         try:
             return self.client.gather(futures)
