@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import DEFAULT_H5, Parser, add_common, parse_list, run_cli, setup_logging
+from data.cli import (
+    DEFAULT_H5,
+    Parser,
+    add_common,
+    lists_as_tuples,
+    parse_list,
+    run_cli,
+    setup_logging,
+)
 from data.store import FeatureSpec, open_store, read_array
 
 log = logging.getLogger("hespot")
@@ -37,9 +45,7 @@ def one_run(cfg_json: str) -> dict:
     """Run stage 1 with the EmbedConfig fields in ``cfg_json``; its timing and wall."""
     from embed.config import EmbedConfig
     from embed.run import run
-    fields = json.loads(cfg_json)
-    cfg = replace(EmbedConfig(), **{k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in fields.items()})
+    cfg = replace(EmbedConfig(), **lists_as_tuples(json.loads(cfg_json)))
     timing: dict = {}
     run(cfg, timing)
     return timing
