@@ -5,6 +5,7 @@ depend on the device (spots per batch, batches read ahead)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,36 +15,95 @@ from data.cli import DEFAULT_H5, DEFAULT_STORE
 from data.cluster import check_cluster
 from data.errors import ConfigError, DataError, Problem
 from data.patches import PAD_MODES
-from embed.backbones import DEFAULT_BACKBONE, get_backbone
+from embed.backbones import DEFAULT_BACKBONE, REGISTRY, get_backbone
 from embed.device import DeviceChoice
 from embed.runners import RUNNERS
 from embed.tta import TTA_CHOICES
+
+#: stain levers of a ``--backbones`` item (:mod:`embed.stain`), in the order they name the
+#: store group: ``efficientnet_lite0-macenko-hed``
+STAIN_OPTIONS = ("macenko", "hed")
+_UM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)um")
+
+
+def parse_crop(text: str) -> int | str:
+    """A ``--context`` value: ``448`` (px) -> 448; ``110um`` stays as written (checked by
+    :meth:`BackboneJob.parse`)."""
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def split_key(head: str) -> tuple[str, tuple[str, ...]]:
+    """A backbone's registry name and stain levers from a registry name or a store group's
+    name (``efficientnet_lite0-macenko`` -> ``("efficientnet_lite0", ("macenko",))``).
+
+    Raises:
+        ConfigError: the name is not in the registry (the message lists the known ones).
+    """
+    parts = head.strip().split("-")
+    stain: list[str] = []
+    while len(parts) > 1 and parts[-1] in STAIN_OPTIONS and "-".join(parts) not in REGISTRY:
+        stain.insert(0, parts.pop())
+    name = "-".join(parts)
+    get_backbone(name)  # unknown names fail before any work
+    return name, tuple(stain)
 
 
 @dataclass(frozen=True)
 class BackboneJob:
     """One backbone and its options, from a ``--backbones`` item
-    ``name[+stages][+<crop px>...]``, e.g. ``efficientnet_lite0+stages+448``."""
+    ``name[+stages][+<crop px>...][+<crop µm>um...][+macenko][+hed]``, e.g.
+    ``efficientnet_lite0+stages+448`` or ``efficientnet_lite0+macenko+110um+220um``. The
+    name may also be a store group's (``efficientnet_lite0-macenko``), as a fitted model's
+    spec names it.
+
+    Attributes:
+        contexts: extra crop sides in px (arrays ``features_448px``...).
+        contexts_um: extra crop sides in µm, converted per slide with its pixel size
+            (arrays ``features_110um``...).
+        stain: stain levers in :data:`STAIN_OPTIONS` order: ``macenko`` (normalisation to
+            the reference stains), ``hed`` (HED jitter of the TTA views).
+    """
 
     name: str
     stages: bool = False
     contexts: tuple[int, ...] = ()
+    contexts_um: tuple[float, ...] = ()
+    stain: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The store group of this job's features: the name, then its stain levers."""
+        return "-".join((self.name, *self.stain))
 
     @classmethod
-    def parse(cls, text: str, stages: bool = False, contexts: tuple[int, ...] = ()
-              ) -> BackboneJob:
-        name, *opts = text.strip().split("+")
-        get_backbone(name)  # unknown names fail before any work
-        extra = []
-        for o in opts:
+    def parse(cls, text: str, stages: bool = False,
+              contexts: tuple[int | str, ...] = ()) -> BackboneJob:
+        head, *opts = text.strip().split("+")
+        name, stain = split_key(head)
+        px: list[int] = []
+        um: list[float] = []
+        levers = set(stain)
+        for o in (*contexts, *opts):
+            if isinstance(o, int):
+                px.append(o)
+                continue
+            o = str(o)
             if o == "stages":
                 stages = True
+            elif o in STAIN_OPTIONS:
+                levers.add(o)
             elif o.isdigit():
-                extra.append(int(o))
+                px.append(int(o))
+            elif _UM.fullmatch(o):
+                um.append(float(o[:-2]))
             else:
-                raise ConfigError(f"backbone option {o!r} in {text!r}: expected 'stages' or a "
-                                 "crop size in px, e.g. efficientnet_lite0+stages+448")
-        return cls(name, stages, tuple(dict.fromkeys((*contexts, *extra))))
+                raise ConfigError(f"backbone option {o!r} in {text!r}: expected 'stages', "
+                                  f"{', '.join(map(repr, STAIN_OPTIONS))}, a crop size in px "
+                                  "or in µm, e.g. efficientnet_lite0+stages+448 or "
+                                  "efficientnet_lite0+macenko+110um")
+        return cls(name, stages, tuple(dict.fromkeys(px)), tuple(dict.fromkeys(um)),
+                   tuple(s for s in STAIN_OPTIONS if s in levers))
 
 
 @dataclass(frozen=True)
@@ -57,7 +117,8 @@ class EmbedConfig:
     tta: int = 8
     patch_px: int = 224                   # primary crop side (pixels)
     patch_um: float | None = None         # or in µm where the pixel size is known
-    contexts: tuple[int, ...] = ()        # extra crop sides (px) for every backbone
+    contexts: tuple[int | str, ...] = ()  # extra crop sides for every backbone: px (448)
+                                          # or µm ("110um")
     stages: bool = False                  # intermediate stages for every backbone
     batch_spots: int | None = None        # spots per forward pass (x tta views); None:
                                           # 4 on a CPU (fastest, least memory), 64 on CUDA
@@ -110,10 +171,22 @@ def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
         raise DataError(Problem(cfg.weights, "", "--weights", "a weights file",
                                 "no such file", "check the path"))
     jobs = [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
+    keys = [job.key for job in jobs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"--backbones items {list(cfg.backbones)} store to the same group "
+                          f"{', '.join(twice)} twice: give each backbone (and stain variant) "
+                          "once, with all its options in one item")
     for job in jobs:
         if any(c < 1 for c in job.contexts):
             raise ConfigError(f"crop sizes must be at least 1 px, got {list(job.contexts)} "
                               f"for {job.name} (--context, +<px> in --backbones)")
+        if any(not c > 0 for c in job.contexts_um):
+            raise ConfigError(f"crop sizes in µm must be positive, got "
+                              f"{list(job.contexts_um)} for {job.name} (+<µm>um in --backbones)")
+        if "hed" in job.stain and cfg.tta < 2:
+            raise ConfigError(f"{job.key}: +hed jitters the TTA views after the first; it "
+                              "needs --tta 2, 4 or 8")
     return jobs
 
 

@@ -200,7 +200,7 @@ class DaskExecutor:
                     future.result()
                 except KilledWorker as exc:
                     raise DataError(Problem(
-                        cfg.store, unit.slide, f"{unit.job.name}, chunks {unit.first_chunk}"
+                        cfg.store, unit.slide, f"{unit.job.key}, chunks {unit.first_chunk}"
                         f"..{unit.first_chunk + unit.n_chunks - 1}",
                         "a task that finishes", f"its workers died repeatedly ({exc})",
                         "see the workers' logs (memory? a GPU fault?); rerun: finished "

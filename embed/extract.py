@@ -12,6 +12,7 @@ from torch import nn
 from embed.backbones import Backbone
 from embed.device import DeviceChoice, keep_freed_memory
 from embed.runners import make_runner, resolve_runner
+from embed.stain import jitter_hed
 from embed.tta import average_views, stack_views
 
 
@@ -35,22 +36,31 @@ def mean_std_pool(fmap: torch.Tensor) -> torch.Tensor:
 
 class ViewFeatures(nn.Module):
     """The whole per-batch computation as one module (so a runner can trace it):
-    dihedral views -> backbone -> pooled (and mean+std pooled stages) -> view average.
+    dihedral views -> (HED jitter of the views after the first) -> backbone -> pooled
+    (and mean+std pooled stages) -> view average.
 
     ``forward(x)``: float32 (B, 3, in, in) -> (pooled (B, num_features),) or
     (pooled, stages (B, stage_dims)).
+
+    Args:
+        hed_norm: the backbone's (mean, std) to jitter the views' HED stains with
+            (:func:`embed.stain.jitter_hed`); None: no jitter.
     """
 
     def __init__(self, model: nn.Module, n_views: int, stage_indices: tuple[int, ...] = (),
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False,
+                 hed_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> None:
         super().__init__()
         self.model = model
         self.n_views = n_views
         self.stage_indices = list(stage_indices)
         self.channels_last = channels_last
+        self.hed_norm = hed_norm
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = stack_views(x, self.n_views)
+        if self.hed_norm is not None:
+            x = jitter_hed(x, self.n_views, *self.hed_norm)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.stage_indices:
@@ -72,6 +82,7 @@ class FeatureExtractor:
         runner: how the forward runs (:data:`embed.runners.RUNNERS`, or "auto").
         batch_spots: patches per call; a traced graph is built for this many (default: the
             first call's).
+        hed: jitter the HED stains of every view after the first (``+hed``).
     """
 
     model: nn.Module
@@ -81,6 +92,7 @@ class FeatureExtractor:
     stage_indices: tuple[int, ...] = ()
     runner: str = "eager"
     batch_spots: int | None = None  # patches per call (fixes a traced graph's batch size)
+    hed: bool = False
 
     def __post_init__(self) -> None:
         if self.choice.device.type == "cpu":
@@ -109,8 +121,9 @@ class FeatureExtractor:
             {"stages": float32 (B, stage_dims)}.
         """
         if self._forward is None:
+            norm = (self.backbone.mean, self.backbone.std) if self.hed else None
             module = ViewFeatures(self.model, self.n_views, self.stage_indices,
-                                  self.choice.channels_last).eval()
+                                  self.choice.channels_last, norm).eval()
             self._forward = make_runner(self.runner, module, self.choice, self.batch_spots)
         out = self._forward(x.to(self.choice.device, non_blocking=True))
         names = ("pooled", "stages")[:len(out)]

@@ -9,10 +9,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.patches import resolve_patch_px
 from data.spots import SpotTable
-from embed.config import EmbedConfig
+from embed.config import BackboneJob, EmbedConfig
+
+#: one crop of a slide: its side in px, and in µm where it was asked for in µm
+Crop = tuple[int, float | None]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class SlideInputs:
         pixel_size_um: µm per pixel, or None where the file does not record it.
         primary_px: the primary crop side in pixels (``--patch-px``, or ``--patch-um``
             converted with the pixel size).
+        path: the canonical file (named in errors).
     """
 
     slide: str
@@ -32,6 +37,7 @@ class SlideInputs:
     fingerprint: str
     pixel_size_um: float | None
     primary_px: int
+    path: str = ""
 
     @property
     def n_spots(self) -> int:
@@ -40,6 +46,26 @@ class SlideInputs:
     def crops(self, contexts: Sequence[int]) -> list[int]:
         """Crop sides in px: the primary one first, then the other ``contexts``."""
         return [self.primary_px] + [c for c in contexts if c != self.primary_px]
+
+    def job_crops(self, job: BackboneJob) -> list[Crop]:
+        """(px, µm or None) of every crop of ``job`` on this slide: the primary one, the px
+        contexts (:meth:`crops`), then the µm contexts at this slide's pixel size (each its
+        own array, even where its px equal another crop's).
+
+        Raises:
+            DataError: ``job`` has crops in µm and the slide records no pixel size.
+        """
+        crops: list[Crop] = [(c, None) for c in self.crops(job.contexts)]
+        if job.contexts_um and not self.pixel_size_um:
+            wanted = ", ".join(f"+{u:g}um" for u in job.contexts_um)
+            raise DataError(Problem(self.path, self.slide, "pixel_size_um",
+                                    f"a recorded pixel size (crops {wanted} of {job.key} are "
+                                    "in µm)", "none", "give those crops in px (e.g. +448), "
+                                    "or import the slide again with its pixel size "
+                                    "(import-wsi --mpp, import-her2st --pixel-size, "
+                                    "import-table's pixel_size_um column)"))
+        px = self.pixel_size_um or 1.0
+        return crops + [(max(1, int(round(u / px))), u) for u in job.contexts_um]
 
 
 def read_slide_inputs(h5: CanonicalH5, slide: str, cfg: EmbedConfig) -> SlideInputs:
@@ -52,7 +78,8 @@ def read_slide_inputs(h5: CanonicalH5, slide: str, cfg: EmbedConfig) -> SlideInp
     """
     pixel = h5.pixel_size_um(slide)
     primary = resolve_patch_px(cfg.patch_px, cfg.patch_um, pixel, f"{h5.path}, slide {slide}")
-    return SlideInputs(slide, h5.positions(slide), h5.fingerprint(slide), pixel, primary)
+    return SlideInputs(slide, h5.positions(slide), h5.fingerprint(slide), pixel, primary,
+                       str(h5.path))
 
 
 def prefetch(iterator: Iterator, depth: int) -> Iterator:

@@ -3,7 +3,9 @@
 ``python -m embed.run --h5 out/her2st.h5 --store out/embeddings.zarr --backbones
 efficientnet_lite0 --tta 8`` (``make embeddings``). For each backbone x slide: crop
 patches (``data.patches``, in a background thread), preprocess, run the model over the
-dihedral views and write ``<store>/<backbone>/<slide>/features`` chunk by chunk. A
+dihedral views and write ``<store>/<backbone>/<slide>/features`` chunk by chunk (a
+``--backbones`` item's options: ``+stages``, crops ``+448`` px or ``+110um``, stain levers
+``+macenko`` and ``+hed`` stored as the group ``<backbone>-macenko-hed``). A
 finished slide is skipped, an interrupted one resumes, a changed input or setting is
 refused (``--overwrite`` recomputes).
 """
@@ -30,11 +32,12 @@ from data.cluster import CLUSTER_FLAGS
 from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import SlideWriter, array_name, is_url, open_slide
-from embed.config import BackboneJob, EmbedConfig, check_config, with_device_defaults
+from embed.config import BackboneJob, EmbedConfig, check_config, parse_crop, with_device_defaults
 from embed.executors import make_executor, pinned
 from embed.extract import FeatureExtractor
-from embed.reading import SlideInputs, read_slide_inputs
+from embed.reading import Crop, SlideInputs, read_slide_inputs
 from embed.runners import RUNNERS
+from embed.stain import stain_settings
 from embed.tta import TTA_CHOICES
 from embed.units import WorkUnit, slide_units
 from embed.weights import WeightsInfo
@@ -42,40 +45,51 @@ from embed.weights import WeightsInfo
 log = logging.getLogger("hespot")
 
 
-def slide_settings(cfg: EmbedConfig, backbone, weights_sha: str, crops: Sequence[int],
+def slide_settings(cfg: EmbedConfig, backbone, weights_sha: str, crops: Sequence[Crop],
                    fingerprint: str, n_spots: int, dtype: str,
-                   stage_indices: Sequence[int], runner: str) -> dict:
-    """What determines the stored values; compared on resume."""
-    return {"backbone": backbone.name, "timm_id": backbone.timm_id,
-            "weights_sha256": weights_sha, "tta_views": cfg.tta, "crops_px": list(crops),
-            "input_size": backbone.input_size, "stage_indices": list(stage_indices),
-            "pad_mode": cfg.pad_mode, "dtype": dtype, "input_fingerprint": fingerprint,
-            "n_spots": n_spots, "batch_spots": cfg.batch_spots,
-            "chunk_spots": cfg.chunk_spots, "runner": runner}
+                   stage_indices: Sequence[int], runner: str,
+                   stain: Sequence[str] = ()) -> dict:
+    """What determines the stored values; compared on resume. ``crops_um`` ([µm, px] of
+    each crop given in µm) and ``stain`` are there only where the job has them, so groups
+    written before they existed resume as they are."""
+    settings = {"backbone": backbone.name, "timm_id": backbone.timm_id,
+                "weights_sha256": weights_sha, "tta_views": cfg.tta,
+                "crops_px": [c for c, um in crops if um is None],
+                "input_size": backbone.input_size, "stage_indices": list(stage_indices),
+                "pad_mode": cfg.pad_mode, "dtype": dtype, "input_fingerprint": fingerprint,
+                "n_spots": n_spots, "batch_spots": cfg.batch_spots,
+                "chunk_spots": cfg.chunk_spots, "runner": runner}
+    if any(um is not None for _, um in crops):
+        settings["crops_um"] = [[um, c] for c, um in crops if um is not None]
+    if stain:
+        settings["stain"] = stain_settings(tuple(stain))
+    return settings
 
 
 def open_writer(inputs: SlideInputs, extractor: FeatureExtractor, cfg: EmbedConfig,
-                weights_info: WeightsInfo, run_info: dict, crops: Sequence[int]
-                ) -> SlideWriter:
-    """Open (resume) or create the store group of one backbone x slide, with one array per
-    crop x layer (``features``, ``stages``, ``features_448px``...)."""
+                weights_info: WeightsInfo, run_info: dict, crops: Sequence[Crop],
+                job: BackboneJob) -> SlideWriter:
+    """Open (resume) or create the store group of one backbone x slide (``job.key``), with
+    one array per crop x layer (``features``, ``stages``, ``features_448px``,
+    ``features_110um``...)."""
     backbone, primary = extractor.backbone, inputs.primary_px
     dims, meta = {}, {}
-    for c in crops:
-        dims[array_name("pooled", c, primary)] = backbone.num_features
-        meta[array_name("pooled", c, primary)] = {"layer": "pooled", "crop_px": c}
+    for c, um in crops:
+        crop = {"crop_px": c} if um is None else {"crop_px": c, "crop_um": um}
+        dims[array_name("pooled", c, primary, um)] = backbone.num_features
+        meta[array_name("pooled", c, primary, um)] = {"layer": "pooled", **crop}
         if extractor.stage_indices:
-            dims[array_name("stages", c, primary)] = extractor.stage_dims()
-            meta[array_name("stages", c, primary)] = {
-                "layer": "stages", "crop_px": c, "stage_indices": list(extractor.stage_indices)}
+            dims[array_name("stages", c, primary, um)] = extractor.stage_dims()
+            meta[array_name("stages", c, primary, um)] = {
+                "layer": "stages", **crop, "stage_indices": list(extractor.stage_indices)}
     settings = slide_settings(cfg, backbone, weights_info.sha256, crops, inputs.fingerprint,
                               inputs.n_spots, extractor.choice.dtype_name,
-                              extractor.stage_indices, extractor.runner)
+                              extractor.stage_indices, extractor.runner, job.stain)
     px = inputs.pixel_size_um
     info = {**run_info, "weights_source": weights_info.source,
             "weights_path": weights_info.path, "pixel_size_um": px,
-            "patch_um": [c * px for c in crops] if px else None}
-    return open_slide(cfg.store, backbone.name, inputs.slide, inputs.n_spots, dims,
+            "patch_um": [c * px for c, _ in crops] if px else None}
+    return open_slide(cfg.store, job.key, inputs.slide, inputs.n_spots, dims,
                       cfg.chunk_spots, settings, info, meta, cfg.overwrite)
 
 
@@ -95,27 +109,28 @@ def plan_slide(inputs: SlideInputs, job: BackboneJob, extractor: FeatureExtracto
     """Create (or reopen) the slide's group, recheck its finished chunks' checksums
     (``cfg.verify``; damaged ones are computed again) and cut the chunks still to compute
     into units of at most ``max_chunks``."""
-    crops = tuple(inputs.crops(job.contexts))
-    writer = open_writer(inputs, extractor, cfg, winfo, run_info, crops)
+    crops = inputs.job_crops(job)
+    writer = open_writer(inputs, extractor, cfg, winfo, run_info, crops, job)
     if cfg.verify and not cfg.overwrite:
         damaged = writer.damaged_chunks()
         if damaged:
             log.warning("%s: %s / %s: %d damaged chunk(s) (%s), computed again",
-                        cfg.store, job.name, inputs.slide, len(damaged),
+                        cfg.store, job.key, inputs.slide, len(damaged),
                         ", ".join(f"{c} in {a}" for c, a in list(damaged.items())[:4]))
             writer.reset(damaged)
     missing = writer.missing_chunks()
     if not len(missing):
         status = "skipped"
-        log.info("%s / %s: complete, skipped", job.name, inputs.slide)
+        log.info("%s / %s: complete, skipped", job.key, inputs.slide)
     elif len(missing) < writer.n_chunks:
         status = "resumed"
-        log.info("%s / %s: resuming, %d of %d chunks to compute", job.name, inputs.slide,
+        log.info("%s / %s: resuming, %d of %d chunks to compute", job.key, inputs.slide,
                  len(missing), writer.n_chunks)
     else:
         status = "written"
     units = slide_units(job, inputs.slide, inputs.table.x, inputs.table.y, missing,
-                        cfg.chunk_spots, crops, inputs.primary_px, max_chunks)
+                        cfg.chunk_spots, tuple(c for c, _ in crops), inputs.primary_px,
+                        max_chunks, tuple(um for _, um in crops))
     return SlidePlan(job, inputs.slide, status, units)
 
 
@@ -170,6 +185,9 @@ def _run(cfg: EmbedConfig, jobs: list[BackboneJob], executor, timing: dict
         for slide in names:
             h5.split_of(slide)  # unknown slide names fail before any slide is hashed
         slides = [read_slide_inputs(h5, s, cfg) for s in names]
+    for job in jobs:  # crops in µm on a slide without a pixel size: refused before any model
+        for inputs in slides:
+            inputs.job_crops(job)
     max_chunks = cfg.chunks_per_task if executor.name != "inprocess" else None
     plans: list[tuple[EmbedConfig, SlidePlan]] = []
     for job in jobs:
@@ -179,11 +197,11 @@ def _run(cfg: EmbedConfig, jobs: list[BackboneJob], executor, timing: dict
         job_cfg = replace(cfg, runner=extractor.runner)
         plans += [(job_cfg, plan_slide(inputs, job, extractor, job_cfg, winfo, run_info,
                                        max_chunks)) for inputs in slides]
-    results: dict[str, dict[str, str]] = {job.name: {} for job in jobs}
+    results: dict[str, dict[str, str]] = {job.key: {} for job in jobs}
     owner: dict[str, SlidePlan] = {}
     tasks: list[tuple[EmbedConfig, WorkUnit]] = []
     for job_cfg, plan in plans:
-        results[plan.job.name][plan.slide] = plan.status
+        results[plan.job.key][plan.slide] = plan.status
         tasks += [(job_cfg, u) for u in plan.units]
         owner.update({u.key: plan for u in plan.units})
     left = {key: plan for key, plan in owner.items()}
@@ -194,7 +212,7 @@ def _run(cfg: EmbedConfig, jobs: list[BackboneJob], executor, timing: dict
     def finished(unit: WorkUnit) -> None:
         plan = left.pop(unit.key)
         if not any(p is plan for p in left.values()):
-            log.info("%s / %s: %s at %.1f s (peak RSS %.0f MB)", plan.job.name, plan.slide,
+            log.info("%s / %s: %s at %.1f s (peak RSS %.0f MB)", plan.job.key, plan.slide,
                      plan.status, time.perf_counter() - t0, peak_rss_mb())
 
     executor.run(tasks, finished, bar.update)
@@ -212,15 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
                       common=("h5", "store", "device", "precision", "threads", *CLUSTER_FLAGS,
                               "quiet"))
     p.add_argument("--backbones", type=parse_list,
-                   help="comma-separated registry names, each optionally with +stages and "
-                   "+<crop px>, e.g. mobilenet_v2,efficientnet_lite0+stages+448")
+                   help="comma-separated registry names, each optionally with +stages, "
+                   "+<crop px>, +<crop µm>um, +macenko (stain normalisation) and +hed (HED "
+                   "jitter of the TTA views; both stored as <name>-macenko-hed), e.g. "
+                   "mobilenet_v2,efficientnet_lite0+stages+448,efficientnet_lite0+macenko+110um")
     p.add_argument("--slides", type=parse_list, help="comma-separated slides (default all)")
     p.add_argument("--tta", type=int, choices=TTA_CHOICES, help="dihedral views (default 8)")
     p.add_argument("--patch-px", dest="patch_px", type=int, help="crop side in px (224)")
     p.add_argument("--patch-um", dest="patch_um", type=float, help="crop side in µm")
-    p.add_argument("--context", dest="contexts", type=lambda s: parse_list(s, int),
-                   help="extra crop sides in px for every backbone, e.g. 448 (resized to "
-                   "the model input)")
+    p.add_argument("--context", dest="contexts", type=lambda s: parse_list(s, parse_crop),
+                   help="extra crop sides for every backbone, in px (448) or µm (110um), "
+                   "resized to the model input")
     p.add_argument("--stages", action=argparse.BooleanOptionalAction,
                    help="also store mean+std pooled intermediate stages (every backbone)")
     p.add_argument("--batch-spots", dest="batch_spots", type=int,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.store import array_name
 from embed.config import BackboneJob
 
 
@@ -22,9 +23,12 @@ class WorkUnit:
 
     Attributes:
         x, y: float64 (rows,) spot centres of the unit's rows, in slide order.
-        crops: crop sides in px, the primary one first.
+        crops: crop sides in px, the primary one first (one per stored crop: two crops
+            may have the same px).
         primary_px: the primary crop side (names the arrays: ``features``,
             ``features_448px``...).
+        crops_um: per crop, its side in µm where it was asked for in µm (names its
+            arrays ``features_110um``...), else None; empty: none in µm.
     """
 
     job: BackboneJob
@@ -35,6 +39,7 @@ class WorkUnit:
     y: np.ndarray
     crops: tuple[int, ...]
     primary_px: int
+    crops_um: tuple[float | None, ...] = ()
 
     @property
     def n_spots(self) -> int:
@@ -43,7 +48,19 @@ class WorkUnit:
     @property
     def key(self) -> str:
         """A name unique within a run (Dask's task key)."""
-        return f"embed-{self.job.name}-{self.slide}-{self.first_chunk}"
+        return f"embed-{self.job.key}-{self.slide}-{self.first_chunk}"
+
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """The distinct crop sides in px, the primary one first: one patch each."""
+        return tuple(dict.fromkeys(self.crops))
+
+    def array_names(self, layer: str) -> list[tuple[str, int]]:
+        """(array name, index into :attr:`sides`) of every stored crop's ``layer`` array."""
+        ums = self.crops_um or (None,) * len(self.crops)
+        sides = self.sides
+        return [(array_name(layer, px, self.primary_px, um), sides.index(px))
+                for px, um in zip(self.crops, ums, strict=True)]
 
 
 def chunk_runs(chunks: np.ndarray, max_chunks: int | None = None) -> Iterator[tuple[int, int]]:
@@ -61,12 +78,14 @@ def chunk_runs(chunks: np.ndarray, max_chunks: int | None = None) -> Iterator[tu
 
 def slide_units(job: BackboneJob, slide: str, x: np.ndarray, y: np.ndarray,
                 chunks: np.ndarray, chunk_spots: int, crops: tuple[int, ...],
-                primary_px: int, max_chunks: int | None = None) -> list[WorkUnit]:
+                primary_px: int, max_chunks: int | None = None,
+                crops_um: tuple[float | None, ...] = ()) -> list[WorkUnit]:
     """The units that compute ``chunks`` (int (k,)) of one backbone x slide whose spot
     centres are ``x``, ``y`` (float64 (n_spots,))."""
     units = []
     for first, count in chunk_runs(chunks, max_chunks):
         rows = slice(first * chunk_spots, min((first + count) * chunk_spots, len(x)))
         units.append(WorkUnit(job, slide, first, count, np.ascontiguousarray(x[rows]),
-                              np.ascontiguousarray(y[rows]), tuple(crops), primary_px))
+                              np.ascontiguousarray(y[rows]), tuple(crops), primary_px,
+                              tuple(crops_um)))
     return units

@@ -20,20 +20,40 @@ import torch
 
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
-from data.store import array_name, slide_writer
+from data.store import slide_writer
 from embed.backbones import Backbone, get_backbone
 from embed.config import BackboneJob, EmbedConfig
 from embed.device import select_device
 from embed.extract import FeatureExtractor, preprocess
 from embed.reading import prefetch
+from embed.stain import MacenkoFit, fit_macenko
 from embed.units import WorkUnit
 from embed.weights import WeightsInfo, build_model
 
 log = logging.getLogger("hespot")
 
+#: spots whose primary patches a slide's Macenko fit looks at, evenly spaced in slide order
+STAIN_SAMPLE_SPOTS = 64
+
+
+def fit_slide_stain(h5: CanonicalH5, slide: str, primary_px: int, pad_mode: str
+                    ) -> MacenkoFit:
+    """The slide's Macenko stains from the primary patches (level 0) of up to
+    :data:`STAIN_SAMPLE_SPOTS` spots evenly spaced in slide order: the same sample, so the
+    same fit, in every process."""
+    pos = h5.positions(slide)
+    n = len(pos)
+    idx = np.unique(np.linspace(0, n - 1, min(n, STAIN_SAMPLE_SPOTS)).round().astype(int))
+    patches = PatchCropper(h5, slide, primary_px, pad_mode).crop(pos.x[idx], pos.y[idx])
+    fit = fit_macenko(patches, f"{h5.path}, slide {slide}")
+    if not fit.identity:
+        log.debug("%s: Macenko stains (H, E) %s, 99th-percentile concentrations %s", slide,
+                  fit.he.T.round(3).tolist(), fit.max_c.round(3).tolist())
+    return fit
+
 
 class ProcessCache:
-    """Models (feature extractors) and open HDF5 files of one process.
+    """Models (feature extractors), open HDF5 files and slides' Macenko fits of one process.
 
     Args:
         max_models: extractors kept; the least recently used is dropped beyond it (a
@@ -44,13 +64,15 @@ class ProcessCache:
         self.max_models = max_models
         self._models: OrderedDict[tuple, tuple[FeatureExtractor, WeightsInfo]] = OrderedDict()
         self._files: dict[tuple, CanonicalH5] = {}
+        self._stains: dict[tuple, MacenkoFit] = {}
 
     def extractor(self, cfg: EmbedConfig, job: BackboneJob) -> tuple[FeatureExtractor,
                                                                      WeightsInfo]:
         """The extractor of ``job`` under ``cfg`` (device, precision, runner, TTA, batch),
         built at the first call. ``cfg.runner`` may be the one asked for ("auto") or the
         one it resolved to: both find the same extractor."""
-        base = (job.name, job.stages, cfg.weights, cfg.device, cfg.precision, cfg.tta,
+        hed = "hed" in job.stain
+        base = (job.name, job.stages, hed, cfg.weights, cfg.device, cfg.precision, cfg.tta,
                 cfg.batch_spots)
         for key, value in self._models.items():
             if key[0] == base and cfg.runner in key[1:]:
@@ -62,7 +84,7 @@ class ProcessCache:
         model, winfo = build_model(backbone, cfg.weights)
         stage_idx = backbone.stage_indices if job.stages else ()
         extractor = FeatureExtractor(model, backbone, select_device(cfg.device, cfg.precision),
-                                     cfg.tta, stage_idx, cfg.runner, cfg.batch_spots)
+                                     cfg.tta, stage_idx, cfg.runner, cfg.batch_spots, hed)
         self._models[(base, cfg.runner, extractor.runner)] = extractor, winfo
         return extractor, winfo
 
@@ -76,11 +98,23 @@ class ProcessCache:
             self._files = {key: CanonicalH5(path)}
         return self._files[key]
 
+    def stain(self, cfg: EmbedConfig, unit: WorkUnit) -> MacenkoFit | None:
+        """The Macenko fit of ``unit``'s slide (:func:`fit_slide_stain`, once per process
+        and slide), or None where its job has no ``+macenko``."""
+        if "macenko" not in unit.job.stain:
+            return None
+        h5 = self.h5(cfg.h5)
+        key = (str(h5.path), unit.slide, unit.primary_px, cfg.pad_mode)
+        if key not in self._stains:
+            self._stains[key] = fit_slide_stain(h5, unit.slide, unit.primary_px, cfg.pad_mode)
+        return self._stains[key]
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()
         self._files.clear()
         self._models.clear()
+        self._stains.clear()
 
 
 #: the cache of a worker process (Dask pickles run_unit by reference: one per process)
@@ -88,9 +122,11 @@ WORKER_CACHE = ProcessCache(max_models=2)
 
 
 def _chunk_reader(h5_path: str, h5: CanonicalH5 | None, unit: WorkUnit, cfg: EmbedConfig,
-                  backbone: Backbone) -> Callable[[int], list]:
+                  backbone: Backbone, stain: MacenkoFit | None = None
+                  ) -> Callable[[int], list]:
     """``read(i)``: the model batches of the unit's ``i``-th chunk, as
-    (chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop]).
+    (chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop side
+    (:attr:`WorkUnit.sides`)]), the patches stain-normalised by ``stain`` when given.
 
     With ``h5`` the reads go through it (one reader thread); without, each calling thread
     opens the file once for itself (several reader threads: slide images keep caches that
@@ -105,12 +141,14 @@ def _chunk_reader(h5_path: str, h5: CanonicalH5 | None, unit: WorkUnit, cfg: Emb
                 f = CanonicalH5(h5_path)
                 files.append(f)
             local.croppers = [PatchCropper(f, unit.slide, c, cfg.pad_mode,
-                                           out_px=backbone.input_size) for c in unit.crops]
+                                           out_px=backbone.input_size) for c in unit.sides]
         return local.croppers
 
     def read(i: int) -> list:
         rows = slice(i * cfg.chunk_spots, min((i + 1) * cfg.chunk_spots, unit.n_spots))
         patches = [cr.crop(unit.x[rows], unit.y[rows]) for cr in croppers()]
+        if stain is not None:
+            patches = [stain.apply(p) for p in patches]
         n = len(patches[0])
         return [(unit.first_chunk + i, s + cfg.batch_spots >= n,
                  [preprocess(p[s:s + cfg.batch_spots], backbone) for p in patches])
@@ -121,15 +159,18 @@ def _chunk_reader(h5_path: str, h5: CanonicalH5 | None, unit: WorkUnit, cfg: Emb
 
 
 def unit_batches(h5: CanonicalH5, unit: WorkUnit, cfg: EmbedConfig, backbone: Backbone,
-                 readers: int = 1) -> Iterator[tuple[int, bool, list[torch.Tensor]]]:
-    """(chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop]),
-    chunk after chunk in order.
+                 readers: int = 1, stain: MacenkoFit | None = None
+                 ) -> Iterator[tuple[int, bool, list[torch.Tensor]]]:
+    """(chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop
+    side]), chunk after chunk in order; ``stain``: the slide's Macenko fit (``+macenko``),
+    applied to every uint8 patch before preprocessing.
 
     The patches of each chunk (``cfg.chunk_spots`` spots) are cropped with one window
     read (from the coarsest pyramid level that keeps the model's input resolution) and
     handed out in model batches of ``cfg.batch_spots``. ``readers`` > 1: that many threads
     read chunks ahead at once (a GPU outruns one reader), still handed out in order."""
-    read = _chunk_reader(str(h5.path), h5 if readers <= 1 else None, unit, cfg, backbone)
+    read = _chunk_reader(str(h5.path), h5 if readers <= 1 else None, unit, cfg, backbone,
+                         stain)
     try:
         if readers <= 1:
             for i in range(unit.n_chunks):
@@ -158,16 +199,14 @@ def run_unit(unit: WorkUnit, cfg: EmbedConfig, cache: ProcessCache | None = None
         torch.set_num_threads(cfg.threads)
     extractor, _ = cache.extractor(cfg, unit.job)
     backbone = extractor.backbone
-    writer = slide_writer(cfg.store, backbone.name, unit.slide)
+    writer = slide_writer(cfg.store, unit.job.key, unit.slide)
     pending: list[dict[str, np.ndarray]] = []
-    batches = unit_batches(cache.h5(cfg.h5), unit, cfg, backbone, cfg.readers)
+    batches = unit_batches(cache.h5(cfg.h5), unit, cfg, backbone, cfg.readers,
+                           cache.stain(cfg, unit))
     for chunk, last, batch in prefetch(batches, cfg.prefetch):
-        arrays = {}
-        for c, x in zip(unit.crops, batch, strict=True):
-            feats = extractor(x)
-            arrays[array_name("pooled", c, unit.primary_px)] = feats["pooled"]
-            if "stages" in feats:
-                arrays[array_name("stages", c, unit.primary_px)] = feats["stages"]
+        feats = [extractor(x) for x in batch]  # one forward per crop side
+        arrays = {name: feats[i][layer] for layer in feats[0]
+                  for name, i in unit.array_names(layer)}
         pending.append(arrays)
         if progress:
             progress(len(batch[0]))

@@ -43,6 +43,7 @@ from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
+from regress.ensemble import combine
 from regress.features import SlideSet
 from regress.orders import combine_by_slide
 from regress.outputs import write_anndata
@@ -50,7 +51,6 @@ from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import predictions_frame
 from regress.spatialdata_out import element_name, require_spatialdata, write_spatialdata
 from regress.stage1_spec import check_stored, embed_as_spec, require_weights
-from regress.submit import combine
 
 log = logging.getLogger("hespot")
 
@@ -94,10 +94,13 @@ def check_slides(bundle: Bundle, h5: CanonicalH5, slides: Sequence[str],
                                 "predict test slides, or fit a model on these cell types"))
     for part in bundle.meta["features"]:
         for slide in names:
-            if part.get("patch_um") and not h5.pixel_size_um(slide):
+            um = [part["patch_um"]] if part.get("patch_um") else []
+            um += part.get("identity", {}).get("contexts_um", [])
+            if um and not h5.pixel_size_um(slide):
+                sizes = ", ".join(f"{u:g}" for u in um)
                 raise DataError(Problem(str(h5.path), slide, "pixel_size_um",
-                                        f"a pixel size (the model cuts {part['patch_um']} µm "
-                                        "patches)", "none", "re-import the slide with its "
+                                        f"a pixel size (the model cuts {sizes} µm patches)",
+                                        "none", "re-import the slide with its "
                                         "pixel size (--pixel-size)"))
     return names
 

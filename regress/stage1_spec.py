@@ -38,12 +38,19 @@ RUN_KEYS = ("dtype", "runner", "batch_spots", "chunk_spots")
 def identity(attrs: dict[str, Any]) -> dict[str, Any]:
     """What makes a stored backbone x slide's features what they are, from its group
     attributes: the identity settings, the patch (µm when the run gave it in µm, whatever
-    each slide's pixel size made of it, else px) and the context crops (px)."""
+    each slide's pixel size made of it, else px), the context crops (px) and, where the
+    group has them, the context crops in µm (whatever their px on each slide) and the stain
+    levers' settings (``+macenko``, ``+hed``)."""
     settings, config = attrs["settings"], attrs.get("info", {}).get("config", {})
     patch = ["um", config["patch_um"]] if config.get("patch_um") else \
         ["px", settings["crops_px"][0]]
-    return json.loads(json.dumps({**{k: settings.get(k) for k in IDENTITY_KEYS},
-                                  "patch": patch, "contexts_px": settings["crops_px"][1:]}))
+    out = {**{k: settings.get(k) for k in IDENTITY_KEYS}, "patch": patch,
+           "contexts_px": settings["crops_px"][1:]}
+    if settings.get("crops_um"):
+        out["contexts_um"] = [um for um, _ in settings["crops_um"]]
+    if settings.get("stain"):
+        out["stain"] = settings["stain"]
+    return json.loads(json.dumps(out))
 
 
 def read_spec(store_path: str, spec: FeatureSpec, slides: Sequence[str]) -> dict[str, Any]:
@@ -86,10 +93,12 @@ def embed_argv(part: dict, h5: str, store: str, slides: Sequence[str],
                weights: str | None = None, device: str = "auto",
                threads: int | None = None) -> list[str]:
     """``embed.run`` arguments that remake a backbone's training run on ``slides``: the
-    same views, crops, stages, batch and chunk sizes, padding and patch size."""
+    same views, crops (px and µm), stages, batch and chunk sizes, padding and patch size.
+    The item names the store group (``efficientnet_lite0-macenko``: its stain levers)."""
     s = part["settings"]
     item = part["backbone"] + ("+stages" if s["stage_indices"] else "") + "".join(
-        f"+{c}" for c in s["crops_px"][1:])
+        f"+{c}" for c in s["crops_px"][1:]) + "".join(
+        f"+{um:g}um" for um in part["identity"].get("contexts_um", []))
     argv = ["--h5", h5, "--store", store, "--backbones", item, "--slides", ",".join(slides),
             "--tta", str(s["tta_views"]), "--batch-spots", str(s["batch_spots"]),
             "--chunk-spots", str(s["chunk_spots"]), "--pad-mode", s["pad_mode"],

@@ -10,7 +10,10 @@ Layout (Zarr)::
     <root>/<backbone>/<slide>/done     uint8 (n_chunks,), chunked by 1
 
 Arrays are ``features`` (pooled, primary crop), ``stages`` (mean+std of intermediate
-stages) and the same at other crop sizes (``features_448px``...). A slide group's
+stages) and the same at other crop sizes (``features_448px``...; ``features_110um`` for a
+crop given in µm, whatever its px on each slide). A ``<backbone>`` group of a stain
+variant is named ``<backbone>-macenko``, ``<backbone>-hed`` or ``<backbone>-macenko-hed``
+(stage 2: ``efficientnet_lite0-macenko:features_220um``). A slide group's
 attributes hold ``settings`` (everything that determines the values: compared on resume),
 ``info`` (provenance: weights file, device, versions) and ``arrays`` (name -> layer and
 crop size). A chunk's ``done`` flag is set only after its rows are written, so a run

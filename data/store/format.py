@@ -52,10 +52,14 @@ class FeatureSpec:
         return self.backbone if self.array == "features" else f"{self.backbone}:{self.array}"
 
 
-def array_name(layer: str, crop_px: int, primary_px: int) -> str:
+def array_name(layer: str, crop_px: int, primary_px: int, crop_um: float | None = None
+               ) -> str:
     """Name of a feature array: ``features``/``stages`` for the primary crop, else
-    ``features_448px``/``stages_448px``."""
+    ``features_448px``/``stages_448px``; a crop given in µm (``crop_um``, whatever its
+    pixels on a slide) ``features_110um``/``stages_110um`` (the µm value formatted ``:g``)."""
     base = "features" if layer == "pooled" else layer
+    if crop_um is not None:
+        return f"{base}_{crop_um:g}um"
     return base if crop_px == primary_px else f"{base}_{crop_px}px"
 
 
