@@ -22,6 +22,7 @@ class SlideSet:
         Y: train slide -> float (n_spots, n_types) abundances.
         xy: slide -> float (n_spots, 2) pixel (x, y).
         spot_ids: slide -> (n_spots,) str.
+        pixel_um: slide -> µm per pixel, or None where the file does not record it.
     """
 
     cell_types: tuple[str, ...]
@@ -32,6 +33,7 @@ class SlideSet:
     Y: dict[str, np.ndarray] = field(default_factory=dict)
     xy: dict[str, np.ndarray] = field(default_factory=dict)
     spot_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    pixel_um: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def slides(self) -> list[str]:
@@ -61,6 +63,7 @@ def load_slides(h5_path: str | Path, store_path: str | Path,
                 data.Y[slide] = table.Y
             data.xy[slide] = np.stack([table.x, table.y], axis=1)
             data.spot_ids[slide] = table.spot_ids
+            data.pixel_um[slide] = h5.pixel_size_um(slide)
             for spec in specs:
                 data.parts.setdefault(str(spec), {})[slide] = read_array(
                     store, root, spec, slide, len(table))

@@ -78,14 +78,19 @@ class RidgeLOSO(_Preprocessed):
         per_type_alpha: choose one alpha per output column instead of one for all.
         scoring: inner-CV criterion: "spot" (per-spot Spearman), "type" (per-type
             Spearman) or "mse".
+        slide_gain: g > 1 amplifies a slide's predicted mean composition's distance
+            from the training mean: P + (g - 1) * (mean of P over spots - training
+            mean). Ridge pulls a slide unlike the training ones towards their mean;
+            this undoes part of it. ``predict`` then takes one slide's spots at a time.
 
     Fitted attributes: ``alpha_`` (float, or (n_outputs,) with per_type_alpha),
     ``coef_`` (n_components, n_outputs), ``intercept_``, ``cv_scores_`` (n_alphas,).
     """
 
     def __init__(self, alphas=DEFAULT_ALPHAS, standardize=True, n_components=None,
-                 per_type_alpha=False, scoring="spot"):
+                 per_type_alpha=False, scoring="spot", slide_gain=1.0):
         self.alphas = alphas
+        self.slide_gain = slide_gain
         self.standardize = standardize
         self.n_components = n_components
         self.per_type_alpha = per_type_alpha
@@ -141,6 +146,7 @@ class RidgeLOSO(_Preprocessed):
         a = np.broadcast_to(np.atleast_1d(self.alpha_), (Y.shape[1],))
         self.coef_ = Vt.T @ ((s[:, None] / (s[:, None] ** 2 + a[None, :])) * UtY)
         self.intercept_ = ym - zm @ self.coef_
+        self.y_mean_ = ym
         self._y_1d = y.ndim == 1
         return self
 
@@ -148,6 +154,9 @@ class RidgeLOSO(_Preprocessed):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
         P = self._prep(X) @ self.coef_ + self.intercept_
+        gain = getattr(self, "slide_gain", 1.0)  # models saved before the setting: 1
+        if gain != 1.0 and len(P):
+            P = P + (gain - 1.0) * (P.mean(axis=0) - self.y_mean_)
         return P[:, 0] if self._y_1d else P
 
 

@@ -2,7 +2,10 @@
 
 A recipe names its feature arrays (``backbone[:array]`` in the stage-1 store, concatenated),
 spatial context (mean features of the k nearest spots, 0 = off), prediction smoothing over
-the k nearest spots with weight w, one ridge alpha per cell type, and per-slide centring.
+the k nearest spots or a Gaussian of sigma µm with weight w, one ridge alpha per cell
+type, per-slide centring, position features, shrinkage towards the slide's predicted
+composition and a slide-level gain (:mod:`regress.levers`). ``base`` names the recipe a
+lever is added to: the ablation counts the held-out slides where it beats that one.
 ``make tune`` scores every recipe of ``TUNE_GRID`` by LOSO on the training slides alone and
 records the winner in ``OUT/tuned.json``; ``DEFAULT_RECIPE`` is the winner on the bundled
 sample (see the README's ablation table).
@@ -18,6 +21,7 @@ from data.cli import lists_as_tuples
 from data.errors import ConfigError
 from data.store import FeatureSpec
 from regress.features import assemble
+from regress.levers import gaussian_smooth, position_features, shrink_to_slide, um_per_px
 from regress.spatial import SpatialContext, center_per_slide, smooth_predictions
 
 
@@ -30,6 +34,11 @@ class Recipe:
     smooth_w: float = 0.0
     per_type_alpha: bool = False
     center: bool = False
+    position: str = ""          # "", "fourier" or "radial" (regress.levers)
+    smooth_um: float = 0.0      # > 0: Gaussian smoothing, sigma in µm (weight smooth_w)
+    shrink: float = 0.0         # towards the slide's mean predicted composition
+    slide_gain: float = 1.0     # ridge: a slide's predicted mean's distance from training
+    base: str = ""              # the recipe this one adds a lever to (for the wins)
     description: str = ""
 
     def as_dict(self) -> dict:
@@ -64,6 +73,24 @@ _RECIPES = (
            per_type_alpha=True, description="combo + per-type alpha"),
     Recipe("combo_context", (MOBILENET, LITE0_STAGES_448), context_k=6, smooth_k=6,
            smooth_w=0.5, description="combo + spatial context"),
+    # issue 17's levers, each added to the recipe named by ``base``
+    Recipe("pos_fourier", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
+           position="fourier", base="combo",
+           description="combo + sin/cos of the spot's position (µm) at 0.5-4 mm"),
+    Recipe("pos_radial", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
+           position="radial", base="combo",
+           description="combo + distance from the centre and the edge, spots nearby"),
+    Recipe("gauss100", (MOBILENET, LITE0_STAGES_448), smooth_um=100.0, smooth_w=0.5,
+           base="combo", description="combo, smoothing by a Gaussian of sigma 100 µm "
+           "instead of the 6 nearest spots"),
+    Recipe("gauss200", (MOBILENET, LITE0_STAGES_448), smooth_um=200.0, smooth_w=0.5,
+           base="combo", description="combo, smoothing by a Gaussian of sigma 200 µm"),
+    Recipe("shrink", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5, shrink=0.3,
+           base="combo", description="combo + each spot 30 % towards its slide's "
+           "predicted composition"),
+    Recipe("slide_gain", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
+           slide_gain=2.0, base="combo", description="combo + the slide's predicted "
+           "mean composition's distance from the training mean doubled"),
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
@@ -88,18 +115,27 @@ def prepare(data, recipe: Recipe):
         (SlideSet with the recipe's X, postprocess(slide, P) -> P or None).
     """
     data = assemble(data, [FeatureSpec.parse(f) for f in recipe.features])
+    scale = {s: um_per_px(data.xy[s], data.pixel_um.get(s)) for s in data.X}
     X = {}
     for slide, Xs in data.X.items():
         if recipe.center:
             Xs = center_per_slide(Xs, np.zeros(len(Xs)))
         if recipe.context_k:
             Xs = SpatialContext(recipe.context_k).fit(Xs).transform(Xs, data.xy[slide])
+        if recipe.position:
+            Xs = np.concatenate([Xs, position_features(data.xy[slide], scale[slide],
+                                                       recipe.position)], axis=1)
         X[slide] = Xs
     data.X = X
-    post = None
-    if recipe.smooth_k and recipe.smooth_w:
-        def post(slide, P, xy=data.xy, k=recipe.smooth_k, w=recipe.smooth_w):
-            return smooth_predictions(P, xy[slide], k, w)
+    if not (recipe.smooth_w and (recipe.smooth_k or recipe.smooth_um)) and not recipe.shrink:
+        return data, None
+
+    def post(slide, P, xy=data.xy, r=recipe):
+        if r.smooth_k and r.smooth_w:
+            P = smooth_predictions(P, xy[slide], r.smooth_k, r.smooth_w)
+        if r.smooth_um and r.smooth_w:
+            P = gaussian_smooth(P, xy[slide], scale[slide], r.smooth_um, r.smooth_w)
+        return shrink_to_slide(P, r.shrink)
     return data, post
 
 

@@ -178,9 +178,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         parts.append(to_markdown(table).rstrip("\n"))
     if "ablation" in report:
         parts.append(f"\n## Ablation (ridge, LOSO; chosen: {report['ablation']['chosen']})\n")
-        parts.append("Cells: per-spot / per-type Spearman. 'better than plain': held-out "
-                     "slides where the recipe beats the plain one on the metric its target "
-                     "serves (per-spot for spot_rank, per-type for type_rank).\n")
+        parts.append("Cells: per-spot / per-type Spearman. 'wins': held-out slides where "
+                     "the recipe beats the one it adds a lever to (its base; else plain) on "
+                     "the metric its target serves (per-spot for spot_rank, per-type for "
+                     "type_rank).\n")
         parts.append(to_markdown(tables.ablation_table(report["ablation"])))
     if "config" in report:
         parts.append("\n## Configuration\n\n```json\n" + json.dumps(report["config"], indent=1)

@@ -35,6 +35,7 @@ from data.errors import ConfigError, DataError, Problem
 from data.lock import output_lock
 from data.store import FeatureSpec
 from regress.features import load_slides
+from regress.levers import POSITIONS
 from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, MODELS, make_model
 from regress.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe, prepare
@@ -69,6 +70,10 @@ class RegressConfig:
     smooth_w: float | None = None
     per_type_alpha: bool | None = None
     center: bool | None = None
+    position: str | None = None
+    smooth_um: float | None = None
+    shrink: float | None = None
+    slide_gain: float | None = None
     models: tuple[str, ...] = ("ridge", "lgbm")
     targets: tuple[str, ...] = ("spot_rank", "type_rank")
     ridge_pca: int | None = None
@@ -89,19 +94,21 @@ def resolve_recipe(cfg: RegressConfig) -> Recipe:
         name = json.loads(tuned.read_text())["recipe"] if tuned.is_file() else DEFAULT_RECIPE
     recipe = get_recipe(name)
     overrides = {k: getattr(cfg, k) for k in
-                 ("features", "context_k", "smooth_k", "smooth_w", "per_type_alpha", "center")
+                 ("features", "context_k", "smooth_k", "smooth_w", "per_type_alpha", "center",
+                  "position", "smooth_um", "shrink", "slide_gain")
                  if getattr(cfg, k) is not None}
     return replace(recipe, **overrides) if overrides else recipe
 
 
 def model_params(name: str, cfg: RegressConfig, per_type_alpha: bool = False,
-                 target: str = "spot_rank") -> dict:
+                 target: str = "spot_rank", slide_gain: float = 1.0) -> dict:
     """Estimator parameters; ridge's inner CV scores by the metric the target serves."""
     if name == "ridge":
         alphas = tuple(a for a in DEFAULT_ALPHAS if a <= cfg.ridge_alpha_max)
-        return {"alphas": alphas, "n_components": cfg.ridge_pca,
-                "per_type_alpha": per_type_alpha,
-                "scoring": "spot" if target == "spot_rank" else "type"}
+        params = {"alphas": alphas, "n_components": cfg.ridge_pca,
+                  "per_type_alpha": per_type_alpha,
+                  "scoring": "spot" if target == "spot_rank" else "type"}
+        return {**params, "slide_gain": slide_gain} if slide_gain != 1.0 else params
     if name == "lgbm":
         return {"n_components": cfg.lgbm_pca, "n_estimators": cfg.lgbm_trees}
     return {}
@@ -137,8 +144,16 @@ def check_config(cfg: RegressConfig) -> None:
     for flag, value, least in ranges:
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be at least {least:g}, got {value:g}")
-    if cfg.smooth_w is not None and not 0 <= cfg.smooth_w <= 1:
-        raise ConfigError(f"--smooth-w must lie in [0, 1], got {cfg.smooth_w:g}")
+    for flag, value in (("--smooth-w", cfg.smooth_w), ("--shrink", cfg.shrink)):
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{flag} must lie in [0, 1], got {value:g}")
+    if cfg.smooth_um is not None and cfg.smooth_um < 0:
+        raise ConfigError(f"--smooth-um must be at least 0, got {cfg.smooth_um:g}")
+    if cfg.slide_gain is not None and cfg.slide_gain <= 0:
+        raise ConfigError(f"--slide-gain must be positive, got {cfg.slide_gain:g}")
+    if cfg.position is not None and cfg.position not in POSITIONS:
+        raise ConfigError(f"--position must be one of fourier, radial or '', got "
+                          f"{cfg.position!r}")
     check_cluster(cfg.workers, cfg.scheduler, cfg.threads_per_worker)
 
 
@@ -175,7 +190,8 @@ def _loso_all(cfg: RegressConfig, recipe: Recipe, data, post, tasks: TaskMap) ->
     models = ["constant"] + [m for m in cfg.models if m != "constant"]
     for target in cfg.targets:
         for name in models:
-            params = model_params(name, cfg, recipe.per_type_alpha, target)
+            params = model_params(name, cfg, recipe.per_type_alpha, target,
+                                  recipe.slide_gain)
             model_id = f"{name}-{target}"
             res = run_loso(lambda n=name, p=params: make_model(n, **p), data, target,
                            postprocess=None if name == "constant" else post,
@@ -211,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                    action=argparse.BooleanOptionalAction, help="override: alpha per type")
     p.add_argument("--center", action=argparse.BooleanOptionalAction,
                    help="override: per-slide feature centring")
+    p.add_argument("--position", help="override: position features: fourier, radial or "
+                   "'' (off)")
+    p.add_argument("--smooth-um", dest="smooth_um", type=float,
+                   help="override: Gaussian smoothing sigma in µm (0 = off)")
+    p.add_argument("--shrink", type=float,
+                   help="override: share towards the slide's predicted composition")
+    p.add_argument("--slide-gain", dest="slide_gain", type=float,
+                   help="override: gain on a slide's predicted mean composition (ridge)")
     p.add_argument("--models", type=parse_list, help="comma-separated: ridge, lgbm")
     p.add_argument("--targets", type=parse_list,
                    help=f"comma-separated of {', '.join(TARGETS)}")

@@ -13,7 +13,8 @@ from html import escape
 from typing import Any
 
 # The recipe levers of the ablation table (regress.recipes.Recipe fields), in column order.
-LEVERS = ("context_k", "smooth_k", "per_type_alpha", "center")
+LEVERS = ("context_k", "smooth_k", "per_type_alpha", "center", "position", "shrink",
+          "slide_gain")
 
 
 @dataclass(frozen=True)
@@ -102,22 +103,36 @@ def per_type_table(report: Mapping[str, Any], models: Sequence[str]) -> Table:
     return Table.of(["cell type", *models], rows)
 
 
+_LEVER_DEFAULTS = {"position": "", "shrink": 0.0, "slide_gain": 1.0}
+
+
 def _lever(recipe: Mapping[str, Any], key: str) -> str:
-    if key != "smooth_k":
-        return str(recipe[key])
-    return f"k{recipe['smooth_k']} w{recipe['smooth_w']}" if recipe["smooth_k"] else "0"
+    """A lever's cell; recipes recorded before a lever existed show its default."""
+    if key == "smooth_k":
+        if recipe.get("smooth_um"):
+            return f"{recipe['smooth_um']:g} µm w{recipe['smooth_w']}"
+        return f"k{recipe['smooth_k']} w{recipe['smooth_w']}" if recipe["smooth_k"] else "0"
+    value = recipe.get(key, _LEVER_DEFAULTS.get(key))
+    return "-" if value == "" else str(value)
 
 
-def _better(row: Mapping[str, Any], ref: Mapping[str, Any] | None, slides: Sequence[str],
-            reference: str) -> str:
-    """``wins/slides``: held-out slides where ``row`` beats the reference row on the metric
-    its target serves (per spot for spot_rank, else per type); "" for the reference."""
-    if not ref or row["recipe"]["name"] == reference:
-        return ""
+def wins(row: Mapping[str, Any], ref: Mapping[str, Any], slides: Sequence[str]) -> int:
+    """Held-out slides where ``row`` beats ``ref`` on the metric its target serves (per
+    spot for spot_rank, else per type)."""
     m = "spot" if row["target"] == "spot_rank" else "type"
     mine, theirs = row["per_slide"], ref["per_slide"]
-    wins = sum(mine[s][m] > theirs[s][m] for s in slides if s in mine and s in theirs)
-    return f"{wins}/{len(slides)}"
+    return sum(mine[s][m] > theirs[s][m] for s in slides if s in mine and s in theirs)
+
+
+def _better(row: Mapping[str, Any], rows: Mapping[str, Any], slides: Sequence[str],
+            reference: str) -> str:
+    """``wins/slides vs <base>``: against the recipe's ``base`` (the recipe it adds a lever
+    to), else ``reference``; "" for the reference itself or a base not in the table."""
+    base = row["recipe"].get("base") or reference
+    ref = rows.get(f"{base}/{row['target']}")
+    if not ref or row["recipe"]["name"] == base:
+        return ""
+    return f"{wins(row, ref, slides)}/{len(slides)} vs {base}"
 
 
 def ablation_table(ablation: Mapping[str, Any], reference: str = "plain") -> Table:
@@ -135,6 +150,6 @@ def ablation_table(ablation: Mapping[str, Any], reference: str = "plain") -> Tab
                     *(_lever(rc, k) for k in LEVERS),
                     *(_pair(r["per_slide"].get(s)) for s in slides),
                     f"{r['mean']['spot']:.3f}", f"{r['mean']['type']:.3f}",
-                    _better(r, rows.get(f"{reference}/{r['target']}"), slides, reference)])
+                    _better(r, rows, slides, reference)])
     return Table.of(["recipe", "target", "features", *LEVERS, *slides, "spot", "type",
-                     "better than plain"], out)
+                     "wins"], out)

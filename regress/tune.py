@@ -67,7 +67,8 @@ def evaluate(data: SlideSet, recipe: Recipe, target: str, alpha_max: float) -> d
     alphas = tuple(a for a in DEFAULT_ALPHAS if a <= alpha_max)
     scoring = "spot" if target == "spot_rank" else "type"
     res = run_loso(lambda: RidgeLOSO(alphas=alphas, per_type_alpha=recipe.per_type_alpha,
-                                     scoring=scoring), prepared, target, postprocess=post)
+                                     scoring=scoring, slide_gain=recipe.slide_gain),
+                   prepared, target, postprocess=post)
     return {"recipe": recipe.as_dict(), "target": target, "per_slide": res.per_slide,
             "mean": res.mean, "seconds": round(res.seconds, 2)}
 

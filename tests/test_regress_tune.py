@@ -134,7 +134,7 @@ def test_tune_writes_data_not_markdown(tuned):
         assert not any(line.lstrip().startswith("|") for line in text.splitlines()), text
     md = (tuned / "report.md").read_text()
     head = ("| recipe | target | features | context_k | smooth_k | per_type_alpha | center | "
-            "S_1 | S_2 | S_3 | spot | type | better than plain |")
+            "position | shrink | slide_gain | S_1 | S_2 | S_3 | spot | type | wins |")
     assert head in md
     chosen = report["ablation"]["chosen"]
     assert f"| {chosen} (chosen) | spot_rank | tiny_random |" in md
