@@ -2,8 +2,9 @@
 ``hespot fit`` (``python -m regress.fit``, ``make fit``) -> ``OUT/model/``.
 
 By default the folder holds what ``submit`` would submit: the best model of
-``OUT/report.json``, or the ensemble given with ``--models`` (weights from the out-of-fold
-scores, or ``--weights``). Each model is refitted exactly as ``make regress`` fitted it for
+``OUT/report.json``, or the ensemble given with ``--models`` (weights learned on the
+out-of-fold predictions, or from the out-of-fold scores: ``--weighting``, as submit's; or
+``--weights``). Each model is refitted exactly as ``make regress`` fitted it for
 the test slides (same recipe, target, parameters and features), checked against its
 ``test.csv``, and written with the stage-1 spec of every feature part it reads, so
 ``hespot predict`` can embed new slides the same way. See :mod:`regress.bundle`.
@@ -34,9 +35,11 @@ from data.cli import (
     setup_logging,
 )
 from data.errors import ConfigError, DataError, Problem
+from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, open_store
 from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
+from regress.ensemble import WEIGHTINGS, learned_weights, read_oof
 from regress.features import SlideSet, load_slides
 from regress.loso import stack
 from regress.models import make_model
@@ -58,7 +61,8 @@ class FitConfig:
     out: str = DEFAULT_OUT                    # folder of report.json (make regress)
     model_dir: str | None = None              # default OUT/model
     models: tuple[str, ...] | None = None     # model ids; None: submit's choice
-    weights: tuple[float, ...] | None = None  # ensemble weights; None: from OOF scores
+    weights: tuple[float, ...] | None = None  # ensemble weights; None: by ``weighting``
+    weighting: str = WEIGHTINGS[0]            # as submit's: learned or score
     orders: bool = True                       # as submit: columns ordered by the per-type
                                               # model (regress.orders)
     quiet: bool = False
@@ -82,6 +86,12 @@ def choose(report: dict, cfg: FitConfig) -> tuple[list[str], np.ndarray, str | N
         if known[m]["kind"] not in KINDS:
             raise ConfigError(f"model {m!r} ({known[m]['kind']}) cannot be saved as a model "
                               f"folder: only {', '.join(KINDS)} can")
+    if len(models) > 1 and not cfg.weights:
+        with CanonicalH5(cfg.h5) as h5:
+            cell_types = list(h5.cell_types)
+        oof = read_oof(Path(cfg.out), cfg.h5, models, None)
+        learned = learned_weights(cfg.weighting, False, oof, cell_types)
+        weights = np.asarray(learned["weights"]) if learned else weights
     layer = per_type_model(report)
     return models, weights, layer if layer and known[layer]["kind"] in KINDS else None
 
@@ -180,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=parse_list,
                    help="model ids of OUT/report.json (default: what submit would submit)")
     p.add_argument("--weights", type=lambda s: parse_list(s, float),
-                   help="ensemble weights (default: from OOF scores)")
+                   help="ensemble weights (default: by --weighting)")
+    p.add_argument("--weighting", choices=WEIGHTINGS,
+                   help="as submit's: learned (default) or score")
     p.add_argument("--orders", action=argparse.BooleanOptionalAction,
                    help="as submit --orders (default on): the per-type model orders the "
                    "spots within each cell type")

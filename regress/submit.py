@@ -2,14 +2,19 @@
 layout, :mod:`regress.outputs`), and with ``--spatialdata`` a SpatialData store
 ``predictions.zarr`` (:mod:`regress.spatialdata_out`; the ``spatial`` extra).
 
-``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3]``
+``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3 |
+--weighting learned]``
 
-One model, or an ensemble whose weights come from the out-of-fold per-spot Spearman
-above the constant baseline (or are given). Where ``make regress`` fitted a ``type_rank``
-model, the submitted values keep the submitted model's order of cell types within every
-spot and follow the per-type model's order of spots within every cell type as closely as
-that allows (``--orders``, default on; :mod:`regress.orders`); ``submission.json`` records
-the models, the per-type model and the out-of-fold scores of what is submitted.
+One model, or an ensemble of per-spot ranks whose weights are given (``--weights``) or come
+from the out-of-fold predictions (``--weighting``, :mod:`regress.ensemble`): ``learned``
+(default), the weights that maximise the blend's out-of-fold per-spot Spearman, scored by
+nested LOSO (each slide with weights learned on the others); ``score``, each model's
+per-spot Spearman above the constant baseline. Where ``make regress`` fitted a
+``type_rank`` model, the submitted values keep the submitted model's order of cell types
+within every spot and follow the per-type model's order of spots within every cell type
+as closely as that allows (``--orders``, default on; :mod:`regress.orders`);
+``submission.json`` records the models, weights and weighting, the per-type model, the
+out-of-fold scores of what is submitted and the nested scores of learned weights.
 
 ``submission.csv`` has ``ID`` (``<slide>_<row>``
 for every row of ``spots/Test/<slide>``) then the cell types in the training table's order,
@@ -44,11 +49,11 @@ from data.csvsafe import write_safe_csv
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
+from regress.ensemble import WEIGHTINGS, combine, ensemble_weights, learned_weights, read_oof
 from regress.orders import combine_by_slide, score_oof
 from regress.outputs import write_anndata
 from regress.results import load_report, rank_models, read_predictions
 from regress.spatialdata_out import require_spatialdata, write_spatialdata
-from regress.targets import rank_scale
 
 log = logging.getLogger("hespot")
 
@@ -60,7 +65,8 @@ class SubmitConfig:
     h5: str = DEFAULT_H5
     out: str = DEFAULT_OUT                  # folder of report.json and predictions/
     models: tuple[str, ...] | None = None   # model ids; None: the best OOF model
-    weights: tuple[float, ...] | None = None  # ensemble weights; None: from OOF scores
+    weights: tuple[float, ...] | None = None  # ensemble weights; None: by ``weighting``
+    weighting: str = "learned"              # learned (on the OOF predictions) or score
     submission: str | None = None           # default OUT/submission.csv
     h5ad: str | None = None                 # default OUT/predictions.h5ad
     spatialdata: bool = False               # also OUT/predictions.zarr (SpatialData)
@@ -111,25 +117,6 @@ def check_submission(df: pd.DataFrame, ids: Sequence[str], cell_types: Sequence[
     return problems
 
 
-def ensemble_weights(report: dict, models: Sequence[str]) -> np.ndarray:
-    """Weights from OOF per-spot Spearman above the constant baseline (same target),
-    compared on the held-out slides both have (a model may have run only some folds)."""
-    scores = []
-    for m in models:
-        entry = report["models"].get(m)
-        if entry is None:
-            raise DataError(Problem("report.json", "", m, f"one of {sorted(report['models'])}",
-                                    "no such model", "run make regress first"))
-        base = report["models"].get(f"constant-{entry['target']}", {"mean": {"spot": 0.0}})
-        shared = set(entry.get("per_slide", {})) & set(base.get("per_slide", {}))
-        gain = (np.mean([entry["per_slide"][s]["spot"] - base["per_slide"][s]["spot"]
-                         for s in shared]) if shared
-                else entry["mean"]["spot"] - base["mean"]["spot"])
-        scores.append(max(float(gain), 0.0))
-    w = np.asarray(scores, float)
-    return w / w.sum() if w.sum() > 0 else np.full(len(models), 1 / len(models))
-
-
 def best_model(report: dict) -> str:
     """The non-constant model ranked first by :func:`regress.results.rank_models` (highest
     mean per-spot OOF Spearman).
@@ -144,21 +131,16 @@ def best_model(report: dict) -> str:
     return ranked[0]
 
 
-def combine(frames: Sequence[pd.DataFrame], weights: np.ndarray,
-            cell_types: Sequence[str]) -> np.ndarray:
-    """(n_spots, n_types): one model clipped to [0, 1]; an ensemble averages per-spot ranks."""
-    if len(frames) == 1:
-        return np.clip(frames[0][list(cell_types)].to_numpy(float), 0, 1)
-    return sum(w * rank_scale(f[list(cell_types)].to_numpy(float), axis=1)
-               for w, f in zip(weights, frames, strict=True))
-
-
 def build_parser():
     p = config_parser("python regress/submit.py", __doc__, SubmitConfig,
                       common=("h5", "out", "quiet"))
     p.add_argument("--models", type=parse_list, help="model ids (default: best OOF)")
     p.add_argument("--weights", type=lambda s: parse_list(s, float),
-                   help="ensemble weights (default: from OOF scores)")
+                   help="ensemble weights (default: by --weighting)")
+    p.add_argument("--weighting", choices=WEIGHTINGS,
+                   help="an ensemble's weights without --weights: learned (default: "
+                   "maximise the blend's OOF per-spot Spearman; scored by nested LOSO) or "
+                   "score (each model's OOF per-spot gain over the constant baseline)")
     p.add_argument("--submission", help="default OUT/submission.csv")
     p.add_argument("--h5ad", help="default OUT/predictions.h5ad")
     p.add_argument("--spatialdata", action=argparse.BooleanOptionalAction,
@@ -218,19 +200,6 @@ def read_test_frames(out: Path, models: Sequence[str], ids: Sequence[str],
     return frames
 
 
-
-def oof_scores(out: Path, h5_path: str, models: Sequence[str], weights: np.ndarray,
-               layer: str | None, cell_types: list[str]) -> dict:
-    """LOSO scores of what is submitted, on the out-of-fold predictions (the models
-    combined as submitted, re-ordered by the per-type model ``layer`` when given)."""
-    frames = [read_predictions(out, m, "oof") for m in models]
-    per_type = read_predictions(out, layer, "oof") if layer else None
-    with CanonicalH5(h5_path) as h5:
-        truth = {s: h5.spots(s).Y for s in h5.train_slides}
-    return score_oof(frames, per_type, truth, cell_types,
-                     lambda rows: combine(rows, weights, cell_types))
-
-
 def _main(argv: Sequence[str] | None = None) -> int:
     args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
     setup_logging(args.quiet)
@@ -252,8 +221,12 @@ def submit(args: SubmitConfig) -> int:
     frames = read_test_frames(out, models, ids, cell_types)
     layer = per_type_model(report)
     per_type = read_test_frames(out, [layer], ids, cell_types)[0] if layer else None
+    order_by = layer if layer and args.orders else None
+    oof = read_oof(out, args.h5, models, order_by)
+    learned = learned_weights(args.weighting, bool(args.weights), oof, cell_types)
+    if learned:
+        weights = np.asarray(learned["weights"])
     values = combine(frames, weights, cell_types)
-    order_by = layer if per_type is not None and args.orders else None
     if order_by:
         values = combine_by_slide(values, per_type[cell_types].to_numpy(float),
                                   frames[0]["slide"].astype(str).to_numpy())
@@ -263,9 +236,13 @@ def submit(args: SubmitConfig) -> int:
     problems = check_submission(sub, ids, cell_types, str(path))
     if problems:
         raise DataError(problems)
-    record = {"models": models, "weights": weights.tolist(), "per_type_model": layer,
-              "orders_from": order_by,
-              "oof": oof_scores(out, args.h5, models, weights, order_by, cell_types)}
+    weighting = "given" if args.weights else "learned" if learned else "score"
+    record = {"models": models, "weights": weights.tolist(),
+              "weighting": weighting if len(models) > 1 else None,
+              "per_type_model": layer, "orders_from": order_by,
+              # with learned weights optimistic: the nested scores are the honest ones
+              "oof": score_oof(*oof, cell_types, lambda rows: combine(rows, weights, cell_types)),
+              "nested": learned["nested"] if learned else None}
     log.info("LOSO of the submitted values (out-of-fold): per-spot %.3f, per-type %.3f",
              record["oof"]["mean"]["spot"], record["oof"]["mean"]["type"])
     write_safe_csv(path, sub)

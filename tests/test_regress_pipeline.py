@@ -167,7 +167,8 @@ def _ranks(out, model, types):
 def test_submit_ensemble_weights_from_oof(out, synthetic_h5):
     _, types, _ = _expected(synthetic_h5)
     models = ["ridge-spot_rank", "lgbm-spot_rank"]
-    assert _submit(synthetic_h5, out, "--models", ",".join(models)) == 0
+    assert _submit(synthetic_h5, out, "--models", ",".join(models), "--weighting",
+                   "score") == 0
     report = json.loads((out / "report.json").read_text())
     w = ensemble_weights(report, models)
     base = report["models"]["constant-spot_rank"]["mean"]["spot"]

@@ -4,7 +4,8 @@ cell-type abundance per spot, written in stage 2's result format
 reports, ensembles and submit treat it like any other model.
 
 The winning recipe, each part a setting: patches centred on spots; a timm backbone with a
-Linear -> Sigmoid head; targets rank-scaled per spot to [0, 1]; L1 loss; AdamW with
+Linear -> Sigmoid head; targets rank-scaled per spot to [0, 1]; L1 loss (or a soft-rank
+differentiable Spearman, ``--loss soft_rank`` / ``l1+soft_rank``); AdamW with
 per-step cosine annealing; the albumentations training pipeline and CutMix; leave one
 slide out, the best epoch picked by held-out per-spot Spearman; a checkpoint per fold and
 epoch, and exact resume (every epoch's randomness from (seed, fold, epoch)); dihedral TTA
@@ -13,7 +14,8 @@ at prediction time.
 Modules, each importing only those above it:
 
 - :mod:`~embed.finetune.augment`: the albumentations pipelines and CutMix;
-- :mod:`~embed.finetune.model`: the model (encoder + head), the losses, TTA prediction;
+- :mod:`~embed.finetune.losses`: L1, MSE and the soft-rank (differentiable Spearman) losses;
+- :mod:`~embed.finetune.model`: the model (encoder + head), TTA prediction;
 - :mod:`~embed.finetune.config`: :class:`FinetuneConfig`, the presets and their checks;
 - :mod:`~embed.finetune.data`: patches cropped once per slide, datasets and loaders;
 - :mod:`~embed.finetune.checkpoints`: checkpoints on disk and the settings check;

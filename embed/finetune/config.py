@@ -14,7 +14,13 @@ from data.errors import ConfigError
 from data.patches import PAD_MODES
 from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.finetune.augment import WINNING_AUGMENT, check_augment
-from embed.finetune.model import HEADS, LOSSES
+from embed.finetune.losses import (
+    DEFAULT_RANK_TAU,
+    DEFAULT_RANK_TYPE_WEIGHT,
+    LOSSES,
+    RANK_LOSSES,
+)
+from embed.finetune.model import HEADS
 from embed.tta import TTA_CHOICES
 from regress.targets import TARGETS
 
@@ -42,7 +48,9 @@ class FinetuneConfig:
     cutmix_p: float = 0.5
     target: str = "spot_rank"
     head: str = "sigmoid"
-    loss: str = "l1"
+    loss: str = "l1"                      # l1, mse, soft_rank or l1+soft_rank (losses.py)
+    rank_tau: float = DEFAULT_RANK_TAU    # soft-rank temperature (standard deviations)
+    rank_type_weight: float = DEFAULT_RANK_TYPE_WEIGHT  # soft_rank's per-type term
     tta: int = 8                          # dihedral views for the OOF and test predictions
     val_tta: int = 1                      # views when scoring each epoch
     folds: tuple[str, ...] = ()           # held-out slides to run (default: every train slide)
@@ -69,6 +77,13 @@ PRESETS: dict[str, dict] = {
 RUN_ONLY = ("h5", "out", "folds", "tta", "test", "workers", "device", "precision", "threads",
             "eval_batch_size", "keep_checkpoints", "overwrite", "quiet", "model_id", "weights",
             "fallback_backbone")
+RANK_SETTINGS = ("rank_tau", "rank_type_weight")  # used only by the soft-rank losses
+
+
+def unused_settings(cfg: FinetuneConfig) -> tuple[str, ...]:
+    """The settings ``cfg``'s loss does not use (the soft-rank ones unless its loss is one
+    of :data:`~embed.finetune.losses.RANK_LOSSES`): they do not change what is trained."""
+    return () if cfg.loss in RANK_LOSSES else RANK_SETTINGS
 
 
 def _check_preset(preset: str) -> None:
@@ -95,6 +110,9 @@ def check_config(cfg: FinetuneConfig) -> None:
     if not cfg.lr > 0 or not cfg.weight_decay >= 0:
         raise ConfigError(f"need lr > 0 and weight decay >= 0, got lr {cfg.lr}, weight decay "
                           f"{cfg.weight_decay}")
+    if not cfg.rank_tau > 0 or not cfg.rank_type_weight >= 0:
+        raise ConfigError(f"need rank tau > 0 and rank type weight >= 0, got rank tau "
+                          f"{cfg.rank_tau}, rank type weight {cfg.rank_type_weight}")
     if cfg.workers < 0 or cfg.eval_batch_size < 1:
         raise ConfigError(f"need workers >= 0 and eval batch size >= 1, got workers "
                           f"{cfg.workers}, eval batch size {cfg.eval_batch_size}")

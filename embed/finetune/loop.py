@@ -34,7 +34,8 @@ from embed.finetune.checkpoints import (
 )
 from embed.finetune.config import FinetuneConfig
 from embed.finetune.data import SpotDataset, epoch_loader, steps_per_epoch
-from embed.finetune.model import LOSSES, predict
+from embed.finetune.losses import DEFAULT_RANK_TAU, DEFAULT_RANK_TYPE_WEIGHT, build_loss
+from embed.finetune.model import predict
 from regress.metrics import spearman_per_spot, spearman_per_type
 
 log = logging.getLogger("hespot")
@@ -56,13 +57,15 @@ class TrainSettings:
     eval_batch_size: int = 64
     keep_checkpoints: bool = False
     quiet: bool = False
+    rank_tau: float = DEFAULT_RANK_TAU
+    rank_type_weight: float = DEFAULT_RANK_TYPE_WEIGHT
 
     @classmethod
     def from_config(cls, cfg: FinetuneConfig) -> TrainSettings:
         """The training part of a run's config."""
         return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.cutmix_p,
                    cfg.loss, cfg.val_tta, cfg.workers, cfg.seed, cfg.eval_batch_size,
-                   cfg.keep_checkpoints, cfg.quiet)
+                   cfg.keep_checkpoints, cfg.quiet, cfg.rank_tau, cfg.rank_type_weight)
 
 
 @dataclass
@@ -99,7 +102,7 @@ class Optimisation:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=st.epochs * steps)
         scaler = torch.amp.GradScaler(choice.device.type,
                                       enabled=choice.dtype == torch.float16)
-        return cls(opt, sched, scaler, LOSSES[st.loss]())
+        return cls(opt, sched, scaler, build_loss(st.loss, st.rank_tau, st.rank_type_weight))
 
     def state_dict(self) -> dict:
         """{"optimizer", "scheduler", "scaler"}: their state dicts, for a checkpoint."""

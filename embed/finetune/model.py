@@ -1,5 +1,5 @@
-"""The fine-tuning model: a pooled-feature encoder with a regression head, the losses it
-trains with, and its prediction averaged over dihedral (TTA) views."""
+"""The fine-tuning model: a pooled-feature encoder with a regression head, and its
+prediction averaged over dihedral (TTA) views. (Its losses: :mod:`embed.finetune.losses`.)"""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from torch import nn
 
 from data.errors import ConfigError
 from embed.device import DeviceChoice
+from embed.finetune.losses import LOSSES
 from embed.tta import average_views, stack_views
 
-LOSSES: dict[str, Callable[[], nn.Module]] = {"l1": nn.L1Loss, "mse": nn.MSELoss}
+__all__ = ["HEADS", "LOSSES", "SpotRegressor", "predict"]
 HEADS = ("sigmoid", "linear")
 
 

@@ -14,8 +14,11 @@ seed recipe, so the out-of-fold score is slightly optimistic.
 Recipe ("winning" preset, each part a setting): patches centred on spots (224 px);
 albumentations training pipeline (``embed.finetune.augment``) and CutMix; targets
 rank-scaled per spot to [0, 1]; head Linear -> Sigmoid; L1 loss; AdamW + cosine annealing
-(per step). The "seed_baseline" preset: timm resnet18 (or, where its weights cannot be
-had, the offline default backbone, said in the log), linear head, MSE on raw abundances.
+(per step). ``--loss soft_rank`` trains on 1 - a soft-rank per-spot Spearman instead
+(``l1+soft_rank``: their sum; ``--rank-tau``, ``--rank-type-weight``;
+:mod:`embed.finetune.losses`). The "seed_baseline" preset: timm resnet18 (or, where its
+weights cannot be had, the offline default backbone, said in the log), linear head, MSE
+on raw abundances.
 
 Patches are cropped once per slide and kept in memory. Checkpoints:
 ``OUT/finetune/<model_id>/fold_<slide>/epoch_<n>.pt``; a killed run resumes after its last
@@ -45,10 +48,18 @@ from embed.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
 from embed.device import DeviceChoice, select_device
 from embed.finetune.augment import WINNING_AUGMENT, check_augment
 from embed.finetune.checkpoints import check_settings
-from embed.finetune.config import PRESETS, RUN_ONLY, FinetuneConfig, apply_preset, check_config
+from embed.finetune.config import (
+    PRESETS,
+    RUN_ONLY,
+    FinetuneConfig,
+    apply_preset,
+    check_config,
+    unused_settings,
+)
 from embed.finetune.data import SlidePatches
 from embed.finetune.fold import run_fold
-from embed.finetune.model import HEADS, LOSSES
+from embed.finetune.losses import DEFAULT_RANK_TAU, LOSSES
+from embed.finetune.model import HEADS
 from embed.tta import TTA_CHOICES
 from embed.weights import WeightsError, WeightsInfo, build_model
 from regress.results import (
@@ -94,9 +105,11 @@ def default_model_id(cfg: FinetuneConfig, backbone: str) -> str:
 def training_settings(cfg: FinetuneConfig, backbone: str, weights_sha: str, dtype: str,
                       data: SlidePatches) -> dict:
     """What determines the trained weights; stored in checkpoints, compared on resume:
-    the config (less ``RUN_ONLY``), the backbone actually used and its weights, the
-    autocast dtype, the images and spots (fingerprints) and the targets."""
-    kept = {k: v for k, v in config_dict(cfg).items() if k not in RUN_ONLY}
+    the config (less ``RUN_ONLY`` and the settings its loss does not use), the backbone
+    actually used and its weights, the autocast dtype, the images and spots
+    (fingerprints) and the targets."""
+    skip = {*RUN_ONLY, *unused_settings(cfg)}
+    kept = {k: v for k, v in config_dict(cfg).items() if k not in skip}
     return {**kept, "backbone": backbone, "weights_sha256": weights_sha, "dtype": dtype,
             "input_fingerprints": dict(sorted(data.fingerprints.items())),
             "targets_sha256": data.targets_sha256()}
@@ -217,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cutmix-p", dest="cutmix_p", type=float, help="CutMix probability per batch")
     add("--target", choices=TARGETS)
     add("--head", choices=HEADS)
-    add("--loss", choices=tuple(LOSSES))
+    add("--loss", choices=tuple(LOSSES), help="l1 (default), mse, soft_rank (1 - soft "
+        "per-spot Spearman) or l1+soft_rank")
+    add("--rank-tau", dest="rank_tau", type=float, help="soft-rank temperature, in standard "
+        f"deviations of a spot's predictions ({DEFAULT_RANK_TAU})")
+    add("--rank-type-weight", dest="rank_type_weight", type=float, help="weight of the "
+        "soft-rank loss's per-type term over the batch's spots (0: per-spot only)")
     add("--tta", type=int, choices=TTA_CHOICES, help="views for OOF/test predictions (8)")
     add("--val-tta", dest="val_tta", type=int, choices=TTA_CHOICES,
         help="views when scoring each epoch (1)")
