@@ -24,6 +24,7 @@ PYTEST_ARGS ?=
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
+	grid-embeddings \
 	fit predict import-wsi big-slide bench-read faults \
 	bench-embed bench-scale report chromium
 
@@ -60,7 +61,14 @@ embeddings: $(VENV)/.installed
 regress: $(VENV)/.installed
 	$(HESPOT) regress --h5 $(H5) --store $(STORE) --out $(OUT) $(REGRESS_ARGS)
 
-# LOSO over the recipe grid on the training slides; records OUT/tuned.json
+# every array make tune's grid reads (issue 17's levers: crops in µm, Macenko, HED
+# jitter) on top of make embeddings' (a group with more crops serves the smaller request)
+GRID_BACKBONES ?= mobilenet_v2,efficientnet_lite0+stages+448+110um+220um+440um,efficientnet_lite0-macenko,efficientnet_lite0-hed
+grid-embeddings: $(VENV)/.installed
+	$(HESPOT) embed --h5 $(H5) --store $(STORE) --backbones $(GRID_BACKBONES) $(EMBED_ARGS)
+
+# LOSO over the recipe grid on the training slides (recipes whose arrays are not stored are
+# left out, with the command that makes them); records OUT/tuned.json
 tune: $(VENV)/.installed
 	$(HESPOT) tune --h5 $(H5) --store $(STORE) --out $(OUT) $(TUNE_ARGS)
 

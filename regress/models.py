@@ -68,6 +68,24 @@ class _Preprocessed(RegressorMixin, BaseEstimator):
         return self.pca_.transform(Z) if self.pca_ is not None else Z
 
 
+def centred_svd(Z: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Thin SVD of the centred Z: (column means (d,), U (n, k), s (k,), Vt (k, d)).
+
+    Wider than tall (d > n, the usual stage-2 case: a few hundred spots per fold, a few
+    thousand features), it goes through the n x n Gram matrix (eigh), several times faster
+    than an SVD of Z; directions with a squared singular value below 1e-12 of the largest
+    are dropped (ridge's alphas >= 0.1 shrink them to nothing anyway)."""
+    zm = Z.mean(0)
+    Zc = Z - zm
+    if Zc.shape[1] <= Zc.shape[0]:
+        U, s, Vt = np.linalg.svd(Zc, full_matrices=False)
+        return zm, U, s, Vt
+    w, U = np.linalg.eigh(Zc @ Zc.T)
+    keep = w > max(w.max(), 0.0) * 1e-12
+    U, s = U[:, keep][:, ::-1], np.sqrt(w[keep])[::-1]
+    return zm, U, s, (U.T @ Zc) / s[:, None]
+
+
 class RidgeLOSO(_Preprocessed):
     """Multi-output ridge; alpha chosen by inner leave-one-slide-out CV.
 
@@ -99,8 +117,8 @@ class RidgeLOSO(_Preprocessed):
     @staticmethod
     def _solve_path(Z: np.ndarray, Y: np.ndarray, Zt: np.ndarray, alphas) -> np.ndarray:
         """Predictions on Zt for every alpha: (n_alphas, n_test, n_outputs)."""
-        zm, ym = Z.mean(0), Y.mean(0)
-        U, s, Vt = np.linalg.svd(Z - zm, full_matrices=False)
+        ym = Y.mean(0)
+        zm, U, s, Vt = centred_svd(Z)
         UtY = U.T @ (Y - ym)
         P = (Zt - zm) @ Vt.T
         return np.stack([P @ ((s / (s**2 + a))[:, None] * UtY) + ym for a in alphas])
@@ -140,8 +158,8 @@ class RidgeLOSO(_Preprocessed):
             else np.zeros(len(alphas))
         best = np.argmax(self.cv_scores_, axis=0)
         self.alpha_ = alphas[best]
-        zm, ym = Z.mean(0), Y.mean(0)
-        U, s, Vt = np.linalg.svd(Z - zm, full_matrices=False)
+        ym = Y.mean(0)
+        zm, U, s, Vt = centred_svd(Z)
         UtY = U.T @ (Y - ym)
         a = np.broadcast_to(np.atleast_1d(self.alpha_), (Y.shape[1],))
         self.coef_ = Vt.T @ ((s[:, None] / (s[:, None] ** 2 + a[None, :])) * UtY)

@@ -107,7 +107,8 @@ def check_slides(bundle: Bundle, h5: CanonicalH5, slides: Sequence[str],
 
 def load_inputs(bundle: Bundle, cfg: PredictConfig, store_path: str, slides: Sequence[str]
                 ) -> SlideSet:
-    """The feature parts every model of the bundle reads, per slide, with positions."""
+    """The feature parts every model of the bundle reads, per slide, with positions and
+    pixel sizes (position features and smoothing in µm need them)."""
     store = open_store(store_path)
     data = SlideSet(tuple(bundle.cell_types), [], list(slides))
     with CanonicalH5(cfg.h5) as h5:
@@ -115,6 +116,7 @@ def load_inputs(bundle: Bundle, cfg: PredictConfig, store_path: str, slides: Seq
             table = h5.spots(slide)
             data.xy[slide] = np.stack([table.x, table.y], axis=1)
             data.spot_ids[slide] = table.spot_ids
+            data.pixel_um[slide] = h5.pixel_size_um(slide)
             for part in bundle.meta["features"]:
                 spec = FeatureSpec.parse(part["spec"])
                 data.parts.setdefault(str(spec), {})[slide] = read_array(

@@ -88,6 +88,13 @@ _RECIPES = (
     Recipe("shrink", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5, shrink=0.3,
            base="combo", description="combo + each spot 30 % towards its slide's "
            "predicted composition"),
+    Recipe("macenko", (f"{LITE0}-macenko",), base="plain",
+           description="plain on patches Macenko-normalised to the reference stains"),
+    Recipe("hed", (f"{LITE0}-hed",), base="plain",
+           description="plain with HED stain jitter on the TTA views (averaged)"),
+    Recipe("multiscale", (f"{LITE0}:features_110um", LITE0, f"{LITE0}:features_220um",
+                          f"{LITE0}:features_440um"), base="plain",
+           description="lite0 pooled at 110, 155 (224 px), 220 and 440 µm crops"),
     Recipe("slide_gain", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
            slide_gain=2.0, base="combo", description="combo + the slide's predicted "
            "mean composition's distance from the training mean doubled"),
@@ -95,7 +102,7 @@ _RECIPES = (
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
 TUNE_GRID: tuple[str, ...] = tuple(RECIPES)
-DEFAULT_RECIPE = "combo"
+DEFAULT_RECIPE = "pos_fourier"
 
 
 def get_recipe(name: str) -> Recipe:

@@ -32,8 +32,9 @@ from data.cli import (
     setup_logging,
 )
 from data.cluster import CLUSTER_FLAGS, check_cluster, task_map
+from data.h5 import CanonicalH5
 from data.lock import output_lock
-from data.store import FeatureSpec
+from data.store import FeatureSpec, embed_item, open_store
 from regress.features import SlideSet, load_slides
 from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, RidgeLOSO
@@ -87,6 +88,32 @@ def choose(rows: dict[str, dict], target: str = "spot_rank") -> str:
     return rows[best]["recipe"]["name"]
 
 
+def stored(cfg: TuneConfig, recipes: list[Recipe]) -> list[Recipe]:
+    """The recipes whose feature parts are all in the store (every slide of the HDF5);
+    each one left out is logged with the ``hespot embed`` item that makes its parts
+    (``make grid-embeddings`` makes the whole grid's).
+
+    Raises:
+        DataError: no recipe's parts are stored (as reading them would)."""
+    store = open_store(str(cfg.store))
+    with CanonicalH5(cfg.h5) as h5:
+        slides = h5.train_slides + h5.test_slides
+    kept = []
+    for r in recipes:
+        missing = [f for f in r.features if not all(
+            f"{FeatureSpec.parse(f).backbone}/{s}/{FeatureSpec.parse(f).array}" in store
+            for s in slides)]
+        if missing:
+            log.warning("recipe %s left out: %s not in %s (hespot embed --backbones %s, or "
+                        "make grid-embeddings)", r.name, ", ".join(missing), cfg.store,
+                        ",".join(embed_item(FeatureSpec.parse(f)) for f in missing))
+        else:
+            kept.append(r)
+    if not kept:  # read one to raise its DataError, which names the array and the fix
+        load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(recipes[0].features[0])])
+    return kept
+
+
 def run(cfg: TuneConfig) -> dict:
     """Score every recipe x target by ridge LOSO; write tuned.json and the ablation entry
     of report.json. Returns ``{"rows": {"<recipe>/<target>": row}, "chosen": name}``."""
@@ -94,8 +121,9 @@ def run(cfg: TuneConfig) -> dict:
     for t in cfg.targets:
         check_name("target", t, TARGETS)
     check_cluster(cfg.workers, cfg.scheduler, cfg.threads_per_worker)
-    specs = sorted({f for r in recipes for f in r.features})
     preflight(cfg.h5)
+    recipes = stored(cfg, recipes)
+    specs = sorted({f for r in recipes for f in r.features})
     t0 = time.perf_counter()
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in specs])
     log.info("loaded %d feature parts in %.1f s", len(specs), time.perf_counter() - t0)

@@ -72,6 +72,31 @@ def test_resume_keeps_chunks_and_other_settings_are_refused(tmp_path):
     assert fresh.first_incomplete() == 0
 
 
+def test_a_complete_group_with_more_crops_serves_a_smaller_request(tmp_path):
+    """make tune's grid embeds lite0 at more crops than make embeddings asks for: the
+    smaller request then finds the complete group as it is; a crop it lacks, an
+    unfinished group or another setting is refused as before."""
+    root = tmp_path / "s.zarr"
+    wide = {**SETTINGS, "crops_px": [224, 448], "crops_um": [[110.0, 159]]}
+    _write(root, settings=wide)
+    for fewer in ({**SETTINGS, "crops_px": [224, 448]}, {**SETTINGS, "crops_px": [224]}):
+        w = open_slide(root, "b", "S_1", 10, {"features": 3}, 4, fewer, {}, {})
+        assert w.missing_chunks().size == 0
+    for other in ({**SETTINGS, "crops_px": [224, 96]},
+                  {**SETTINGS, "crops_px": [224], "tta_views": 4}):
+        with pytest.raises(DataError, match="--overwrite"):
+            open_slide(root, "b", "S_1", 10, {"features": 3}, 4, other, {}, {})
+    narrow = tmp_path / "n.zarr"               # the other way: a bigger request replaces
+    _write(narrow, settings={**SETTINGS, "crops_px": [224]})
+    w = open_slide(narrow, "b", "S_1", 10, {"features": 3}, 4, wide, {}, {})
+    assert w.missing_chunks().size == w.n_chunks
+    part = tmp_path / "p.zarr"
+    _write(part, settings=wide, chunks=[0])
+    with pytest.raises(DataError, match="crops_um"):
+        open_slide(part, "b", "S_1", 10, {"features": 3}, 4,
+                   {**SETTINGS, "crops_px": [224, 448]}, {}, {})
+
+
 def test_store_without_format_attribute_is_read(tmp_path):
     """Stores of the previous release have the same layout and no format attribute."""
     root = tmp_path / "s.zarr"

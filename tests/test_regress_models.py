@@ -199,3 +199,18 @@ def test_lgbm_fits_per_type():
     # clone keeps the parameters and drops the fit
     fresh = clone(model)
     assert fresh.get_params() == model.get_params() and not hasattr(fresh, "estimators_")
+
+
+def test_centred_svd_of_a_wide_matrix_matches_numpys():
+    """The Gram-matrix path (more features than spots) gives the same ridge fits as a
+    plain SVD of the centred matrix."""
+    from regress.models import centred_svd
+
+    rng = np.random.default_rng(5)
+    for shape in ((40, 300), (300, 40)):
+        Z = rng.normal(size=shape)
+        zm, U, s, Vt = centred_svd(Z)
+        np.testing.assert_allclose((U * s) @ Vt, Z - Z.mean(0), atol=1e-9)
+        U2, s2, _ = np.linalg.svd(Z - Z.mean(0), full_matrices=False)
+        np.testing.assert_allclose(s, s2[:len(s)], rtol=1e-9)
+        assert len(s) >= min(shape) - 1          # centring removes one direction at most

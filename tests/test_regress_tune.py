@@ -10,6 +10,7 @@ import pytest
 import embed.run
 import regress.recipes as recipes
 import regress.tune as tune
+from data.errors import DataError
 from data.h5 import CanonicalH5
 from data.store import FeatureSpec
 from regress.features import load_slides
@@ -140,3 +141,18 @@ def test_tune_writes_data_not_markdown(tuned):
     assert f"| {chosen} (chosen) | spot_rank | tiny_random |" in md
     for key, row in report["ablation"]["rows"].items():
         assert f"| {row['mean']['spot']:.3f} | {row['mean']['type']:.3f} |" in md, key
+
+
+def test_recipes_without_stored_parts_are_left_out_with_the_command(synthetic_h5, store,
+                                                                   caplog):
+    """make tune's grid names arrays that only make grid-embeddings writes: a recipe whose
+    parts are not stored is left out, and the log says which embed item makes them; when
+    none is stored, the reader's DataError names the array and the fix."""
+    cfg = tune.TuneConfig(h5=str(synthetic_h5), store=str(store))
+    wanting = Recipe("t_um", ("tiny_random:features_110um",))
+    with caplog.at_level("WARNING", logger="hespot"):
+        kept = tune.stored(cfg, [TINY[0], wanting])
+    assert kept == [TINY[0]]
+    assert "t_um left out" in caplog.text and "tiny_random+110um" in caplog.text
+    with pytest.raises(DataError, match="features_110um"):
+        tune.stored(cfg, [wanting])

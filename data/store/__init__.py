@@ -42,9 +42,16 @@ from data.store.format import (
     exists,
     is_url,
 )
-from data.store.reader import backbones, open_store, read_array, read_features, slide_attrs
+from data.store.reader import (
+    backbones,
+    embed_item,
+    open_store,
+    read_array,
+    read_features,
+    slide_attrs,
+)
 from data.store.writer import SlideWriter, open_slide, slide_writer
 
 __all__ = ["BOOKKEEPING", "CODECS", "FORMAT_ATTR", "STORE_FORMAT", "FeatureSpec", "SlideWriter",
-           "array_name", "backbones", "bad_chunks", "exists", "is_url", "open_slide",
+           "array_name", "backbones", "embed_item", "bad_chunks", "exists", "is_url", "open_slide",
            "open_store", "read_array", "read_features", "slide_attrs", "slide_writer"]

@@ -87,6 +87,24 @@ def _any_done(group: zarr.Group) -> bool:
     return "done" not in group or bool(np.any(group["done"][:]))
 
 
+_CROP_KEYS = ("crops_px", "crops_um")
+
+
+def covers(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether features stored with settings ``old`` include everything ``new`` asks for:
+    the same settings but for more crops (``make tune``'s grid embeds a backbone at more
+    crop sizes than ``make embeddings``; the smaller request then finds its arrays)."""
+    rest = [k for k in set(old) | set(new) if k not in _CROP_KEYS]
+    if any(old.get(k) != new.get(k) for k in rest):
+        return False
+    return all({json.dumps(c) for c in new.get(k, [])} <= {json.dumps(c) for c in old.get(k, [])}
+               for k in _CROP_KEYS)
+
+
+def _complete(group: zarr.Group) -> bool:
+    return "done" in group and bool(np.all(group["done"][:]))
+
+
 def _canon(settings: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(settings))
 
@@ -100,7 +118,9 @@ def open_slide(root: str | Path, backbone: str, slide: str, n_spots: int,
     Args:
         dims: array name -> feature width; each array is float32 (n_spots, dim).
         settings: what determines the values; a group stored with other settings and
-            finished chunks is refused unless ``overwrite``.
+            finished chunks is refused unless ``overwrite``, but a complete one whose
+            settings :func:`covers` them (more crops) is used as it is, and one that
+            these settings cover (fewer crops) is replaced.
 
     Raises:
         DataError: the group exists with other settings and finished chunks, and
@@ -114,9 +134,12 @@ def open_slide(root: str | Path, backbone: str, slide: str, n_spots: int,
     settings = _canon(settings)
     if key in store:
         old = dict(store[key].attrs.get("settings", {}))
-        if old == settings and not overwrite:
+        if not overwrite and (old == settings
+                              or (covers(old, settings) and _complete(store[key]))):
             return SlideWriter(store[key], chunk_spots, n_spots)
-        if not overwrite and _any_done(store[key]):
+        # a request for more crops replaces the group: every stored array is computed again,
+        # with the same settings, beside the new ones (nothing is lost)
+        if not overwrite and _any_done(store[key]) and not covers(settings, old):
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {settings.get(k)!r}"
                                for k in diff[:4])
