@@ -63,7 +63,7 @@ regress: $(VENV)/.installed
 
 # every array make tune's grid reads (issue 17's levers: crops in µm, Macenko, HED
 # jitter) on top of make embeddings' (a group with more crops serves the smaller request)
-GRID_BACKBONES ?= mobilenet_v2,efficientnet_lite0+stages+448+110um+220um+440um,efficientnet_lite0-macenko,efficientnet_lite0-hed
+GRID_BACKBONES ?= mobilenet_v2,efficientnet_lite0+stages+448+110um+220um+440um,efficientnet_lite0-macenko,mobilenet_v2-hed,efficientnet_lite0-hed+stages+448
 grid-embeddings: $(VENV)/.installed
 	$(HESPOT) embed --h5 $(H5) --store $(STORE) --backbones $(GRID_BACKBONES) $(EMBED_ARGS)
 

@@ -79,10 +79,13 @@ def test_a_complete_group_with_more_crops_serves_a_smaller_request(tmp_path):
     root = tmp_path / "s.zarr"
     wide = {**SETTINGS, "crops_px": [224, 448], "crops_um": [[110.0, 159]]}
     _write(root, settings=wide)
-    for fewer in ({**SETTINGS, "crops_px": [224, 448]}, {**SETTINGS, "crops_px": [224]}):
+    wide["stage_indices"] = [2, 3]
+    _write(root, settings=wide, overwrite=True)
+    for fewer in ({**SETTINGS, "crops_px": [224, 448], "stage_indices": [2, 3]},
+                  {**SETTINGS, "crops_px": [224], "stage_indices": []}):
         w = open_slide(root, "b", "S_1", 10, {"features": 3}, 4, fewer, {}, {})
         assert w.missing_chunks().size == 0
-    for other in ({**SETTINGS, "crops_px": [224, 96]},
+    for other in ({**SETTINGS, "crops_px": [224, 96]}, {**SETTINGS, "stage_indices": [1]},
                   {**SETTINGS, "crops_px": [224], "tta_views": 4}):
         with pytest.raises(DataError, match="--overwrite"):
             open_slide(root, "b", "S_1", 10, {"features": 3}, 4, other, {}, {})

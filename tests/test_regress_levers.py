@@ -142,3 +142,22 @@ def test_ablation_counts_wins_against_the_base():
     table = ablation_table({"rows": rows, "chosen": "combo"})
     last = {r[0].text: r[-1].text for r in table.rows}
     assert last == {"plain": "", "combo (chosen)": "3/3 vs plain", "lever": "2/3 vs combo"}
+
+
+def test_tune_keeps_a_lever_only_where_it_wins_4_of_5():
+    """choose: the best mean per spot among recipes that beat their base on >= 4 of 5
+    held-out slides (and whose base does too)."""
+    from regress.tune import choose
+
+    def row(name, base, spots):
+        return {"recipe": {"name": name, "base": base}, "target": "spot_rank",
+                "per_slide": {s: {"spot": v, "type": 0.0} for s, v in zip("ABCDE", spots,
+                                                                         strict=True)},
+                "mean": {"spot": float(np.mean(spots)), "type": 0.0}}
+    rows = {"combo/spot_rank": row("combo", "", [0.5] * 5),
+            # a higher mean from one slide: 1 win of 5, not kept
+            "lucky/spot_rank": row("lucky", "combo", [0.9, 0.49, 0.49, 0.49, 0.49]),
+            "steady/spot_rank": row("steady", "combo", [0.51, 0.51, 0.51, 0.51, 0.49])}
+    assert choose(rows) == "steady"
+    rows["on_lucky/spot_rank"] = row("on_lucky", "lucky", [1.0] * 5)  # its base is out
+    assert choose(rows) == "steady"

@@ -38,7 +38,7 @@ def test_columns_follow_the_per_type_model():
     before = spearman_per_type(Y, S).mean()
     after = spearman_per_type(Y, M).mean()
     assert after > before + 0.2, (before, after)
-    assert after <= spearman_per_type(Y, T).mean() + 1e-9
+    assert after >= spearman_per_type(Y, T).mean() - 0.05  # close to the per-type model
     assert spearman_per_type(T, M).mean() > 0.8  # close to the per-type model's order
 
 
@@ -48,6 +48,22 @@ def test_ties_in_the_per_spot_model_stay_ties():
     M = combine_orders(S, T)
     np.testing.assert_array_equal(M[:, 0], M[:, 1])
     np.testing.assert_array_equal(rankdata(M, axis=1), rankdata(S, axis=1))
+
+
+def test_isotonic_rows_is_the_least_squares_monotone_fit():
+    from sklearn.isotonic import isotonic_regression
+
+    from regress.orders import isotonic_rows, monotone
+    rng = np.random.default_rng(4)
+    V = rng.normal(size=(50, 9))
+    expected = np.stack([isotonic_regression(v) for v in V])
+    np.testing.assert_allclose(isotonic_rows(V), expected, atol=1e-12)
+    key = rng.normal(size=V.shape)
+    key[:, 3] = key[:, 4]                                  # ties share their mean value
+    F = monotone(V, key)
+    np.testing.assert_array_equal(F[:, 3], F[:, 4])
+    order = np.argsort(key, axis=1, kind="stable")
+    assert np.all(np.diff(np.take_along_axis(F, order, axis=1), axis=1) >= -1e-12)
 
 
 def test_project_rearranges_a_lines_values():

@@ -92,11 +92,14 @@ _CROP_KEYS = ("crops_px", "crops_um")
 
 def covers(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether features stored with settings ``old`` include everything ``new`` asks for:
-    the same settings but for more crops (``make tune``'s grid embeds a backbone at more
-    crop sizes than ``make embeddings``; the smaller request then finds its arrays)."""
-    rest = [k for k in set(old) | set(new) if k not in _CROP_KEYS]
+    the same settings but for more crops, or for stages beside the pooled features
+    (``make tune``'s grid embeds a backbone at more crop sizes than ``make embeddings``;
+    the smaller request then finds its arrays)."""
+    rest = [k for k in set(old) | set(new) if k not in (*_CROP_KEYS, "stage_indices")]
     if any(old.get(k) != new.get(k) for k in rest):
         return False
+    if new.get("stage_indices") not in ([], None, old.get("stage_indices")):
+        return False  # pooled features only are served by a group with stages too
     return all({json.dumps(c) for c in new.get(k, [])} <= {json.dumps(c) for c in old.get(k, [])}
                for k in _CROP_KEYS)
 
