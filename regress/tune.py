@@ -110,20 +110,25 @@ def choose(rows: dict[str, dict], target: str = "spot_rank") -> str:
 
 
 def stored(cfg: TuneConfig, recipes: list[Recipe]) -> list[Recipe]:
-    """The recipes whose feature parts are all in the store (every slide of the HDF5);
-    each one left out is logged with the ``hespot embed`` item that makes its parts
-    (``make grid-embeddings`` makes the whole grid's).
+    """The recipes whose feature parts are all in the store and finished, for every slide
+    of the HDF5; each one left out is logged with the ``hespot embed`` item that makes (or
+    resumes) its parts (``make grid-embeddings`` makes the whole grid's).
 
     Raises:
         DataError: no recipe's parts are stored (as reading them would)."""
     store = open_store(str(cfg.store))
     with CanonicalH5(cfg.h5) as h5:
         slides = h5.train_slides + h5.test_slides
+
+    def ready(spec: FeatureSpec, slide: str) -> bool:
+        key = f"{spec.backbone}/{slide}"
+        return (f"{key}/{spec.array}" in store and f"{key}/done" in store
+                and bool(store[f"{key}/done"][:].all()))
+
     kept = []
     for r in recipes:
-        missing = [f for f in r.features if not all(
-            f"{FeatureSpec.parse(f).backbone}/{s}/{FeatureSpec.parse(f).array}" in store
-            for s in slides)]
+        missing = [f for f in r.features
+                   if not all(ready(FeatureSpec.parse(f), s) for s in slides)]
         if missing:
             log.warning("recipe %s left out: %s not in %s (hespot embed --backbones %s, or "
                         "make grid-embeddings)", r.name, ", ".join(missing), cfg.store,
