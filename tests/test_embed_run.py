@@ -180,7 +180,6 @@ def test_default_slides_are_all(synthetic_h5, tmp_path):
     (["--chunk-spots", "8"], "chunk_spots"),
     (["--runner", "eager"], "runner"),
     (["--pad-mode", "edge"], "pad_mode"),
-    (["--stages"], "stage_indices"),
 ])
 def test_changed_setting_is_refused(synthetic_h5, store_copy, capsys, flags, setting):
     before = _snapshot(store_copy)
@@ -191,6 +190,18 @@ def test_changed_setting_is_refused(synthetic_h5, store_copy, capsys, flags, set
     assert setting in err
     assert "S_1" in err
     _assert_same(_snapshot(store_copy), before)
+
+
+def test_more_stages_or_crops_replace_the_group_and_fewer_find_it(synthetic_h5, store_copy):
+    """Asking for stages (or more crops) than a group holds computes it again with all of
+    them, the stored arrays alike (nothing is lost); asking again for fewer skips."""
+    before = _group(store_copy, "S_1")["features"][:]
+    assert main(_argv(synthetic_h5, store_copy, "--stages", "--context", "96")) == 0
+    g = _group(store_copy, "S_1")
+    assert {"features", "stages", "features_96px", "stages_96px"} <= set(g.array_keys())
+    np.testing.assert_array_equal(g["features"][:], before)
+    status = run(_cfg(synthetic_h5, store_copy))
+    assert status == {BACKBONE: {s: "skipped" for s in SLIDES}}
 
 
 def test_overwrite_recomputes(synthetic_h5, store_copy):
