@@ -13,7 +13,7 @@ sample (see the README's ablation table).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -73,41 +73,43 @@ _RECIPES = (
            per_type_alpha=True, description="combo + per-type alpha"),
     Recipe("combo_context", (MOBILENET, LITE0_STAGES_448), context_k=6, smooth_k=6,
            smooth_w=0.5, description="combo + spatial context"),
-    # issue 17's levers, each added to the recipe named by ``base``
-    Recipe("pos_fourier", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
-           position="fourier", base="combo",
-           description="combo + sin/cos of the spot's position (µm) at 0.5-4 mm"),
-    Recipe("pos_radial", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
-           position="radial", base="combo",
-           description="combo + distance from the centre and the edge, spots nearby"),
-    Recipe("gauss100", (MOBILENET, LITE0_STAGES_448), smooth_um=100.0, smooth_w=0.5,
-           base="combo", description="combo, smoothing by a Gaussian of sigma 100 µm "
-           "instead of the 6 nearest spots"),
-    Recipe("gauss200", (MOBILENET, LITE0_STAGES_448), smooth_um=200.0, smooth_w=0.5,
-           base="combo", description="combo, smoothing by a Gaussian of sigma 200 µm"),
-    Recipe("shrink", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5, shrink=0.3,
-           base="combo", description="combo + each spot 30 % towards its slide's "
-           "predicted composition"),
-    Recipe("macenko", (f"{LITE0}-macenko",), base="plain",
-           description="plain on patches Macenko-normalised to the reference stains"),
-    Recipe("hed", (f"{LITE0}-hed",), base="plain",
-           description="plain with HED stain jitter on the TTA views (averaged)"),
-    Recipe("multiscale", (f"{LITE0}:features_110um", LITE0, f"{LITE0}:features_220um",
-                          f"{LITE0}:features_440um"), base="plain",
-           description="lite0 pooled at 110, 155 (224 px), 220 and 440 µm crops"),
-    Recipe("pos_fourier_hed", (f"{MOBILENET}-hed", f"{LITE0}-hed:stages_448px"), smooth_k=6,
-           smooth_w=0.5, position="fourier", base="pos_fourier",
-           description="pos_fourier on HED-jittered TTA views of both backbones"),
-    Recipe("pos_fourier_ms", (MOBILENET, LITE0_STAGES_448, f"{LITE0}:features_110um",
-                              f"{LITE0}:features_440um"), smooth_k=6, smooth_w=0.5,
-           position="fourier", base="pos_fourier",
-           description="pos_fourier + lite0 pooled at 110 and 440 µm"),
-    Recipe("pos_gauss200", (MOBILENET, LITE0_STAGES_448), smooth_um=200.0, smooth_w=0.5,
-           position="fourier", base="pos_fourier",
-           description="pos_fourier, smoothing by a Gaussian of sigma 200 µm"),
-    Recipe("slide_gain", (MOBILENET, LITE0_STAGES_448), smooth_k=6, smooth_w=0.5,
-           slide_gain=2.0, base="combo", description="combo + the slide's predicted "
-           "mean composition's distance from the training mean doubled"),
+)
+
+
+def _lever(base: Recipe, name: str, description: str, **levers) -> Recipe:
+    """``base`` with one lever changed, named ``name`` and recorded as built on it."""
+    return replace(base, name=name, base=base.name, description=description, **levers)
+
+
+_PLAIN, _COMBO = _RECIPES[0], _RECIPES[7]
+_POS = _lever(_COMBO, "pos_fourier", "combo + sin/cos of the spot's position (µm) at 0.5-4 mm",
+              position="fourier")
+# issue 17's levers, each added to the recipe named by its ``base``
+_RECIPES += (
+    _POS,
+    _lever(_COMBO, "pos_radial", "combo + distance from the centre and the edge, spots "
+           "nearby", position="radial"),
+    _lever(_COMBO, "gauss100", "combo, smoothing by a Gaussian of sigma 100 µm instead of "
+           "the 6 nearest spots", smooth_k=0, smooth_um=100.0),
+    _lever(_COMBO, "gauss200", "combo, smoothing by a Gaussian of sigma 200 µm", smooth_k=0,
+           smooth_um=200.0),
+    _lever(_COMBO, "shrink", "combo + each spot 30 % towards its slide's predicted "
+           "composition", shrink=0.3),
+    _lever(_PLAIN, "macenko", "plain on patches Macenko-normalised to the reference stains",
+           features=(f"{LITE0}-macenko",)),
+    _lever(_PLAIN, "hed", "plain with HED stain jitter on the TTA views (averaged)",
+           features=(f"{LITE0}-hed",)),
+    _lever(_PLAIN, "multiscale", "lite0 pooled at 110, 155 (224 px), 220 and 440 µm crops",
+           features=(f"{LITE0}:features_110um", LITE0, f"{LITE0}:features_220um",
+                     f"{LITE0}:features_440um")),
+    _lever(_POS, "pos_fourier_hed", "pos_fourier on HED-jittered TTA views of both backbones",
+           features=(f"{MOBILENET}-hed", f"{LITE0}-hed:stages_448px")),
+    _lever(_POS, "pos_fourier_ms", "pos_fourier + lite0 pooled at 110 and 440 µm",
+           features=(*_COMBO.features, f"{LITE0}:features_110um", f"{LITE0}:features_440um")),
+    _lever(_POS, "pos_gauss200", "pos_fourier, smoothing by a Gaussian of sigma 200 µm",
+           smooth_k=0, smooth_um=200.0),
+    _lever(_COMBO, "slide_gain", "combo + the slide's predicted mean composition's distance "
+           "from the training mean doubled", slide_gain=2.0),
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
