@@ -37,7 +37,6 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
-from data.csvsafe import write_safe_csv
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
@@ -46,10 +45,15 @@ from regress.bundle import Bundle, load_bundle
 from regress.ensemble import combine
 from regress.features import SlideSet
 from regress.orders import combine_by_slide
-from regress.outputs import write_anndata
+from regress.outputs import (
+    element_name,
+    require_spatialdata,
+    write_anndata,
+    write_safe_csv,
+    write_spatialdata,
+)
 from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import predictions_frame
-from regress.spatialdata_out import element_name, require_spatialdata, write_spatialdata
 from regress.stage1_spec import check_stored, embed_as_spec, require_weights
 
 log = logging.getLogger("hespot")

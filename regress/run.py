@@ -38,11 +38,12 @@ from regress.features import load_slides
 from regress.levers import POSITIONS
 from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, MODELS, make_model
+from regress.outputs import loso_markdown
 from regress.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe, prepare
 from regress.results import (
-    loso_table,
     model_entry,
     predictions_frame,
+    rank_models,
     update_report,
     write_predictions,
 )
@@ -252,7 +253,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     with output_lock(cfg.out, "output folder"):
         report = run(cfg)
     if not cfg.quiet:
-        log.info("LOSO table (per-spot / per-type):\n%s", loso_table(report))
+        log.info("LOSO table (per-spot / per-type):\n%s",
+                 loso_markdown(report, rank_models(report)))
     return 0
 
 

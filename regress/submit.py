@@ -1,6 +1,6 @@
 """Turn chosen predictions into ``submission.csv`` and ``predictions.h5ad`` (scanpy's Visium
-layout, :mod:`regress.outputs`), and with ``--spatialdata`` a SpatialData store
-``predictions.zarr`` (:mod:`regress.spatialdata_out`; the ``spatial`` extra).
+layout, :mod:`regress.outputs.anndata`), and with ``--spatialdata`` a SpatialData store
+``predictions.zarr`` (:mod:`regress.outputs.spatialdata`; the ``spatial`` extra).
 
 ``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3 |
 --weighting learned]``
@@ -45,15 +45,18 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
-from data.csvsafe import write_safe_csv
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
 from regress.ensemble import WEIGHTINGS, combine, ensemble_weights, learned_weights, read_oof
 from regress.orders import combine_by_slide, score_oof
-from regress.outputs import write_anndata
+from regress.outputs import (
+    require_spatialdata,
+    write_anndata,
+    write_safe_csv,
+    write_spatialdata,
+)
 from regress.results import load_report, rank_models, read_predictions
-from regress.spatialdata_out import require_spatialdata, write_spatialdata
 
 log = logging.getLogger("hespot")
 
