@@ -8,6 +8,7 @@ the rest; no importer ever holds a whole whole-slide image.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from data import validate
-from data.cli import Parser
+from data.cli import check_name
+from data.config import IMAGE_MODES
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import SlideRecord, write_h5
 from data.images import load_image
@@ -31,7 +33,6 @@ log = logging.getLogger("hespot")
 
 #: --images auto: images bigger than this (pixels, about 12k x 12k) are referenced
 REFERENCE_MIN_PIXELS = 150_000_000
-IMAGE_MODES = ("auto", "reference", "copy")
 
 
 @dataclass
@@ -112,15 +113,23 @@ def numeric_columns(df: pd.DataFrame, columns: Sequence[str], path: Path,
     return out
 
 
-def add_image_options(p: Parser) -> None:
-    """``--images`` and ``--reader``, shared by the importers."""
-    p.add_argument("--images", choices=IMAGE_MODES, default="auto",
+def add_image_options(p: argparse.ArgumentParser, default: str) -> None:
+    """``--images`` and ``--reader``, shared by the importers (``default``: the
+    command's ``images`` default, for the help)."""
+    p.add_argument("--images", choices=IMAGE_MODES,
                    help="copy pixels into the HDF5, or reference the image files and read "
                    "them in place (auto: reference images over "
                    f"{REFERENCE_MIN_PIXELS / 1e6:.0f} Mpx that have windowed reads; default "
-                   "%(default)s)")
-    p.add_argument("--reader", choices=("auto", *READERS), default="auto",
+                   f"{default})")
+    p.add_argument("--reader", choices=("auto", *READERS),
                    help="image reader (auto: by suffix; OpenSlide for slides it recognises)")
+
+
+def check_image_options(mode: str, reader: str) -> None:
+    """ConfigError unless ``mode`` and ``reader`` are known (flags are checked by argparse,
+    a ``--config`` file is checked here, before any work)."""
+    check_name("--images mode", mode, IMAGE_MODES)
+    check_name("--reader", reader, ("auto", *READERS))
 
 
 def set_image_options(slides: Sequence[PendingSlide], mode: str, reader: str) -> None:

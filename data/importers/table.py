@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import config_parser, require_settings, resolve_config, run_cli, setup_logging
+from data.config import ImportTableConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
     add_image_options,
+    check_image_options,
     numeric_columns,
     read_table,
     set_image_options,
@@ -60,20 +62,26 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
     return out
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = config_parser("python -m data.importers.table", __doc__, ImportTableConfig,
+                      common=("quiet",))
+    p.add_argument("--manifest", help="CSV: slide, image, spots, split[, pixel_size_um] "
+                   "(required)")
+    p.add_argument("--out", help="canonical HDF5 file to write (required)")
+    add_image_options(p, ImportTableConfig.images)
+    return p
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(prog="python -m data.importers.table", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    add_image_options(p)
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.quiet)
-    manifest = read_table(args.manifest, required=MANIFEST_COLUMNS)
-    slides = [gather_row(r, args.manifest.parent, args.manifest)
-              for _, r in manifest.iterrows()]
-    set_image_options(slides, args.images, args.reader)
-    write_slides(slides, args.out, str(args.manifest))
+    cfg = resolve_config(ImportTableConfig, build_parser().parse_args(argv))
+    setup_logging(cfg.quiet)
+    require_settings(cfg, manifest="the manifest CSV", out="the canonical HDF5 file to write")
+    check_image_options(cfg.images, cfg.reader)
+    path = Path(cfg.manifest)
+    manifest = read_table(path, required=MANIFEST_COLUMNS)
+    slides = [gather_row(r, path.parent, path) for _, r in manifest.iterrows()]
+    set_image_options(slides, cfg.images, cfg.reader)
+    write_slides(slides, Path(cfg.out), str(path))
     return 0
 
 
