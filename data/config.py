@@ -38,7 +38,17 @@ class ImportHer2stConfig:
 
 
 @dataclass(frozen=True)
-class ImportVisiumConfig:
+class ImportSettings:
+    """What the importers of images and spot tables share (their own settings follow)."""
+
+    out: str | None = None                # canonical HDF5 file to write (required)
+    images: str = "auto"                  # one of IMAGE_MODES
+    reader: str = "auto"                  # image reader (data.wsi.readers)
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ImportVisiumConfig(ImportSettings):
     """Settings of ``hespot import-visium``: one group of ``outs``, ``image`` (and
     ``abundances``, ``slide``) per slide, in order, or a ``manifest``."""
 
@@ -47,37 +57,26 @@ class ImportVisiumConfig:
     abundances: tuple[str, ...] = ()      # CSVs keyed by barcode
     slide: tuple[str, ...] = ()           # slide names (default: the folder names)
     manifest: str | None = None           # CSV: slide, outs, image[, abundances]
-    out: str | None = None                # required
-    images: str = "auto"                  # one of IMAGE_MODES
-    reader: str = "auto"
-    quiet: bool = False
 
 
 @dataclass(frozen=True)
-class ImportTableConfig:
+class ImportTableConfig(ImportSettings):
     """Settings of ``hespot import-table``."""
 
     manifest: str | None = None           # CSV: slide, image, spots, split (required)
-    out: str | None = None                # required
-    images: str = "auto"
-    reader: str = "auto"
-    quiet: bool = False
 
 
 @dataclass(frozen=True)
-class ImportWsiConfig:
+class ImportWsiConfig(ImportSettings):
     """Settings of ``hespot import-wsi``: one ``slide`` (and ``name``, ``spots``) each."""
 
+    images: str = "reference"             # read in place unless told to copy
     slide: tuple[str, ...] = ()           # slide images (at least one)
     name: tuple[str, ...] = ()            # slide names (default: the files' stems)
     spots: tuple[str, ...] = ()           # spots CSVs; none: a grid over the tissue
     grid: str = "visium"                  # visium or square:<pitch µm>
     min_tissue: float = MIN_TISSUE
     mpp: float | None = None              # µm per pixel (overrides the file's)
-    out: str | None = None                # required
-    images: str = "reference"
-    reader: str = "auto"
-    quiet: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import (
-    check_name,
-    config_parser,
-    require_settings,
-    resolve_config,
-    run_cli,
-    setup_logging,
-)
+from data.cli import check_name, run_cli
 from data.config import DEFAULT_PIXEL_SIZE_UM, TIERS, ImportHer2stConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
     require_path,
@@ -108,8 +103,7 @@ def gather(src: Path, tier: str = "subset", pixel_size_um: float = DEFAULT_PIXEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m data.importers.her2st", __doc__, ImportHer2stConfig,
-                      common=("quiet",))
+    p = importer_parser("python -m data.importers.her2st", __doc__, ImportHer2stConfig)
     p.add_argument("--src", help="her2st folder (default: the bundled sample)")
     p.add_argument("--tier", choices=TIERS,
                    help="proportions tier: subset (41 types, the default), minor (22), "
@@ -118,14 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"µm per pixel of the full-resolution images (default "
                    f"{DEFAULT_PIXEL_SIZE_UM})")
     p.add_argument("--sections", nargs="*", help="import only these sections")
-    p.add_argument("--out", help="canonical HDF5 file to write (required)")
     return p
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(ImportHer2stConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    require_settings(cfg, out="the canonical HDF5 file to write")
+    cfg = importer_settings(ImportHer2stConfig, build_parser(), argv)
     check_name("tier", cfg.tier, TIERS)
     t0 = time.perf_counter()
     src = Path(cfg.src)

@@ -15,17 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import config_parser, require_settings, resolve_config, run_cli, setup_logging
+from data.cli import run_cli
 from data.config import ImportTableConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
-    add_image_options,
-    check_image_options,
+    import_slides,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
-    set_image_options,
-    write_slides,
 )
 
 MANIFEST_COLUMNS = ["slide", "image", "spots", "split"]
@@ -63,26 +62,19 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m data.importers.table", __doc__, ImportTableConfig,
-                      common=("quiet",))
+    p = importer_parser("python -m data.importers.table", __doc__, ImportTableConfig)
     p.add_argument("--manifest", help="CSV: slide, image, spots, split[, pixel_size_um] "
                    "(required)")
-    p.add_argument("--out", help="canonical HDF5 file to write (required)")
-    add_image_options(p, ImportTableConfig.images)
     return p
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(ImportTableConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    require_settings(cfg, manifest="the manifest CSV", out="the canonical HDF5 file to write")
-    check_image_options(cfg.images, cfg.reader)
+    cfg = importer_settings(ImportTableConfig, build_parser(), argv,
+                            manifest="the manifest CSV")
     path = Path(cfg.manifest)
     manifest = read_table(path, required=MANIFEST_COLUMNS)
-    slides = [gather_row(r, path.parent, path) for _, r in manifest.iterrows()]
-    set_image_options(slides, cfg.images, cfg.reader)
-    write_slides(slides, Path(cfg.out), str(path))
-    return 0
+    return import_slides([gather_row(r, path.parent, path) for _, r in manifest.iterrows()],
+                         cfg, str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import config_parser, require_settings, resolve_config, run_cli, setup_logging
+from data.cli import run_cli
 from data.config import ImportVisiumConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
-    add_image_options,
-    check_image_options,
+    import_slides,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
     require_path,
-    set_image_options,
-    write_slides,
 )
 
 log = logging.getLogger("hespot")
@@ -133,28 +132,19 @@ def _groups(cfg: ImportVisiumConfig) -> list[tuple[str, Path, Path, Path | None]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m data.importers.visium", __doc__, ImportVisiumConfig,
-                      common=("quiet",))
+    p = importer_parser("python -m data.importers.visium", __doc__, ImportVisiumConfig)
     p.add_argument("--outs", action="append", help="Space Ranger outs/ folder")
     p.add_argument("--image", action="append", help="full-resolution image")
     p.add_argument("--abundances", action="append", help="CSV keyed by barcode")
     p.add_argument("--slide", action="append", help="slide name (default: folder name)")
     p.add_argument("--manifest", help="CSV: slide, outs, image[, abundances]")
-    p.add_argument("--out", help="canonical HDF5 file to write (required)")
-    add_image_options(p, ImportVisiumConfig.images)
     return p
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(ImportVisiumConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    require_settings(cfg, out="the canonical HDF5 file to write")
-    check_image_options(cfg.images, cfg.reader)
-    slides = [gather_slide(*g) for g in _groups(cfg)]
-    set_image_options(slides, cfg.images, cfg.reader)
-    write_slides(slides, Path(cfg.out), str(Path(cfg.manifest)) if cfg.manifest
-                 else "command line")
-    return 0
+    cfg = importer_settings(ImportVisiumConfig, build_parser(), argv)
+    return import_slides([gather_slide(*g) for g in _groups(cfg)], cfg,
+                         str(Path(cfg.manifest)) if cfg.manifest else "command line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

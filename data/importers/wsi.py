@@ -23,17 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import config_parser, require_settings, resolve_config, run_cli, setup_logging
+from data.cli import run_cli
 from data.config import MIN_TISSUE, ImportWsiConfig
 from data.errors import ConfigError, DataError, Problem
 from data.importers.common import (
     PendingSlide,
-    add_image_options,
-    check_image_options,
+    import_slides,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
-    set_image_options,
-    write_slides,
 )
 from data.wsi.grid import GridSpec, lay_grid
 from data.wsi.pixel_size import check_override
@@ -116,7 +115,7 @@ def gather(cfg: ImportWsiConfig) -> list[PendingSlide]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("hespot import-wsi", __doc__, ImportWsiConfig, common=("quiet",))
+    p = importer_parser("hespot import-wsi", __doc__, ImportWsiConfig)
     p.add_argument("--slide", action="append",
                    help="slide image (SVS, NDPI, MRXS, SCN, TIFF, OME-TIFF, JPEG, PNG); "
                    "repeat for more (at least one)")
@@ -127,20 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"share of a grid spot's disc that must be tissue (default "
                    f"{MIN_TISSUE})")
     p.add_argument("--mpp", type=float, help="µm per pixel (overrides the file's)")
-    p.add_argument("--out", help="canonical HDF5 file to write (required)")
-    add_image_options(p, ImportWsiConfig.images)
     return p
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(ImportWsiConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    require_settings(cfg, slide="a slide image", out="the canonical HDF5 file to write")
-    check_image_options(cfg.images, cfg.reader)
-    slides = gather(cfg)
-    set_image_options(slides, cfg.images, cfg.reader)
-    write_slides(slides, Path(cfg.out), "command line")
-    return 0
+    cfg = importer_settings(ImportWsiConfig, build_parser(), argv, slide="a slide image")
+    return import_slides(gather(cfg), cfg, "command line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
