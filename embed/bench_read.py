@@ -23,9 +23,10 @@ import numpy as np
 from data.cli import Parser, add_common, parse_list, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
+from data.store import BackboneItem
 from embed.backbones import Backbone, get_backbone
 from embed.bench import _set_threads, in_subprocess, limit_in_process
-from embed.config import BackboneJob, EmbedConfig, default_batch_spots
+from embed.config import EmbedConfig, default_batch_spots
 from embed.device import select_device
 from embed.extract import preprocess
 from embed.run import peak_rss_mb
@@ -69,7 +70,7 @@ def readers_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spot
     (:func:`embed.worker.unit_batches`, as stage 1 feeds a GPU), over the first
     ``n_spots`` spots of the file's slides."""
     cfg = replace(EmbedConfig(), patch_px=crop_px, batch_spots=64, readers=readers)
-    job = BackboneJob(backbone.name)
+    job = BackboneItem(backbone.name)
     done, seconds = 0, 0.0
     with CanonicalH5(h5_path) as h5:
         for slide in h5.train_slides + h5.test_slides:

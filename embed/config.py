@@ -1,11 +1,11 @@
 """Settings of stage 1: :class:`EmbedConfig` (defaults < --config JSON < flags), the
-``--backbones`` items it names (:class:`BackboneJob`), their checks, and the defaults that
-depend on the device (spots per batch, batches read ahead)."""
+``--backbones`` items it names (:class:`data.store.BackboneItem`, their backbones checked
+against the registry), their checks, and the defaults that depend on the device (spots per
+batch, batches read ahead)."""
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,95 +15,11 @@ from data.cli import DEFAULT_H5, DEFAULT_STORE
 from data.cluster import check_cluster
 from data.errors import ConfigError, DataError, Problem
 from data.patches import PAD_MODES
-from embed.backbones import DEFAULT_BACKBONE, REGISTRY, get_backbone
+from data.store import BackboneItem
+from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import DeviceChoice
 from embed.runners import RUNNERS
 from embed.tta import TTA_CHOICES
-
-#: stain levers of a ``--backbones`` item (:mod:`embed.stain`), in the order they name the
-#: store group: ``efficientnet_lite0-macenko-hed``
-STAIN_OPTIONS = ("macenko", "hed")
-_UM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)um")
-
-
-def parse_crop(text: str) -> int | str:
-    """A ``--context`` value: ``448`` (px) -> 448; ``110um`` stays as written (checked by
-    :meth:`BackboneJob.parse`)."""
-    text = text.strip()
-    return int(text) if text.isdigit() else text
-
-
-def split_key(head: str) -> tuple[str, tuple[str, ...]]:
-    """A backbone's registry name and stain levers from a registry name or a store group's
-    name (``efficientnet_lite0-macenko`` -> ``("efficientnet_lite0", ("macenko",))``).
-
-    Raises:
-        ConfigError: the name is not in the registry (the message lists the known ones).
-    """
-    parts = head.strip().split("-")
-    stain: list[str] = []
-    while len(parts) > 1 and parts[-1] in STAIN_OPTIONS and "-".join(parts) not in REGISTRY:
-        stain.insert(0, parts.pop())
-    name = "-".join(parts)
-    get_backbone(name)  # unknown names fail before any work
-    return name, tuple(stain)
-
-
-@dataclass(frozen=True)
-class BackboneJob:
-    """One backbone and its options, from a ``--backbones`` item
-    ``name[+stages][+<crop px>...][+<crop µm>um...][+macenko][+hed]``, e.g.
-    ``efficientnet_lite0+stages+448`` or ``efficientnet_lite0+macenko+110um+220um``. The
-    name may also be a store group's (``efficientnet_lite0-macenko``), as a fitted model's
-    spec names it.
-
-    Attributes:
-        contexts: extra crop sides in px (arrays ``features_448px``...).
-        contexts_um: extra crop sides in µm, converted per slide with its pixel size
-            (arrays ``features_110um``...).
-        stain: stain levers in :data:`STAIN_OPTIONS` order: ``macenko`` (normalisation to
-            the reference stains), ``hed`` (HED jitter of the TTA views).
-    """
-
-    name: str
-    stages: bool = False
-    contexts: tuple[int, ...] = ()
-    contexts_um: tuple[float, ...] = ()
-    stain: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        """The store group of this job's features: the name, then its stain levers."""
-        return "-".join((self.name, *self.stain))
-
-    @classmethod
-    def parse(cls, text: str, stages: bool = False,
-              contexts: tuple[int | str, ...] = ()) -> BackboneJob:
-        head, *opts = text.strip().split("+")
-        name, stain = split_key(head)
-        px: list[int] = []
-        um: list[float] = []
-        levers = set(stain)
-        for o in (*contexts, *opts):
-            if isinstance(o, int):
-                px.append(o)
-                continue
-            o = str(o)
-            if o == "stages":
-                stages = True
-            elif o in STAIN_OPTIONS:
-                levers.add(o)
-            elif o.isdigit():
-                px.append(int(o))
-            elif _UM.fullmatch(o):
-                um.append(float(o[:-2]))
-            else:
-                raise ConfigError(f"backbone option {o!r} in {text!r}: expected 'stages', "
-                                  f"{', '.join(map(repr, STAIN_OPTIONS))}, a crop size in px "
-                                  "or in µm, e.g. efficientnet_lite0+stages+448 or "
-                                  "efficientnet_lite0+macenko+110um")
-        return cls(name, stages, tuple(dict.fromkeys(px)), tuple(dict.fromkeys(um)),
-                   tuple(s for s in STAIN_OPTIONS if s in levers))
 
 
 @dataclass(frozen=True)
@@ -142,7 +58,17 @@ class EmbedConfig:
     quiet: bool = False
 
 
-def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
+def parse_item(text: str, stages: bool = False, contexts: tuple[int | str, ...] = ()
+               ) -> BackboneItem:
+    """A ``--backbones`` item (:meth:`BackboneItem.parse`), its backbone looked up first.
+
+    Raises:
+        ConfigError: an unknown backbone (the message lists the known ones) or option.
+    """
+    return BackboneItem.parse(text, stages, contexts, check_name=get_backbone)
+
+
+def check_config(cfg: EmbedConfig) -> list[BackboneItem]:
     """Every setting and name of ``cfg`` checked before any work; the parsed backbone jobs.
 
     Raises:
@@ -170,7 +96,7 @@ def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
     if cfg.weights and not Path(cfg.weights).is_file():
         raise DataError(Problem(cfg.weights, "", "--weights", "a weights file",
                                 "no such file", "check the path"))
-    jobs = [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
+    jobs = [parse_item(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
     keys = [job.key for job in jobs]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:

@@ -31,11 +31,11 @@ from data.cli import config_dict, config_parser, parse_list, resolve_config, run
 from data.cluster import CLUSTER_FLAGS
 from data.h5 import CanonicalH5
 from data.lock import output_lock
-from data.store import SlideWriter, array_name, is_url, open_slide
-from embed.config import BackboneJob, EmbedConfig, check_config, parse_crop, with_device_defaults
+from data.store import BackboneItem, Crop, SlideWriter, is_url, open_slide, parse_crop
+from embed.config import EmbedConfig, check_config, with_device_defaults
 from embed.executors import make_executor, pinned
 from embed.extract import FeatureExtractor
-from embed.reading import Crop, SlideInputs, read_slide_inputs
+from embed.reading import SlideInputs, read_slide_inputs
 from embed.runners import RUNNERS
 from embed.stain import stain_settings
 from embed.tta import TTA_CHOICES
@@ -68,20 +68,18 @@ def slide_settings(cfg: EmbedConfig, backbone, weights_sha: str, crops: Sequence
 
 def open_writer(inputs: SlideInputs, extractor: FeatureExtractor, cfg: EmbedConfig,
                 weights_info: WeightsInfo, run_info: dict, crops: Sequence[Crop],
-                job: BackboneJob) -> SlideWriter:
+                job: BackboneItem) -> SlideWriter:
     """Open (resume) or create the store group of one backbone x slide (``job.key``), with
     one array per crop x layer (``features``, ``stages``, ``features_448px``,
     ``features_110um``...)."""
-    backbone, primary = extractor.backbone, inputs.primary_px
-    dims, meta = {}, {}
-    for c, um in crops:
-        crop = {"crop_px": c} if um is None else {"crop_px": c, "crop_um": um}
-        dims[array_name("pooled", c, primary, um)] = backbone.num_features
-        meta[array_name("pooled", c, primary, um)] = {"layer": "pooled", **crop}
-        if extractor.stage_indices:
-            dims[array_name("stages", c, primary, um)] = extractor.stage_dims()
-            meta[array_name("stages", c, primary, um)] = {
-                "layer": "stages", **crop, "stage_indices": list(extractor.stage_indices)}
+    backbone = extractor.backbone
+    meta = job.arrays(crops, inputs.primary_px, bool(extractor.stage_indices))
+    dims = {}
+    for name, array in meta.items():
+        if array["layer"] == "stages":
+            array["stage_indices"] = list(extractor.stage_indices)
+        dims[name] = backbone.num_features if array["layer"] == "pooled" \
+            else extractor.stage_dims()
     settings = slide_settings(cfg, backbone, weights_info.sha256, crops, inputs.fingerprint,
                               inputs.n_spots, extractor.choice.dtype_name,
                               extractor.stage_indices, extractor.runner, job.stain)
@@ -97,13 +95,13 @@ def open_writer(inputs: SlideInputs, extractor: FeatureExtractor, cfg: EmbedConf
 class SlidePlan:
     """What a run does to one backbone x slide: its units, and how it left the slide."""
 
-    job: BackboneJob
+    job: BackboneItem
     slide: str
     status: str                      # "skipped", "resumed" or "written"
     units: list[WorkUnit]
 
 
-def plan_slide(inputs: SlideInputs, job: BackboneJob, extractor: FeatureExtractor,
+def plan_slide(inputs: SlideInputs, job: BackboneItem, extractor: FeatureExtractor,
                cfg: EmbedConfig, winfo: WeightsInfo, run_info: dict,
                max_chunks: int | None) -> SlidePlan:
     """Create (or reopen) the slide's group, recheck its finished chunks' checksums
@@ -168,7 +166,7 @@ def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str
             executor.close()
 
 
-def _run(cfg: EmbedConfig, jobs: list[BackboneJob], executor, timing: dict
+def _run(cfg: EmbedConfig, jobs: list[BackboneItem], executor, timing: dict
          ) -> dict[str, dict[str, str]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -20,9 +20,9 @@ import torch
 
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
-from data.store import slide_writer
+from data.store import BackboneItem, slide_writer
 from embed.backbones import Backbone, get_backbone
-from embed.config import BackboneJob, EmbedConfig
+from embed.config import EmbedConfig
 from embed.device import select_device
 from embed.extract import FeatureExtractor, preprocess
 from embed.reading import prefetch
@@ -66,7 +66,7 @@ class ProcessCache:
         self._files: dict[tuple, CanonicalH5] = {}
         self._stains: dict[tuple, MacenkoFit] = {}
 
-    def extractor(self, cfg: EmbedConfig, job: BackboneJob) -> tuple[FeatureExtractor,
+    def extractor(self, cfg: EmbedConfig, job: BackboneItem) -> tuple[FeatureExtractor,
                                                                      WeightsInfo]:
         """The extractor of ``job`` under ``cfg`` (device, precision, runner, TTA, batch),
         built at the first call. ``cfg.runner`` may be the one asked for ("auto") or the

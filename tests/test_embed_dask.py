@@ -168,11 +168,12 @@ def test_several_reader_threads_give_the_same_features(synthetic_h5, reference, 
 def test_a_cpu_coordinator_plans_for_gpu_workers():
     """Without the workers' GPU the coordinator builds the model on its CPU but records
     the workers' device, dtype and runner (eager on CUDA) in the slide settings."""
-    from embed.config import BackboneJob, EmbedConfig
+    from data.store import BackboneItem
+    from embed.config import EmbedConfig
     from embed.executors import DaskExecutor
 
     cfg = EmbedConfig(device="cuda", precision="bf16", runner="auto", batch_spots=4)
-    extractor, winfo = DaskExecutor.planning_model(None, cfg, BackboneJob("tiny_random"))
+    extractor, winfo = DaskExecutor.planning_model(None, cfg, BackboneItem("tiny_random"))
     assert extractor.choice.device.type == "cuda" and extractor.choice.dtype_name == "bfloat16"
     assert extractor.runner == "eager" and winfo.sha256
     assert "on the workers" in extractor.choice.describe()

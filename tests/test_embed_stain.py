@@ -16,10 +16,10 @@ import torch
 import zarr
 
 from data.errors import ConfigError
-from data.store import FeatureSpec, read_features
+from data.store import FeatureSpec, read_features, split_group
 from data.synthetic import SyntheticConfig, write_synthetic
-from embed.backbones import get_backbone
-from embed.config import BackboneJob, EmbedConfig, check_config
+from embed.backbones import REGISTRY, get_backbone
+from embed.config import EmbedConfig, check_config, parse_item
 from embed.device import select_device
 from embed.extract import FeatureExtractor
 from embed.run import main, run
@@ -119,15 +119,19 @@ def test_hed_jit_equals_eager(stages):
 
 # ---- the --backbones item ------------------------------------------------------------------
 def test_backbone_items():
-    job = BackboneJob.parse("tiny_random+hed+stages+448+110um+2.5um+macenko")
+    job = parse_item("tiny_random+hed+stages+448+110um+2.5um+macenko")
     assert job.key == STAINED and job.name == BACKBONE and job.stages
     assert job.contexts == (448,) and job.contexts_um == (110.0, 2.5)
-    assert BackboneJob.parse("tiny_random-macenko+stages").key == "tiny_random-macenko"
-    assert BackboneJob.parse("tiny_random", contexts=(96, "110um")).contexts_um == (110.0,)
+    assert parse_item("tiny_random-macenko+stages").key == "tiny_random-macenko"
+    assert parse_item("tiny_random", contexts=(96, "110um")).contexts_um == (110.0,)
     with pytest.raises(ConfigError, match="macenko"):
-        BackboneJob.parse("tiny_random+vahadane")
+        parse_item("tiny_random+vahadane")
     with pytest.raises(ConfigError, match="known backbones"):
-        BackboneJob.parse("tiny_random-vahadane")
+        parse_item("tiny_random-vahadane")
+    with pytest.raises(ConfigError, match="known backbones"):  # the name is looked up first
+        parse_item("no_such_net+vahadane")
+    # the stain levers' words are reserved: no registry name reads as a name + levers
+    assert all(split_group(name) == (name, ()) for name in REGISTRY)
     cfg = EmbedConfig(backbones=("tiny_random+hed",), tta=1)
     with pytest.raises(ConfigError, match="--tta"):
         check_config(cfg)

@@ -199,6 +199,16 @@ def test_other_cell_types_and_unknown_pixel_size_are_refused(synthetic_h5, copy,
     _refused(no_px, copy, tmp_path, capsys, "pixel_size_um", "µm")
 
 
+def test_a_stage1_refusal_is_passed_on_in_one_line(synthetic_h5, copy, tmp_path, capsys):
+    """Stage 1 refusing the settings replayed from the spec (here a padding it does not
+    know) is predict's one-line refusal: the backbone, stage 1's message, how to rerun it."""
+    meta = json.loads((copy / "model.json").read_text())
+    meta["features"][0]["settings"]["pad_mode"] = "wrap"
+    (copy / "model.json").write_text(json.dumps(meta))
+    _refused(synthetic_h5, copy, tmp_path, capsys, "stage 1 of tiny_random",
+             "--pad-mode must be one of", "'wrap'", "python -m embed.run --config -")
+
+
 def test_edited_model_json_is_refused_not_crashed_on(synthetic_h5, copy, tmp_path, capsys):
     """Ids are file names without paths; every file read has a checksum; kinds, weights
     and cell types are what fit writes."""

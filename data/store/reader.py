@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,8 @@ import numpy as np
 import zarr
 
 from data.errors import DataError, Problem
-from data.store.format import BOOKKEEPING, FeatureSpec, bad_chunks, check_format, exists
+from data.store.format import BOOKKEEPING, bad_chunks, check_format, exists
+from data.store.items import FeatureSpec
 
 
 def open_store(root: str | Path) -> zarr.Group:
@@ -27,14 +27,6 @@ def open_store(root: str | Path) -> zarr.Group:
     return store
 
 
-def embed_item(spec: FeatureSpec) -> str:
-    """The ``--backbones`` item that stores ``spec``'s array (``efficientnet_lite0-macenko:
-    stages_110um`` -> ``efficientnet_lite0-macenko+stages+110um``)."""
-    crop = re.search(r"_(\d+(?:\.\d+)?)(um|px)$", spec.array)
-    size = "" if crop is None else "+" + crop[1] + ("um" if crop[2] == "um" else "")
-    return spec.backbone + ("+stages" if spec.array.startswith("stages") else "") + size
-
-
 def read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
                n_spots: int | None = None) -> np.ndarray:
     """float32 (n_spots, dim) of one finished (backbone, slide, array); with ``n_spots``
@@ -44,7 +36,7 @@ def read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
         DataError: missing backbone, slide or array, an unfinished slide, or a row count
             that differs from the spot table's.
     """
-    fix = f"run `make embeddings` (hespot embed --backbones {embed_item(spec)}) first"
+    fix = f"run `make embeddings` (hespot embed --backbones {spec.item}) first"
     key = f"{spec.backbone}/{slide}"
     if key not in store:
         raise DataError(Problem(root, slide, key, f"embeddings of {spec.backbone}",
