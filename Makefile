@@ -136,13 +136,15 @@ bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
 bench-scale: $(VENV)/.installed $(OUT)/her2st.h5
 	$(HESPOT) bench-scale --h5 $(H5) $(ARGS)
 
-# the fault suite (issue 18): bad inputs refused, each command that writes SIGKILLed at
-# 20/50/80 % of its time (the slow ones at 50 %) then rerun to the uninterrupted outputs,
-# concurrent runs kept apart; last line
+# the fault suite (issue 18), the tests marked faults: bad inputs refused, each command
+# that writes SIGKILLed at 20/50/80 % of its time (the slow ones at 50 %) then rerun to the
+# uninterrupted outputs, concurrent runs kept apart; last line
 # "faults bad_inputs_refused=n/m kills_survived=n/m concurrent_safe=n/m"
+# (ARGS="-k embed" for some cases)
 faults: $(VENV)/.installed
-	$(PY) tests/fault_suite.py $(ARGS)
+	$(PY) -m pytest -m faults $(ARGS)
 
+# every test but the whole fault suite (its fast part runs; slow tests too)
 test: $(VENV)/.installed chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -27,12 +27,7 @@ from regress.metrics import spearman_per_spot, spearman_per_type
 FP32 = select_device("cpu", "fp32")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=24, t=12, seed=0):

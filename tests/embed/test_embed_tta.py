@@ -89,13 +89,6 @@ def test_preprocess_resizes_and_normalises():
 
 # ---- invariance with a real forward pass ---------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny():
-    backbone = get_backbone("tiny_random")
-    model, _ = build_model(backbone)
-    return backbone, model
-
-
-@pytest.fixture(scope="module")
 def patches():
     """Two asymmetric uint8 80 px patches (resized to the 64 px input by preprocess)."""
     rng = np.random.default_rng(3)

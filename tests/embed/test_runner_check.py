@@ -12,20 +12,12 @@ import pytest
 import torch
 
 from embed import runners
-from embed.backbones import get_backbone
 from embed.device import DeviceChoice
 from embed.extract import ViewFeatures, preprocess
 from embed.runners import MAX_ERROR, TracedRunner, _as_float, _pad, make_runner
-from embed.weights import build_model
 
 BF16_CL = DeviceChoice(torch.device("cpu"), torch.bfloat16, True)
 FALLBACK = "falling back to the eager model"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    backbone = get_backbone("tiny_random")
-    return backbone, build_model(backbone)[0].eval()
 
 
 def _module(tiny) -> ViewFeatures:

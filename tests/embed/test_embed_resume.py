@@ -24,7 +24,7 @@ from embed.config import EmbedConfig
 from embed.extract import FeatureExtractor
 from embed.run import run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BACKBONE = "tiny_random"
 SLIDES = ("S_1", "S_2")
 N_SPOTS = 49

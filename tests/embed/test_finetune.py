@@ -32,8 +32,10 @@ from embed.finetune.model import LOSSES, SpotRegressor
 from embed.finetune.run import resolve
 from embed.weights import WeightsError, build_model
 from regress.results import META_COLUMNS
+from tests.helpers import run_submit as _submit
 
-pytestmark = pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
+pytestmark = [pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated"),
+              pytest.mark.usefixtures("one_thread")]
 FP32 = select_device("cpu", "fp32")
 
 
@@ -70,16 +72,6 @@ def test_linear_head_is_unbounded_and_unknown_head_refused():
 def patches(synthetic_h5) -> SlidePatches:
     with CanonicalH5(synthetic_h5) as h5:
         return SlidePatches.load(h5, h5.train_slides, 32)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models train faster so, and on a shared machine OpenMP's
-    barriers with two threads can stall for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fold(patches: SlidePatches, folder: Path, stop_after=None, workers=0, epochs=3):
@@ -200,7 +192,7 @@ def test_config_and_loop_do_not_import_the_command():
     the command module (no cycle through it, type-only ones included)."""
     code = ("import sys, embed.finetune.loop, embed.finetune.config\n"
             "assert 'embed.finetune.run' not in sys.modules, 'embed.finetune.run imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -266,10 +258,6 @@ def test_checkpoints_per_fold(out):
     for slide in ("S_1", "S_2", "S_3"):
         assert 6 in saved_epochs(root / f"fold_{slide}")
         assert (root / f"fold_{slide}" / "predictions_tta2.npz").is_file()
-
-
-def _submit(h5, out, *args) -> int:
-    return regress.submit.main(["--h5", str(h5), "--out", str(out), "--quiet", *args])
 
 
 def test_submit_accepts_it_alone_and_in_an_ensemble(out, synthetic_h5, tmp_path):

@@ -26,8 +26,9 @@ from regress.metrics import score
 from regress.results import META_COLUMNS, rank_models
 from regress.submit import ensemble_weights
 from regress.targets import rank_scale
+from tests.helpers import run_submit as _submit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("constant-spot_rank", "ridge-spot_rank", "lgbm-spot_rank")
 
 pytestmark = pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
@@ -55,10 +56,6 @@ def _expected(h5_path) -> tuple[list[str], list[str], dict]:
         ids = [f"{s}_{i}" for s in h5.test_slides for i in range(len(h5.spots(s)))]
         tables = {s: h5.spots(s) for s in h5.train_slides + h5.test_slides}
         return ids, list(h5.cell_types), tables
-
-
-def _submit(h5, out, *args) -> int:
-    return regress.submit.main(["--h5", str(h5), "--out", str(out), "--quiet", *args])
 
 
 # ---------------------------------------------------------------- regress.run

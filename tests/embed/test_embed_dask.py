@@ -74,7 +74,7 @@ def test_existing_cluster_at_scheduler_address(synthetic_h5, reference, tmp_path
     hand, then `hespot embed --scheduler ADDRESS`."""
     dask = Path(sys.executable).with_name("dask")
     scheduler_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     procs = [subprocess.Popen([str(dask), "scheduler", "--scheduler-file",
                                str(scheduler_file), "--port", "0", "--dashboard-address",
                                ":0"], env=env, stderr=subprocess.PIPE, text=True)]

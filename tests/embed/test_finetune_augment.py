@@ -149,6 +149,6 @@ def test_importing_the_augmentations_stays_offline():
             "warnings.simplefilter('error')\n"
             "import embed.finetune.augment\n")
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,10 +1,10 @@
-"""The fault suite's fast part (``make faults`` runs it whole, with kills at 20, 50 and
-80 % of each step and every command that writes, ``embed --workers 2`` included): every
-bad input refused; ``embed``, ``regress``, ``submit`` and the fastest others
-(``import-wsi``, ``fit``) killed once at half their time and run again to the
-uninterrupted outputs; two runs at once kept apart. And the temporaries a killed writer
-leaves are cleared by the next write; a report stopped between two images leaves the
-previous page and every image it shows."""
+"""The fault suite's fast part (``make faults``, ``pytest -m faults``, runs it whole:
+test_fault_suite.py, with kills at 20, 50 and 80 % of each step and every command that
+writes, ``embed --workers 2`` included): every bad input refused; ``embed``, ``regress``,
+``submit`` and the fastest others (``import-wsi``, ``fit``) killed once at half their time
+and run again to the uninterrupted outputs; two runs at once kept apart. And the
+temporaries a killed writer leaves are cleared by the next write; a report stopped between
+two images leaves the previous page and every image it shows."""
 
 from __future__ import annotations
 
@@ -13,30 +13,23 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pytest
 
-import fault_suite  # noqa: E402
-import pytest  # noqa: E402
-from fault_outputs import missing_images  # noqa: E402
-
-from data.atomic import (  # noqa: E402
-    _host,
-    atomic_dir,
-    atomic_write_text,
-    remove_stale_temporaries,
-)
+from data.atomic import _host, atomic_dir, atomic_write_text, remove_stale_temporaries
+from tests.system import faults, processes
+from tests.system.fault_outputs import missing_images
 
 FAST_KILLS = ("embed", "regress", "submit", "import-wsi", "fit")
 
 
 def test_fault_suite_fast_part(tmp_path):
     lines: list[str] = []
-    counts = fault_suite.run_suite(tmp_path, fractions=(0.5,), log=lines.append,
+    counts = faults.run_suite(tmp_path, fractions=(0.5,), log=lines.append,
                                    steps=FAST_KILLS)
     assert counts["bad_inputs_refused"][1] >= 10, counts
     assert counts["kills_survived"][1] == len(FAST_KILLS), counts
     assert all(n == m for n, m in counts.values()), "\n".join(lines)
-    assert fault_suite.summary(counts).startswith("faults bad_inputs_refused=")
+    assert faults.summary(counts).startswith("faults bad_inputs_refused=")
 
 
 def _dead_pid() -> int:
@@ -128,12 +121,12 @@ def test_a_grandchild_that_left_the_session_is_found_and_killed():
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     started: dict[int, str] = {}
     for _ in range(100):
-        started = fault_suite.descendants(proc.pid)
+        started = processes.descendants(proc.pid)
         if started:
             break
         time.sleep(0.05)
     assert len(started) == 1
     proc.kill()
     proc.wait()
-    assert fault_suite.survivors(proc.pid, started, wait_s=0.5) == list(started)
-    assert fault_suite.survivors(proc.pid, started, wait_s=0.5) == []  # killed by the first
+    assert processes.survivors(proc.pid, started, wait_s=0.5) == list(started)
+    assert processes.survivors(proc.pid, started, wait_s=0.5) == []  # killed by the first

@@ -1,4 +1,5 @@
-"""The fault suite (issue 18): ``make faults`` (``python tests/fault_suite.py``).
+"""The fault suite (issue 18): its cases, which ``make faults`` (``pytest -m faults``)
+runs one test each (``test_fault_suite.py``).
 
 Every case runs the real ``hespot`` command in its own process, on the synthetic fixture
 (``import-her2st`` on one section of the bundled sample, ``import-wsi`` on a generated
@@ -24,15 +25,14 @@ pyramidal TIFF; ``tune`` through its ``main`` with two recipes of the tiny backb
   equals the uninterrupted run's; two ``embed --workers 2`` at once, each into its own
   fresh store (two clusters side by side), both give the in-process features bit for bit.
 
-The last line is ``faults bad_inputs_refused=<n>/<m> kills_survived=<n>/<m>
-concurrent_safe=<n>/<m>``. ``tests/test_faults.py`` runs a quick subset in ``make test``.
+Its last line is ``faults bad_inputs_refused=<n>/<m> kills_survived=<n>/<m>
+concurrent_safe=<n>/<m>`` (``tests/system/conftest.py``). ``test_faults.py`` runs a quick
+subset (:func:`run_suite`) in ``make test``.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import os
 import re
 import shutil
 import signal
@@ -47,12 +47,23 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from data.synthetic import write_synthetic  # noqa: E402
-from data.wsi.pyramid import write_array_pyramid  # noqa: E402
+from data.synthetic import write_synthetic
+from data.wsi.pyramid import write_array_pyramid
+from tests.helpers import ROOT
+from tests.system.fault_outputs import (
+    partial_files,
+    same_finetune,
+    same_h5,
+    same_model,
+    same_predict,
+    same_report,
+    same_scores,
+    same_store,
+    same_submission,
+    same_tune,
+    temporaries,
+)
+from tests.system.processes import dask_workers, descendants, survivors, workers_started
 
 EMBED = ["--backbones", "tiny_random", "--patch-px", "64", "--tta", "2", "--quiet"]
 REGRESS = ["--features", "tiny_random", "--models", "ridge", "--targets", "spot_rank",
@@ -171,19 +182,10 @@ def bad_input_cases(root: Path, base: Path) -> dict[str, Callable[[], bool]]:
                                     unsafe_name)}
 
 
-from fault_outputs import (  # noqa: E402
-    partial_files,
-    same_finetune,
-    same_h5,
-    same_model,
-    same_predict,
-    same_report,
-    same_scores,
-    same_store,
-    same_submission,
-    same_tune,
-    temporaries,
-)
+def bad_input_names() -> tuple[str, ...]:
+    """The bad-input cases' names (nothing is built or run)."""
+    return tuple(bad_input_cases(Path(), Path()))
+
 
 HER2ST = ROOT / "data" / "samples" / "her2st"
 FINETUNE = ["--backbone", "tiny_random", "--patch-px", "64", "--epochs", "3", "--batch-size",
@@ -251,97 +253,6 @@ STEPS: dict[str, Step] = {
 }
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, ...,
-    start time at index 19), or None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """pid -> start time of every process under ``pid`` (children, grandchildren, ...),
-    from ``/proc``; whatever process group or session they put themselves in."""
-    parents: dict[int, list[int]] = {}
-    starts: dict[int, str] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        fields = _stat(int(entry.name))
-        if fields is not None:
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-            starts[int(entry.name)] = fields[19]
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found[child] = starts[child]
-                todo.append(child)
-    return found
-
-
-def dask_workers(pids: dict[int, str]) -> int:
-    """How many of ``pids`` are worker processes that Dask's nannies spawned."""
-    def cmdline(pid: int) -> bytes:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return b""
-    return sum(b"multiprocessing.spawn" in cmdline(p) for p in pids)
-
-
-def workers_started(proc: subprocess.Popen, workers: int,
-                    timeout: float = 600) -> float | None:
-    """Wait until ``workers`` Dask worker processes run under ``proc``; the
-    ``time.perf_counter()`` then, or None if ``proc`` ended first (or ``timeout`` s)."""
-    deadline = time.perf_counter() + timeout
-    while proc.poll() is None and time.perf_counter() < deadline:
-        if dask_workers(descendants(proc.pid)) >= workers:
-            return time.perf_counter()
-        time.sleep(0.1)
-    return None
-
-
-def _running(pid: int, start: str) -> bool:
-    """Whether the process ``pid`` that started at ``start`` runs (not a zombie)."""
-    fields = _stat(pid)
-    return fields is not None and fields[19] == start and fields[0] not in "ZX"
-
-
-def survivors(session: int, started: dict[int, str] | None = None,
-              wait_s: float = 3.0) -> list[int]:
-    """Processes of the killed command that still run ``wait_s`` after it was killed:
-    those of its session (process group) and ``started`` (its descendants, pid -> start
-    time, listed just before the kill: Dask's nannies and workers, wherever they moved);
-    they are then killed."""
-    started = started or {}
-    deadline = time.monotonic() + wait_s
-    while True:
-        left = [p for p, start in started.items() if _running(p, start)]
-        try:
-            os.killpg(session, 0)
-            group = True
-        except ProcessLookupError:
-            group = False
-        if not (left or group):
-            return []
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if group:
-        try:
-            os.killpg(session, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left or [session]
-
-
 def with_inputs(names: Sequence[str]) -> list[str]:
     """``names`` and the steps that write what they read (or compare with), in
     :data:`STEPS`' order."""
@@ -364,13 +275,19 @@ class Steps:
         #: steps with Dask workers: seconds from the start until they all ran
         self.workers_up: dict[str, float] = {}
         self.why: dict[str, str] = {}
-        if "import-wsi" in names:
-            pixels = np.full((3000, 3000, 3), 235, np.uint8)
-            pixels[600:2400, 600:2400] = (200, 110, 170)
-            pixels[600:2400, 600:2400] += np.random.default_rng(0).integers(
-                0, 40, (1800, 1800, 3), dtype=np.uint8)
-            write_array_pyramid(root / "wsi.tif", pixels, 1.0, n_levels=3, compression="zlib")
-        for step in (s for s in STEPS if s in names):
+        self.need(names)
+
+    def need(self, names: Sequence[str]) -> None:
+        """Run the reference of each of ``names`` and of the steps whose outputs they read
+        (:func:`with_inputs`, in :data:`STEPS`' order) that has not run yet."""
+        for step in (s for s in with_inputs(names) if s not in self.seconds):
+            if step == "import-wsi":
+                pixels = np.full((3000, 3000, 3), 235, np.uint8)
+                pixels[600:2400, 600:2400] = (200, 110, 170)
+                pixels[600:2400, 600:2400] += np.random.default_rng(0).integers(
+                    0, 40, (1800, 1800, 3), dtype=np.uint8)
+                write_array_pyramid(self.root / "wsi.tif", pixels, 1.0, n_levels=3,
+                                    compression="zlib")
             self._reference(step)
 
     def _reference(self, step: str) -> None:
@@ -455,7 +372,7 @@ class Steps:
     def killed_then_rerun(self, step: str, fraction: float) -> bool:
         """SIGKILL ``step`` at ``fraction`` of its uninterrupted time; no output may then be
         partial under its final name; run again, it must give the reference's outputs."""
-        case = f"{step}@{fraction:.0%}"
+        case = kill_case(step, fraction)
         out = self.root / f"kill_{step}_{int(fraction * 100)}"
         self.prepare(step, out, previous=STEPS[step].previous)
         proc = subprocess.Popen(self.command(step, out), cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -521,6 +438,12 @@ class Steps:
 SLOW = ("import-her2st", "embed-dask", "report", "predict", "tune", "finetune")
 #: the commands also run twice at once into fresh outputs (when killed: in ``steps``)
 TWICE = ("embed-dask",)
+#: the commands run twice at once on one output
+CONCURRENT = ("embed", "regress", "submit")
+#: the kill points: fractions of an uninterrupted run's time
+FRACTIONS = (0.2, 0.5, 0.8)
+#: the kinds of cases, in the summary line's order
+KINDS = ("bad_inputs_refused", "kills_survived", "concurrent_safe")
 
 
 def default_steps() -> tuple[str, ...]:
@@ -536,9 +459,22 @@ def kill_points(steps: Sequence[str], fractions: Sequence[float]) -> list[tuple[
     return [(s, f) for s in steps for f in (fractions if s not in SLOW else (middle,))]
 
 
-def run_suite(root: Path, fractions: tuple[float, ...] = (0.2, 0.5, 0.8),
+def kill_case(step: str, fraction: float) -> str:
+    """The name of a kill case (``embed@50%``)."""
+    return f"{step}@{fraction:.0%}"
+
+
+def uninterrupted(runner: Steps) -> str:
+    """The reference runs' times (and when their Dask workers ran), as one line."""
+    return "uninterrupted: " + ", ".join(
+        f"{s} {t:.1f} s" + (f" (workers up at {runner.workers_up[s]:.1f} s)"
+                            if s in runner.workers_up else "")
+        for s, t in runner.seconds.items())
+
+
+def run_suite(root: Path, fractions: tuple[float, ...] = FRACTIONS,
               log: Callable[[str], None] = print, steps: Sequence[str] | None = None,
-              concurrent: Sequence[str] = ("embed", "regress", "submit"),
+              concurrent: Sequence[str] = CONCURRENT,
               bad_inputs: bool = True,
               twice: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
     """Run every case under ``root``; returns {kind: (passed, total)}.
@@ -560,16 +496,12 @@ def run_suite(root: Path, fractions: tuple[float, ...] = (0.2, 0.5, 0.8),
     bad = {name: case() for name, case in bad_input_cases(root, base).items()} \
         if bad_inputs else {}
     runner = Steps(root, base, with_inputs([*steps, *concurrent, *twice]))
-    log("uninterrupted: " + ", ".join(
-        f"{s} {t:.1f} s" + (f" (workers up at {runner.workers_up[s]:.1f} s)"
-                            if s in runner.workers_up else "")
-        for s, t in runner.seconds.items()))
-    kills = {f"{s}@{f:.0%}": runner.killed_then_rerun(s, f)
+    log(uninterrupted(runner))
+    kills = {kill_case(s, f): runner.killed_then_rerun(s, f)
              for s, f in kill_points(steps, fractions)}
     together = {s: runner.concurrent(s) for s in concurrent}
     together |= {f"{s} x2, fresh outputs": runner.twice_fresh(s) for s in twice}
-    for kind, cases in (("bad_inputs_refused", bad), ("kills_survived", kills),
-                        ("concurrent_safe", together)):
+    for kind, cases in zip(KINDS, (bad, kills, together), strict=True):
         for name, ok in cases.items():
             why = f" ({runner.why[name]})" if name in runner.why else ""
             log(f"{'ok  ' if ok else 'FAIL'} {kind}: {name}{why}")
@@ -578,31 +510,5 @@ def run_suite(root: Path, fractions: tuple[float, ...] = (0.2, 0.5, 0.8),
 
 
 def summary(counts: dict[str, tuple[int, int]]) -> str:
+    """``faults bad_inputs_refused=n/m kills_survived=n/m concurrent_safe=n/m``."""
     return "faults " + " ".join(f"{k}={n}/{m}" for k, (n, m) in counts.items())
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tests/fault_suite.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kill-at", default="0.2,0.5,0.8",
-                   help="fractions of an uninterrupted run's time at which to SIGKILL (the "
-                   f"middle one only for {', '.join(SLOW)})")
-    p.add_argument("--steps", default=",".join(default_steps()),
-                   help=f"commands to kill (default all: {','.join(default_steps())}; "
-                   "embed-dask is also run twice at once into fresh stores)")
-    p.add_argument("--keep", type=Path, help="run in this folder and keep it (debugging)")
-    args = p.parse_args(argv)
-    fractions = tuple(float(v) for v in args.kill_at.split(","))
-    steps = args.steps.split(",")
-    if args.keep:
-        args.keep.mkdir(parents=True)
-        counts = run_suite(args.keep, fractions, steps=steps)
-    else:
-        with tempfile.TemporaryDirectory(prefix="hespot-faults-") as tmp:
-            counts = run_suite(Path(tmp), fractions, steps=steps)
-    print(summary(counts))
-    return 0 if all(n == m for n, m in counts.values()) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

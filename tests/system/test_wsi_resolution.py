@@ -24,7 +24,7 @@ from data.importers import wsi as import_wsi
 from data.store import read_features
 from data.wsi.pyramid import box_downsample, write_array_pyramid
 
-SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "data/samples/her2st/images/C2.jpg"
+SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "data/samples/her2st/images/C2.jpg"
 MPP = 0.69  # the her2st scans' µm per pixel
 CROP = (slice(4800, 6800), slice(4800, 6800))  # 2000 x 2000 px (1.38 mm) of tissue
 BACKBONE = "efficientnet_lite0"

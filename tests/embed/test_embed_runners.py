@@ -8,20 +8,12 @@ import pytest
 import torch
 
 from embed import runners
-from embed.backbones import get_backbone
 from embed.device import DeviceChoice
 from embed.extract import FeatureExtractor, ViewFeatures, preprocess
 from embed.runners import EagerRunner, RunnerError, TracedRunner, make_runner, resolve_runner
-from embed.weights import build_model
 
 FP32_CL = DeviceChoice(torch.device("cpu"), None, True)
 BF16_CL = DeviceChoice(torch.device("cpu"), torch.bfloat16, True)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    backbone = get_backbone("tiny_random")
-    return backbone, build_model(backbone)[0].eval()
 
 
 @pytest.fixture(scope="module")
