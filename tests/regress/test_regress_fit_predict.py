@@ -249,7 +249,11 @@ def test_fit_refuses_unknown_models_before_work(synthetic_h5, tiny_store, tiny_r
 
 def test_per_type_layer_in_submit_and_predict(synthetic_h5, tiny_store, tmp_path):
     """With a type_rank model in the report, submit's and predict's h5ad carry its
-    predictions as the 'per_type' layer (the spots' order within each cell type)."""
+    predictions as the 'per_type' layer (the spots' order within each cell type).
+
+    The submitted model is named: which of the two scores best per spot is a near-tie on
+    these features (0.667 each with stage 1 at fp32; 0.659 vs 0.666 with bf16, as a CPU
+    with AMX runs it), so submit's and fit's own choice is not this test's business."""
     import anndata as ad
 
     import regress.run
@@ -258,13 +262,14 @@ def test_per_type_layer_in_submit_and_predict(synthetic_h5, tiny_store, tmp_path
     assert regress.run.main(["--h5", str(synthetic_h5), "--store", str(tiny_store),
                              "--out", str(out), "--features", "tiny_random", "--models",
                              "ridge", "--targets", "spot_rank,type_rank", "--quiet"]) == 0
-    _submission(synthetic_h5, out, tmp_path)
+    named = ["--models", "ridge-spot_rank"]
+    _submission(synthetic_h5, out, tmp_path, *named)
     test = pd.read_csv(out / "predictions" / "ridge-type_rank" / "test.csv")
     types = list(test.columns[5:])
     submitted = ad.read_h5ad(tmp_path / "s.h5ad")
     np.testing.assert_allclose(submitted.layers["per_type"], test[types].to_numpy(), atol=1e-6)
     folder = tmp_path / "model"
-    assert _fit(synthetic_h5, tiny_store, out, folder) == 0
+    assert _fit(synthetic_h5, tiny_store, out, folder, *named) == 0
     meta = json.loads((folder / "model.json").read_text())
     assert [m["id"] for m in meta["models"]] == ["ridge-spot_rank"]
     assert [(x["name"], x["id"]) for x in meta["layers"]] == [("per_type", "ridge-type_rank")]
@@ -285,7 +290,7 @@ def test_per_type_layer_in_submit_and_predict(synthetic_h5, tiny_store, tmp_path
     spot_test = pd.read_csv(out / "predictions" / "ridge-spot_rank" / "test.csv")[types]
     np.testing.assert_array_equal(rankdata(submission[types].to_numpy(), axis=1),
                                   rankdata(spot_test.to_numpy(), axis=1))
-    unordered = _submission(synthetic_h5, out, tmp_path / "no", "--no-orders")
+    unordered = _submission(synthetic_h5, out, tmp_path / "no", "--no-orders", *named)
     np.testing.assert_allclose(unordered[types].to_numpy(),
                                np.clip(spot_test.to_numpy(), 0, 1), atol=1e-12)
 

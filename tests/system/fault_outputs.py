@@ -1,5 +1,5 @@
 """What "the same outputs" means for each command of the fault suite
-(``tests/fault_suite.py``), and what a killed run may leave behind.
+(``tests/system/faults.py``), and what a killed run may leave behind.
 
 Each ``same_*(a, b)`` compares the outputs of one command in two OUT folders ``a`` (the
 uninterrupted run's) and ``b``: byte for byte where the issue asks (submission, h5ad,
