@@ -1,4 +1,4 @@
-"""The stage-1 benchmark (embed.bench) runs end to end on the tiny model and prints its
+"""The stage-1 benchmark (embed.bench.embed) runs end to end on the tiny model and prints its
 machine-readable last line, with a local weights file as the backbone's source."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import re
 import torch
 from safetensors.torch import save_file
 
-from embed import bench
 from embed.backbones import get_backbone
+from embed.bench import embed as bench
 from embed.weights import build_model
 
 LINE = re.compile(r"bench-embed views_per_s=(?P<b>[\d.]+) limit_views_per_s=(?P<a>[\d.]+) "

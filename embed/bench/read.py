@@ -12,28 +12,29 @@ patches/s exceed the model's spots/s. The last line is the machine-readable summ
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import replace
+from typing import TextIO
 
 import numpy as np
 
-from data.cli import Parser, add_common, parse_list, run_cli, setup_logging
+from data.cli import parse_list
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
 from data.store import BackboneItem
-from embed.backbones import Backbone, get_backbone
-from embed.bench import _set_threads, in_subprocess, limit_in_process
+from embed.backbones import Backbone
+from embed.bench.common import (
+    bench_main,
+    bench_parser,
+    bench_setup,
+    in_subprocess,
+    limit_in_process,
+)
 from embed.config import EmbedConfig, default_batch_spots
-from embed.device import select_device
 from embed.extract import preprocess
 from embed.run import peak_rss_mb
 from embed.units import slide_units
 from embed.worker import unit_batches
-
-log = logging.getLogger("hespot")
 
 
 def reader_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spots: int,
@@ -89,31 +90,11 @@ def readers_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spot
     return done / seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="hespot bench-read", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "device", "precision", "threads")
-    p.set_defaults(device="auto", precision="auto")
-    p.add_argument("--h5", action="append", required=True, help="canonical file (repeat)")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--tta", type=int, default=8)
-    p.add_argument("--patch-px", type=int, default=EmbedConfig.patch_px)
-    p.add_argument("--spots", type=int, default=2000, help="spots read per file")
-    p.add_argument("--limit-seconds", type=float, default=10.0)
-    p.add_argument("--runner", default="auto")
-    p.add_argument("--readers", type=lambda v: parse_list(v, int), default=(1, 2),
-                   help="reader thread counts to measure, e.g. 1,2,4 (--readers of embed)")
-    return p
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(quiet=True)
-    _set_threads(args.threads)
-    backbone = get_backbone(args.backbone)
-    choice = select_device(args.device, args.precision)
+def measure(args: argparse.Namespace, out: TextIO) -> str:
+    """Run the benchmark ``args`` ask for, writing each figure to ``out``; the summary
+    line."""
+    backbone, choice = bench_setup(args)
     batch = default_batch_spots(choice)
-    out = sys.stdout
     figures = []
     for path in args.h5:
         crop, full, n, reader = reader_patches_per_s(path, backbone, args.patch_px,
@@ -133,13 +114,23 @@ def _main(argv: Sequence[str] | None = None) -> int:
               f"{args.tta} views ({choice.describe()}, runner {runner}, {batch} spots/batch)"
               f"\n")
     pairs = " ".join(f"reader{i}_patches_per_s={v:.0f}" for i, v in enumerate(figures))
-    out.write(f"bench-read {pairs} model_spots_per_s={spots:.1f} "
-              f"reader_over_model={min(figures) / spots:.1f} peak_rss_mb={peak_rss_mb():.0f}\n")
-    return 0
+    return (f"bench-read {pairs} model_spots_per_s={spots:.1f} "
+            f"reader_over_model={min(figures) / spots:.1f} peak_rss_mb={peak_rss_mb():.0f}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser("hespot bench-read", __doc__, ("device", "precision", "threads"),
+                     limit_seconds=10.0)
+    p.add_argument("--h5", action="append", required=True, help="canonical file (repeat)")
+    p.add_argument("--patch-px", type=int, default=EmbedConfig.patch_px)
+    p.add_argument("--spots", type=int, default=2000, help="spots read per file")
+    p.add_argument("--readers", type=lambda v: parse_list(v, int), default=(1, 2),
+                   help="reader thread counts to measure, e.g. 1,2,4 (--readers of embed)")
+    return p
+
+
+#: ``main(argv) -> int``, as ``hespot`` calls it
+main = bench_main(measure, build_parser)
 
 
 if __name__ == "__main__":

@@ -14,53 +14,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import replace
+from typing import TextIO
 
 import numpy as np
 import torch
 from PIL import Image
 
-from data.cli import DEFAULT_H5, Parser, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
+from embed.bench.common import (
+    bench_main,
+    bench_parser,
+    bench_setup,
+    in_subprocess,
+    limit_in_process,
+)
 from embed.config import EmbedConfig, default_batch_spots, default_prefetch
-from embed.device import select_device
-from embed.extract import FeatureExtractor
 from embed.run import peak_rss_mb, run
 from embed.weights import build_model
 
 log = logging.getLogger("hespot")
-
-
-def limit_views_per_s(extractor: FeatureExtractor, batch_spots: int, seconds: float) -> float:
-    """Forward throughput (views/s) on random preprocessed inputs, TTA included."""
-    size = extractor.backbone.input_size
-    x = torch.randn(batch_spots, 3, size, size)
-    extractor(x)  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n < 2:
-        extractor(x)
-        n += 1
-    return n * batch_spots * extractor.n_views / (time.perf_counter() - t0)
-
-
-def limit_in_process(backbone_name: str, weights: str | None, tta: int, batch_spots: int,
-                     device: str, precision: str, runner: str,
-                     seconds: float) -> tuple[float, str]:
-    """(:func:`limit_views_per_s`, the runner used), measured in a fresh process (see
-    :func:`in_subprocess`) like the pipeline: nothing else of the benchmark's is resident
-    beside either measurement (a parent holding the traced model measured ~6 % slower
-    pipelines in alternating runs)."""
-    backbone = get_backbone(backbone_name)
-    model, _ = build_model(backbone, weights)
-    extractor = FeatureExtractor(model, backbone, select_device(device, precision), tta,
-                                 runner=runner, batch_spots=batch_spots)
-    return limit_views_per_s(extractor, batch_spots, seconds), extractor.runner
 
 
 def naive_views_per_s(h5_path: str, slide: str, backbone_name: str, n_spots: int,
@@ -102,43 +78,10 @@ def pipeline_seconds(cfg: EmbedConfig) -> tuple[float, float]:
     return time.perf_counter() - t0, peak_rss_mb()
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def in_subprocess(fn, *args, threads: int | None = None):
-    """``fn(*args)`` in a freshly spawned interpreter, with ``threads`` torch threads
-    (default: torch's own choice)."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1, initializer=_set_threads, initargs=(threads,)) as pool:
-        return pool.apply(fn, args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m embed.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "h5", "device", "precision", "threads")
-    p.set_defaults(h5=DEFAULT_H5, device="auto", precision="auto")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--tta", type=int, default=8)
-    p.add_argument("--batch-spots", type=int, default=None,
-                   help="spots per batch (default: the pipeline's, 4 on CPU)")
-    p.add_argument("--slides", default="", help="comma-separated (default: all)")
-    p.add_argument("--naive-spots", type=int, default=24)
-    p.add_argument("--limit-seconds", type=float, default=20.0)
-    p.add_argument("--runner", default="auto", help="forward runner (embed.runners)")
-    p.add_argument("--weights", default=None,
-                   help="local weights file for the backbone (e.g. UNI: --backbone uni)")
-    return p
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(quiet=True)
-    _set_threads(args.threads)
-    backbone = get_backbone(args.backbone)
-    choice = select_device(args.device, args.precision)
+def measure(args: argparse.Namespace, out: TextIO) -> str:
+    """Run the benchmark ``args`` ask for, writing each figure to ``out``; the summary
+    line."""
+    backbone, choice = bench_setup(args)
     batch_spots = args.batch_spots or default_batch_spots(choice)
     # the limit is taken before and after the pipeline and averaged: this machine's speed
     # drifts by ~10 % over a minute, and a ratio of two numbers taken at different times
@@ -146,7 +89,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     limit_args = (backbone.name, args.weights, args.tta, batch_spots, args.device,
                   args.precision, args.runner, args.limit_seconds / 2)
     before, runner = in_subprocess(limit_in_process, *limit_args, threads=args.threads)
-    out = sys.stdout
     out.write(f"device: {choice.describe()}, threads {torch.get_num_threads()}, "
               f"backbone {backbone.name}, {args.tta} views, {batch_spots} spots/batch, "
               f"runner {runner}\n")
@@ -176,14 +118,25 @@ def _main(argv: Sequence[str] | None = None) -> int:
                           cfg.patch_px, str(choice.device), args.weights, threads=args.threads)
     out.write(f"(c) naive: {naive:.1f} views/s (PIL crop per spot, fp32 on {choice.device}, "
               f"{args.naive_spots} spots, fresh process)\n")
-    out.write(f"bench-embed views_per_s={pipeline:.1f} limit_views_per_s={limit:.1f} "
-              f"naive_views_per_s={naive:.1f} vs_limit={pipeline / limit:.2f} "
-              f"vs_naive={pipeline / naive:.2f} peak_rss_mb={rss:.0f}\n")
-    return 0
+    return (f"bench-embed views_per_s={pipeline:.1f} limit_views_per_s={limit:.1f} "
+            f"naive_views_per_s={naive:.1f} vs_limit={pipeline / limit:.2f} "
+            f"vs_naive={pipeline / naive:.2f} peak_rss_mb={rss:.0f}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser("hespot bench-embed", __doc__, ("h5", "device", "precision", "threads"),
+                     limit_seconds=20.0)
+    p.add_argument("--batch-spots", type=int, default=None,
+                   help="spots per batch (default: the pipeline's, 4 on CPU)")
+    p.add_argument("--slides", default="", help="comma-separated (default: all)")
+    p.add_argument("--naive-spots", type=int, default=24)
+    p.add_argument("--weights", default=None,
+                   help="local weights file for the backbone (e.g. UNI: --backbone uni)")
+    return p
+
+
+#: ``main(argv) -> int``, as ``hespot`` calls it
+main = bench_main(measure, build_parser)
 
 
 if __name__ == "__main__":

@@ -22,19 +22,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
-from data.cli import (
-    DEFAULT_H5,
-    Parser,
-    add_common,
-    lists_as_tuples,
-    parse_list,
-    run_cli,
-    setup_logging,
-)
+from data.cli import lists_as_tuples, parse_list, setup_logging
 from data.store import FeatureSpec, open_store, read_array
+from embed.bench.common import bench_main, bench_parser
 
 log = logging.getLogger("hespot")
 
@@ -54,7 +48,7 @@ def one_run(cfg_json: str) -> dict:
 def _fresh(cfg: dict) -> tuple[dict, float]:
     """:func:`one_run` in a new interpreter (``--one``), as ``make embeddings`` runs."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "embed.bench_scale", "--one", json.dumps(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "embed.bench.scale", "--one", json.dumps(cfg)],
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"stage 1 ({cfg}) failed: {proc.stderr[-2000:]}")
@@ -73,33 +67,15 @@ def same_features(stores: Sequence[str], backbone: str, slides: Sequence[str]) -
     return True
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m embed.bench_scale", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "h5", "device", "precision")
-    p.set_defaults(h5=DEFAULT_H5, device="auto", precision="auto")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--tta", type=int, default=8)
-    p.add_argument("--slides", type=parse_list, default=(),
-                   help="comma-separated (default: all)")
-    p.add_argument("--chunks-per-task", type=int, default=2,
-                   help="chunks of 64 spots per Dask task (the sample's slides are "
-                   "about 3 chunks: 2 spreads them over both workers)")
-    p.add_argument("--one", help=argparse.SUPPRESS)
-    return p
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.one:
-        setup_logging(quiet=True)
-        sys.stdout.write(json.dumps(one_run(args.one)) + "\n")
-        return 0
+def measure(args: argparse.Namespace, out: TextIO) -> str:
+    """Run the benchmark ``args`` ask for, writing each figure to ``out``; the summary
+    line."""
     setup_logging(quiet=True)
+    if args.one:  # one variant, in the fresh process _fresh started: its timing as JSON
+        return json.dumps(one_run(args.one))
     from data.h5 import CanonicalH5
     with CanonicalH5(args.h5) as h5:
         slides = list(args.slides) or h5.train_slides + h5.test_slides
-    out = sys.stdout
     figures, stores = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for name, workers in VARIANTS.items():
@@ -116,15 +92,24 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       f"{timing['views'] / wall:.1f} views/s)\n")
             out.flush()
         same = same_features(stores, args.backbone, slides)
-    out.write(f"bench-scale inproc_views_per_s={figures['inproc']:.1f} "
-              f"workers1_views_per_s={figures['workers1']:.1f} "
-              f"workers2_views_per_s={figures['workers2']:.1f} "
-              f"same_features={str(same).lower()}\n")
-    return 0
+    rates = " ".join(f"{name}_views_per_s={v:.1f}" for name, v in figures.items())
+    return f"bench-scale {rates} same_features={str(same).lower()}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser("hespot bench-scale", __doc__, ("h5", "device", "precision"))
+    p.add_argument("--tta", type=int, default=8)
+    p.add_argument("--slides", type=parse_list, default=(),
+                   help="comma-separated (default: all)")
+    p.add_argument("--chunks-per-task", type=int, default=2,
+                   help="chunks of 64 spots per Dask task (the sample's slides are "
+                   "about 3 chunks: 2 spreads them over both workers)")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    return p
+
+
+#: ``main(argv) -> int``, as ``hespot`` calls it
+main = bench_main(measure, build_parser)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Benchmark fine-tuning throughput: ``python -m embed.finetune.bench`` (also
-``hespot bench-finetune``, ``make bench-finetune``; not a test).
+"""Benchmark fine-tuning throughput: ``hespot bench-finetune`` (also ``python -m
+embed.bench.finetune``, ``make bench-finetune``; not a test).
 
 In one run, on real patches of the canonical file: the training step (forward, L1 loss,
 backward, AdamW step; channels_last) of the fine-tuning model in fp32 and under bf16
@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 import numpy as np
 import torch
 
-from data.cli import DEFAULT_H5, Parser, add_common, run_cli, setup_logging
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
-from embed.backbones import DEFAULT_BACKBONE, get_backbone
-from embed.device import DeviceChoice, cpu_has_bf16, select_device
+from embed.bench.common import bench_main, bench_parser, bench_setup
+from embed.device import DeviceChoice, cpu_has_bf16
 from embed.finetune.augment import WINNING_AUGMENT, build_train_transform
 from embed.finetune.loop import train_step
 from embed.finetune.model import SpotRegressor
@@ -76,28 +75,10 @@ def augment_images_per_s(patches: np.ndarray, mean: Sequence[float], std: Sequen
     return n / (time.perf_counter() - t0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m embed.finetune.bench``."""
-    p = Parser(prog="python -m embed.finetune.bench", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "h5")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--patch-px", type=int, default=224)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per precision")
-    p.add_argument("--warmup", type=int, default=1)
-    add_common(p, "device", "threads")
-    p.set_defaults(h5=DEFAULT_H5, device="auto", threads=None)
-    return p
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(quiet=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    backbone = get_backbone(args.backbone)
-    base = select_device(args.device, "fp32")
+def measure(args: argparse.Namespace, out: TextIO) -> str:
+    """Run the benchmark ``args`` ask for, writing each figure to ``out``; the summary
+    line."""
+    backbone, base = bench_setup(args, precision="fp32")
     with CanonicalH5(args.h5) as h5:
         slide = h5.train_slides[0]
         idx = np.arange(min(args.batch_size, len(h5.spots(slide))))
@@ -109,7 +90,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     aug = build_train_transform((), backbone.mean, backbone.std, args.patch_px)
     x = torch.stack([aug(image=q)["image"] for q in patches])
     y = torch.from_numpy(Y).float()
-    out = sys.stdout
     native = base.device.type == "cuda" or cpu_has_bf16()
     out.write(f"device: {base.describe()}, threads {torch.get_num_threads()}, backbone "
               f"{backbone.name}, batch {len(x)} x {args.patch_px} px, {args.steps} timed steps"
@@ -121,18 +101,25 @@ def _main(argv: Sequence[str] | None = None) -> int:
         out.write(f"{name}: {rates[name]:.2f} training images/s\n")
     aug_rate = augment_images_per_s(patches, backbone.mean, backbone.std)
     out.write(f"augmentation (winning pipeline, one process): {aug_rate:.1f} images/s\n")
-    out.write(f"bench-finetune backbone={backbone.name} batch={len(x)} px={args.patch_px} "
-              f"threads={torch.get_num_threads()} fp32_images_per_s={rates['fp32']:.2f} "
-              f"bf16_images_per_s={rates['bf16']:.2f} "
-              f"bf16_vs_fp32={rates['bf16'] / rates['fp32']:.2f} "
-              f"augment_images_per_s={aug_rate:.1f}\n")
-    return 0
+    return (f"bench-finetune backbone={backbone.name} batch={len(x)} px={args.patch_px} "
+            f"threads={torch.get_num_threads()} fp32_images_per_s={rates['fp32']:.2f} "
+            f"bf16_images_per_s={rates['bf16']:.2f} "
+            f"bf16_vs_fp32={rates['bf16'] / rates['fp32']:.2f} "
+            f"augment_images_per_s={aug_rate:.1f}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m embed.finetune.bench``; exit code 2 (one line on stderr) for a bad
-    setting or input."""
-    return run_cli(_main, argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``hespot bench-finetune``."""
+    p = bench_parser("hespot bench-finetune", __doc__, ("h5", "device", "threads"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--patch-px", type=int, default=224)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per precision")
+    p.add_argument("--warmup", type=int, default=1)
+    return p
+
+
+#: ``main(argv) -> int``, as ``hespot`` calls it
+main = bench_main(measure, build_parser)
 
 
 if __name__ == "__main__":
