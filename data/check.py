@@ -23,7 +23,7 @@ from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import SPLITS, CanonicalH5
 from data.spots import cell_type_fields, is_ascii
-from data.wsi.tissue import NoTissue, detect_tissue
+from data.wsi.tissue import NoTissue, TissueMask, detect_tissue
 
 log = logging.getLogger("hespot")
 
@@ -40,20 +40,36 @@ class CheckResult:
         return not any(p.level == "error" for p in self.problems)
 
 
-def background_share(h5: CanonicalH5, slide: str) -> float:
-    """Fraction of the slide's spots whose centre is not on tissue: the tissue mask
-    recorded at import, else :func:`data.wsi.tissue.detect_tissue` on a thumbnail (1.0
-    when the slide shows no tissue at all)."""
-    if h5.n_spots(slide) == 0:
-        return 0.0
-    x, y = h5.coords(slide)
+def slide_tissue(h5: CanonicalH5, slide: str) -> TissueMask | None:
+    """The slide's tissue as every stage sees it: the mask recorded at import (the one a
+    grid was laid on), else :func:`data.wsi.tissue.detect_tissue` on a thumbnail of its
+    image; None when the slide shows no tissue at all (unreadable files raise)."""
     mask = h5.tissue(slide)
     if mask is None:
         try:
             mask = detect_tissue(h5.image(slide))
-        except NoTissue:  # blank: no tissue anywhere (unreadable files raise)
-            return 1.0
-    return float(1.0 - mask.on_tissue(x, y).mean())
+        except NoTissue:
+            return None
+    return mask
+
+
+def off_tissue_share(tissue: TissueMask | None, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of the points (x column, y row; level-0 pixels, (n,) each) whose centre is
+    not on ``tissue`` (all of them when there is no tissue; 0 for no points)."""
+    if len(x) == 0:
+        return 0.0
+    if tissue is None:
+        return 1.0
+    return float(1.0 - tissue.on_tissue(x, y).mean())
+
+
+def background_share(h5: CanonicalH5, slide: str) -> float:
+    """Fraction of the slide's spots whose centre is not on its tissue
+    (:func:`slide_tissue`; 1.0 when the slide shows no tissue at all)."""
+    if h5.n_spots(slide) == 0:
+        return 0.0
+    x, y = h5.coords(slide)
+    return off_tissue_share(slide_tissue(h5, slide), x, y)
 
 
 def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
@@ -196,4 +212,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["check_file", "preflight", "background_share", "CheckResult", "main"]
+__all__ = ["check_file", "preflight", "background_share", "slide_tissue", "off_tissue_share",
+           "CheckResult", "main"]

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from data.errors import ConfigError, DataError
 from data.wsi.base import Level, SlideImage
 from data.wsi.grid import GridSpec, lay_grid
-from data.wsi.tissue import TissueMask, detect_tissue
+from data.wsi.tissue import MAX_OD, MIN_OD, TEXTURE, TissueMask, detect_tissue, optical_density
 
 PINK = (215, 130, 195)  # eosin
 PURPLE = (120, 70, 165)  # haematoxylin
@@ -82,7 +82,7 @@ def test_disc_of_tissue_found(disc_slide, mask_px):
     iou = (truth & tissue.mask).sum() / (truth | tissue.mask).sum()
     assert iou > 0.9, iou
     assert tissue.share == pytest.approx(np.pi * R * R / (H * W), rel=0.05)
-    assert 0.05 <= tissue.threshold <= 0.2
+    assert MIN_OD <= tissue.threshold <= MAX_OD
     # the disc's centre is tissue, the corners are glass
     assert tissue.on_tissue(np.array([CX, 5.0, W - 3.0]),
                             np.array([CY, 5.0, H - 3.0])).tolist() == [True, False, False]
@@ -112,18 +112,65 @@ def test_black_and_white_only_is_blank():
         detect_tissue(ArrayImage(pixels), mask_px=300)
 
 
-def test_all_tissue_is_not_split_by_otsu():
-    """A view that is all tissue, pale pink and dark purple halves: Otsu's threshold lies
-    between them, but the pale half is tissue too."""
+def test_all_tissue_pale_half_found_by_texture():
+    """A view that is all tissue, pale pink and dark purple halves: the pale half (cells
+    5 px across, OD 0.07 and 0.11) is below every density threshold but textured, so it is
+    tissue too."""
     h, w = 600, 800
     pixels = np.zeros((h, w, 3), np.uint8)
     left = np.zeros((h, w), bool)
     left[:, : w // 2] = True
-    stain(pixels, left, seed=1, pink=(230, 175, 215), purple=(225, 160, 210), nuclei=0.5)
+    cells = np.kron(np.random.default_rng(4).random((h // 5, w // 5)) < 0.5,
+                    np.ones((5, 5), bool))
+    stain(pixels, left & cells, seed=1, pink=(225, 165, 210), purple=(225, 165, 210))
+    stain(pixels, left & ~cells, seed=3, pink=(238, 195, 228), purple=(238, 195, 228))
     stain(pixels, ~left, seed=2, pink=(150, 60, 160), purple=(110, 40, 150), nuclei=0.5)
+    assert optical_density(np.array([[(225, 165, 210), (238, 195, 228)]], np.uint8)).max() \
+        < MIN_OD
     tissue = detect_tissue(ArrayImage(pixels), mask_px=400)
-    assert tissue.otsu > tissue.threshold  # the cap on Otsu was needed
     assert tissue.share > 0.97
+
+
+def test_all_dense_tissue_is_not_split_by_otsu():
+    """A view that is all smooth (untextured) tissue of two densities: Otsu's threshold
+    lies between them, the cap keeps both."""
+    rng = np.random.default_rng(3)
+    pixels = np.empty((600, 800, 3), np.uint8)
+    pixels[:, :400] = (170, 90, 150)   # OD 0.29
+    pixels[:, 400:] = (90, 30, 110)    # OD 0.58
+    pixels = np.clip(pixels + rng.normal(0, 1, pixels.shape), 0, 255).astype(np.uint8)
+    tissue = detect_tissue(ArrayImage(pixels), mask_px=400)
+    assert tissue.otsu > tissue.threshold == MAX_OD  # the cap on Otsu was needed
+    assert tissue.share > 0.97
+
+
+def test_tinted_glass_is_not_tissue(disc_slide):
+    """Stain diffused onto the glass (a smooth pink haze, as around the bundled C3-C6
+    sections) is as dense as pale tissue but smooth: not tissue."""
+    pixels = disc_slide.copy()
+    haze = disc(H, W, CY, CX + 420, 330) & ~disc(H, W, CY, CX, R)
+    pixels[haze] = np.clip(pixels[haze].astype(int) + (-2, -22, -8), 0, 255)  # OD ~0.05
+    tissue = detect_tissue(ArrayImage(pixels), mask_px=400)
+    truth = _true_disc_at_mask(tissue)
+    iou = (truth & tissue.mask).sum() / (truth | tissue.mask).sum()
+    assert iou > 0.9, iou
+    assert not tissue.on_tissue(np.array([CX + 600]), np.array([CY]))[0]
+
+
+def test_fat_inside_the_outline_is_tissue(disc_slide):
+    """Fat (big white cells with thin walls) inside the section and a gap narrower than
+    the closing are tissue; glass outside is not."""
+    pixels = disc_slide.copy()
+    yy, xx = np.mgrid[:H, :W]
+    fat = disc(H, W, CY, CX, 200) & ((yy % 40 > 3) & (xx % 40 > 3))  # 36 px cells, 4 px walls
+    pixels[fat] = 242
+    gap = (np.abs(xx - (CX - 250)) < 15) & disc(H, W, CY, CX, R)  # a 30 µm tear
+    pixels[gap] = 240
+    tissue = detect_tissue(ArrayImage(pixels), mask_px=800)
+    inside = disc(H, W, CY, CX, R - 20)
+    ys, xs = np.nonzero(inside[::8, ::8])
+    assert tissue.on_tissue(xs * 8.0, ys * 8.0).mean() > 0.99
+    assert tissue.share == pytest.approx(np.pi * R * R / (H * W), rel=0.05)
 
 
 def test_small_specks_dropped_large_pieces_kept(disc_slide):
@@ -191,7 +238,7 @@ def test_mask_roundtrip_through_hdf5(tmp_path, disc_slide):
         tissue.write(f, "tissue/Test/S1")
     with h5py.File(path, "r") as f:
         dset = f["tissue/Test/S1"]
-        assert dset.attrs["method"] == "otsu-saturation"
+        assert dset.attrs["method"] == "od-texture"
         back = TissueMask.read(dset)
     np.testing.assert_array_equal(back.mask, tissue.mask)
     assert back.mask.dtype == bool
@@ -199,6 +246,21 @@ def test_mask_roundtrip_through_hdf5(tmp_path, disc_slide):
     assert back.threshold == pytest.approx(tissue.threshold)
     assert back.otsu == pytest.approx(tissue.otsu)
     assert back.share == tissue.share
+    assert (back.texture, back.method) == (TEXTURE, "od-texture")
+    assert "optical density" in back.rule
+
+
+def test_mask_of_an_older_version_reads_with_its_method(tmp_path):
+    """A mask stored before the texture rule (no texture attribute) keeps its method."""
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("m", data=np.ones((4, 4), np.uint8))
+        dset.attrs.update({"scale": [2.0, 2.0], "threshold": 0.156, "otsu": 0.156,
+                           "method": "otsu-saturation"})
+    with h5py.File(path, "r") as f:
+        back = TissueMask.read(f["m"])
+    assert back.method == "otsu-saturation" and np.isnan(back.texture)
+    assert back.rule == "otsu-saturation, threshold 0.156"
 
 
 # --------------------------------------------------------------------------- grid spec
