@@ -74,7 +74,12 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
             return exc.problems
     else:
         shape, dtype, chunks = f[key].shape, f[key].dtype, f[key].chunks
-        problems += validate.check_image(file, slide, shape, dtype, chunks)
+        image = validate.check_image(file, slide, shape, dtype, chunks) or \
+            validate.check_stored(file, slide, "image", shape, dtype.itemsize,
+                                  f[key].id.get_storage_size())
+        problems += image
+        if any(p.field == "image" for p in image):
+            return problems
     table = f[f"spots/{split}/{slide}"]
     names = table.dtype.names
     if names is None or not {"x", "y"} <= set(names):
@@ -82,6 +87,11 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
                                    "a structured array with fields x, y",
                                    f"fields {list(names or [])}",
                                    "store spots as a structured array with x and y")]
+    stored = validate.check_stored(file, slide, f"spots/{split}/{slide}", table.shape,
+                                   table.dtype.itemsize, table.id.get_storage_size(),
+                                   table.chunks)
+    if stored:
+        return problems + stored
     # the table is read field by field and in row blocks: memory and time stay small for
     # tables of millions of spots; rows are named by their index in the whole table
     x, y = h5.coords(slide)

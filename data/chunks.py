@@ -22,6 +22,8 @@ try:  # ISA-L's inflate; zlib gives identical bytes, only slower
 except ImportError:  # pragma: no cover - isal is a declared dependency
     _inflate_lib = zlib
 
+#: what a damaged stored chunk raises while it is read, inflated or reshaped
+DECODE_ERRORS = (OSError, ValueError, zlib.error, _inflate_lib.error)
 _DEFLATE = h5py.h5z.FILTER_DEFLATE
 _SHUFFLE = h5py.h5z.FILTER_SHUFFLE
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ log = logging.getLogger("hespot")
 
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
 PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
+#: what a damaged or hostile image file makes PIL, tifffile or their codecs raise
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError,
+               RuntimeError, struct.error, tifffile.TiffFileError)
 
 
 def _missing(path: Path, slide: str) -> DataError:
@@ -76,7 +80,7 @@ def load_image(path: str | Path, slide: str = "") -> np.ndarray:
                 else:
                     log.warning("%s, slide %s: %s image converted to RGB", path, slide, im.mode)
                     array = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+    except READ_ERRORS as exc:
         raise DataError(Problem(str(path), slide, "image", "a readable image", f"error: {exc}",
                                 "the file is truncated or not an image; export it again")
                         ) from exc

@@ -92,6 +92,10 @@ def gather_slide(slide: str, outs: Path, image: Path, abundances: Path | None) -
         return out
     table = read_table(abundances, slide, index_col=0)
     table.index = table.index.astype(str)
+    if table.index.duplicated().any():
+        dup = table.index[table.index.duplicated()][0]
+        raise DataError(Problem(str(abundances), slide, "barcode", "one row per barcode",
+                                f"{dup!r} repeated", "remove the duplicated rows"))
     have = np.isin(barcodes, table.index)
     if not have.any():
         raise DataError(Problem(str(abundances), slide, "barcode", "rows keyed by the "

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from data.errors import DataError, Problem
-from data.images import load_image
+from data.images import READ_ERRORS, load_image
 from data.wsi import pixel_size
 from data.wsi.base import Level, SlideImage
 
@@ -26,7 +26,7 @@ class PilImage(SlideImage):
         try:
             with Image.open(path) as im:
                 w, h = im.size
-        except (OSError, ValueError) as exc:
+        except READ_ERRORS as exc:
             raise DataError(Problem(self.path, slide, "image", "a readable JPEG or PNG",
                                     f"error: {exc}", "the file is truncated or not an "
                                     "image; export it again")) from exc

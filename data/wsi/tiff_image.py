@@ -10,6 +10,7 @@ import tifffile
 import zarr
 
 from data.errors import DataError, Problem
+from data.images import READ_ERRORS
 from data.wsi import pixel_size
 from data.wsi.base import Level, SlideImage
 
@@ -40,7 +41,7 @@ class TiffImage(SlideImage):
             self._axes = [lev.axes for lev in series.levels]
             shapes = [lev.shape for lev in series.levels]
             dtype = series.dtype
-        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+        except READ_ERRORS as exc:
             raise _unreadable(self.path, slide, exc) from exc
         finally:
             quiet.setLevel(level)
@@ -112,7 +113,7 @@ class TiffImage(SlideImage):
                       else slice(None) if a in RGB_AXES else 0 for a in axes)
         try:
             window = np.asarray(self._array(level)[index])
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except READ_ERRORS as exc:
             raise _unreadable(self.path, self.slide, exc,
                               f" (level {level}, y {y0}:{y1}, x {x0}:{x1})") from exc
         kept = [a for a in axes if a in ("Y", "X") or a in RGB_AXES]
