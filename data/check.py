@@ -21,7 +21,7 @@ import numpy as np
 from data import validate
 from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem, raise_errors
-from data.h5 import SPLITS, CanonicalH5
+from data.h5 import H5_ERRORS, SPLITS, CanonicalH5
 from data.spots import cell_type_fields, is_ascii
 from data.wsi.tissue import NoTissue, detect_tissue
 
@@ -122,6 +122,16 @@ def check_file(path: str, with_background: bool = True,
         slides: check only these slides (default: all); cell-type columns are compared
             among the train slides checked.
     """
+    try:
+        return _check_file(path, with_background, slides)
+    except H5_ERRORS as exc:  # groups or links that HDF5 cannot follow: a damaged file
+        raise DataError(Problem(path, "", "", "a readable HDF5 file", f"error: {exc}",
+                                "the file is truncated or corrupt: copy or import it "
+                                "again")) from exc
+
+
+def _check_file(path: str, with_background: bool, slides: Sequence[str] | None
+                ) -> CheckResult:
     problems: list[Problem] = []
     background: dict[str, float] = {}
     with CanonicalH5(path) as h5:
@@ -153,7 +163,7 @@ def check_file(path: str, with_background: bool = True,
                     if with_background and not any(p.level == "error"
                                                    for p in slide_problems):
                         background[slide] = background_share(h5, slide)
-                except (OSError, KeyError, ValueError) as exc:
+                except H5_ERRORS as exc:
                     problems.append(Problem(path, slide, f"{split}/{slide}", "readable data",
                                             f"error: {exc}", "the file is corrupt or "
                                             "truncated: import it again"))
@@ -183,7 +193,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     setup_logging(quiet=True)
     try:
         result = check_file(args.file)
-    except OSError as exc:
+    except H5_ERRORS as exc:
         raise DataError(Problem(args.file, "", "", "a readable HDF5 file", f"error: {exc}",
                                 "the file is truncated or corrupt: copy or import it again")
                         ) from exc

@@ -29,9 +29,10 @@ from tqdm import tqdm
 from data.check import preflight
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.cluster import CLUSTER_FLAGS
+from data.errors import ConfigError, DataError
 from data.h5 import CanonicalH5
 from data.lock import output_lock
-from data.store import SlideWriter, array_name, is_url, open_slide
+from data.store import SlideWriter, array_name, discard_unfinished, is_url, open_slide
 from embed.config import BackboneJob, EmbedConfig, check_config, parse_crop, with_device_defaults
 from embed.executors import make_executor, pinned
 from embed.extract import FeatureExtractor
@@ -160,12 +161,18 @@ def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str
         cfg = replace(cfg, store=str(Path(cfg.store).resolve()))
         lock = output_lock(cfg.store, "embeddings store")
     cfg = replace(cfg, h5=str(Path(cfg.h5).resolve()))
+    created = not is_url(cfg.store) and not Path(cfg.store).exists()
     with lock:
-        executor = make_executor(cfg)
         try:
-            return _run(cfg, jobs, executor, {} if timing is None else timing)
-        finally:
-            executor.close()
+            executor = make_executor(cfg)
+            try:
+                return _run(cfg, jobs, executor, {} if timing is None else timing)
+            finally:
+                executor.close()
+        except (DataError, ConfigError):  # refused midway (a damaged image chunk or tile):
+            if created:  # a new store without a finished chunk is not left behind
+                discard_unfinished(cfg.store)
+            raise
 
 
 def _run(cfg: EmbedConfig, jobs: list[BackboneJob], executor, timing: dict

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bases import EMBED, REGRESS, Bases
-from mutate import csv_mutation, json_mutation, pick
+from mutate import csv_mutation, json_mutation, pick, safely
 from mutate_folders import model_mutation, store_mutation
 from mutate_h5 import h5_mutation
 from mutate_image import image_mutation, tiff_mutation
@@ -84,13 +84,13 @@ def h5_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[str]
         copy(b, "wsi.tif", folder)
     else:
         copy(b, "synthetic.h5", folder, "in.h5")
-    muts = [h5_mutation(rng, folder / "in.h5") for _ in range(times(rng))]
+    muts = [safely(h5_mutation, rng, folder / "in.h5") for _ in range(times(rng))]
     return _h5_command(rng, b, folder, (55, 20, 15, 10)), muts
 
 
 def sample_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[str]]:
     copy(b, "sample.h5", folder, "in.h5")
-    muts = [h5_mutation(rng, folder / "in.h5") for _ in range(times(rng))]
+    muts = [safely(h5_mutation, rng, folder / "in.h5") for _ in range(times(rng))]
     return _h5_command(rng, b, folder, (70, 30, 0, 0)), muts
 
 
@@ -103,7 +103,7 @@ def spots_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[s
     for p in (b / "table").iterdir():
         shutil.copyfile(p, folder / p.name)
     csv = pick(rng, ("s0.csv", "s1.csv", "s2.csv"))
-    muts = [csv_mutation(rng, folder / csv) for _ in range(times(rng))]
+    muts = [safely(csv_mutation, rng, folder / csv) for _ in range(times(rng))]
     if rng.random() < 0.2:
         copy(b, "wsi.tif", folder)
         return Spec(("import-wsi", "--slide", f"{C}/wsi.tif", "--spots", f"{C}/{csv}",
@@ -128,11 +128,11 @@ def manifest_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, lis
         for p in (b / "visium").iterdir():
             copy(b, f"visium/{p.name}", folder)
         path = _visium_manifest(folder)
-        muts = [csv_mutation(rng, path) for _ in range(times(rng))]
+        muts = [safely(csv_mutation, rng, path) for _ in range(times(rng))]
         return _import_visium("--manifest", f"{C}/visium.csv"), muts
     for p in (b / "table").iterdir():
         shutil.copyfile(p, folder / p.name)
-    muts = [csv_mutation(rng, folder / "manifest.csv") for _ in range(times(rng))]
+    muts = [safely(csv_mutation, rng, folder / "manifest.csv") for _ in range(times(rng))]
     return _import_table(), muts
 
 
@@ -162,8 +162,8 @@ def image_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[s
     for p in (b / "table").iterdir():
         shutil.copyfile(p, folder / p.name)
     path = folder / pick(rng, ("s0.png", "s1.jpg", "s2.tif"))
-    muts = [_odd_image(rng, path)] if rng.random() < 0.25 else []
-    muts += [image_mutation(rng, path) for _ in range(times(rng) - len(muts) + 1)]
+    muts = [safely(_odd_image, rng, path)] if rng.random() < 0.25 else []
+    muts += [safely(image_mutation, rng, path) for _ in range(times(rng) - len(muts) + 1)]
     return _import_table(), muts
 
 
@@ -181,7 +181,7 @@ def visium_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[
         path = folder / name
         mutate = json_mutation if name.endswith(".json") else csv_mutation \
             if name.endswith(".csv") else image_mutation
-        muts.append(f"{name}: {mutate(rng, path)}")
+        muts.append(f"{name}: {safely(mutate, rng, path)}")
     return _import_visium("--outs", f"{C}/S1/outs", "--image", f"{C}/S1.png",
                           "--abundances", f"{C}/S1_abundances.csv", "--outs", f"{C}/S2/outs",
                           "--image", f"{C}/S2.tif"), muts
@@ -190,7 +190,8 @@ def visium_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[
 def wsi_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[str]]:
     base = rng.choices(("wsi.tif", "wsi_jpeg.tif", "strip.tif"), (5, 3, 2))[0]
     copy(b, base, folder, "slide.tif")
-    muts = [f"{base}: {tiff_mutation(rng, folder / 'slide.tif')}" for _ in range(times(rng))]
+    path = folder / "slide.tif"
+    muts = [f"{base}: {safely(tiff_mutation, rng, path)}" for _ in range(times(rng))]
     extra = ("--images", "copy") if rng.random() < 0.25 else ()
     return Spec(("import-wsi", "--slide", f"{C}/slide.tif", "--out", f"{C}/out.h5", *extra,
                  "--quiet"), ("out.h5",), "h5"), muts
@@ -228,10 +229,10 @@ def outputs_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list
     muts = []
     for _ in range(times(rng)):
         if rng.random() < 0.4:
-            muts.append(json_mutation(rng, folder / "out" / "report.json"))
+            muts.append(safely(json_mutation, rng, folder / "out" / "report.json"))
         else:
             path = pick(rng, csvs)
-            muts.append(f"{path.parent.name}/{csv_mutation(rng, path)}")
+            muts.append(f"{path.parent.name}/{safely(csv_mutation, rng, path)}")
     outs = ("out/submission.csv", "out/submission.json", "out/predictions.h5ad")
     return Spec(("submit", "--h5", f"{C}/in.h5", "--out", f"{C}/out", "--quiet"), outs,
                 "submit"), muts

@@ -37,6 +37,16 @@ def pick(rng: random.Random, options):
     return options[rng.randrange(len(options))]
 
 
+def safely(mutation: Callable[[random.Random, Path], str], rng: random.Random,
+           path: Path) -> str:
+    """``mutation(rng, path)``; where it cannot apply (a file an earlier corruption made
+    unreadable to it), a corruption of the file's bytes instead."""
+    try:
+        return mutation(rng, path)
+    except Exception as exc:  # noqa: BLE001 - any parser's error on a corrupted file
+        return f"({mutation.__name__}: {type(exc).__name__}) {bytes_mutation(rng, path)}"
+
+
 # ---- bytes --------------------------------------------------------------------------------
 def _offset(rng: random.Random, size: int) -> int:
     """A random offset, one time in three inside the first 512 bytes (headers)."""

@@ -12,7 +12,7 @@ import random
 import shutil
 from pathlib import Path
 
-from mutate import bytes_mutation, json_mutation, npz_mutation, pick, text_mutation
+from mutate import bytes_mutation, json_mutation, npz_mutation, pick, safely, text_mutation
 
 from data.checksum import sha256_file
 
@@ -29,7 +29,7 @@ def store_mutation(rng: random.Random, store: Path) -> str:
     how = rng.random()
     if how < 0.5 and meta:
         path = pick(rng, meta)
-        return f"{path.relative_to(store.parent)}: {json_mutation(rng, path)}"
+        return f"{path.relative_to(store.parent)}: {safely(json_mutation, rng, path)}"
     if how < 0.85 and chunks:
         path = pick(rng, chunks)
         where = path.relative_to(store.parent)
@@ -59,12 +59,12 @@ def model_mutation(rng: random.Random, folder: Path) -> str:
         # the stage-1 spec (features) one time in five: another spec runs stage 1 in a
         # fresh interpreter (importing torch: 5 to 60 s here)
         keep = None if rng.random() < 0.2 else (lambda p: not p or p[0] != "features")
-        return json_mutation(rng, meta_path, keep)
+        return safely(lambda r, p: json_mutation(r, p, keep), rng, meta_path)
     path = pick(rng, others)
     if path.suffix == ".npz":
-        what = npz_mutation(rng, path)
+        what = safely(npz_mutation, rng, path)
     elif path.suffix == ".txt":
-        what = text_mutation(rng, path)
+        what = safely(text_mutation, rng, path)
     else:
         what = bytes_mutation(rng, path)
     try:

@@ -22,7 +22,7 @@ KNOWN_ATTRS = ("pixel_size_um", "source", "extra_fields", "hespot_image_ref", "s
                "threshold", "otsu", "image_path", "image_relpath", "reader", "height",
                "width", "file_size", "file_mtime_ns", "sha256")
 NEW_DTYPES = (np.float32, np.float16, np.int64, np.int8, np.uint8, np.bool_, np.complex64,
-              "S8", "S1", "U4", "O", ("f8", (2,)))
+              "S8", "S1", "O", ("f8", (2,)))
 
 
 def _odd_attr(rng: random.Random) -> object:
@@ -183,7 +183,7 @@ def _attr_op(rng: random.Random, f: h5py.File, name: str) -> str:
 
 
 def _link_op(rng: random.Random, f: h5py.File, name: str) -> str:
-    how = rng.randrange(5)
+    how = rng.randrange(6)
     parent, _, leaf = name.rpartition("/")
     if how == 0:
         del f[name]
@@ -209,8 +209,11 @@ def _link_op(rng: random.Random, f: h5py.File, name: str) -> str:
             h5py.SoftLink("/" + name)
         return "external link to a missing file, or a link to itself"
     del f[name]
-    f.create_group(name)
-    return "replaced by an empty group"
+    if how == 4:
+        f.create_group(name)
+        return "replaced by an empty group"
+    f[name] = np.arange(3.0)
+    return "replaced by a small dataset"
 
 
 def h5_mutation(rng: random.Random, path: Path) -> str:
