@@ -21,6 +21,15 @@ READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
                RuntimeError, struct.error, tifffile.TiffFileError)
 
 
+def is_file(path: str | Path, folder: bool = False) -> bool:
+    """Whether ``path`` is a file (or, with ``folder``, a folder); False, not an error, for
+    a name no file can have (too long, a NUL character), as a table may give one."""
+    try:
+        return Path(path).is_dir() if folder else Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _missing(path: Path, slide: str) -> DataError:
     return DataError(Problem(str(path), slide, "image", "an image file (TIFF, JPEG or PNG)",
                              "no such file", "check the image path"))
@@ -62,7 +71,7 @@ def to_rgb_uint8(array: np.ndarray, path: str, slide: str) -> np.ndarray:
 def load_image(path: str | Path, slide: str = "") -> np.ndarray:
     """Read an image file as uint8 (H, W, 3) RGB (the full-resolution level of a TIFF)."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise _missing(path, slide)
     suffix = _check_suffix(path, slide)
     try:

@@ -27,7 +27,7 @@ import numpy as np
 from data.atomic import atomic_dir
 from data.checksum import sha256_file
 from data.errors import DataError, Problem
-from regress.bundle_checks import REQUIRED_ARRAYS, array_problem, read_npz, tree_text_problem
+from regress.bundle_checks import REQUIRED_ARRAYS, array_problem, checked_tree_text, read_npz
 from regress.bundle_meta import KINDS, MODEL_JSON, StructureError, check_structure
 
 __all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "SavedEstimator", "check_writable",
@@ -171,15 +171,12 @@ def load_boosters(folder: Path, model_id: str, n_types: int, n_inputs: int | Non
     boosters = []
     for j in range(n_types):
         name = f"{model_id}.tree{j}.txt"
-        data = (folder / name).read_bytes()
-        why = tree_text_problem(data, n_inputs)
         try:
-            boosters.append(None if why else lgb.Booster(model_str=data.decode()))
+            text = checked_tree_text((folder / name).read_bytes(), n_inputs)
+            boosters.append(lgb.Booster(model_str=text))
         except (lgb.basic.LightGBMError, ValueError) as exc:
-            why = str(exc)[:200]
-        if why:
-            raise _refuse(folder, name, "a LightGBM text model as hespot fit writes it", why,
-                          "fit the model again (hespot fit)")
+            raise _refuse(folder, name, "a LightGBM text model as hespot fit writes it",
+                          str(exc)[:200], "fit the model again (hespot fit)") from exc
     return boosters
 
 
@@ -197,7 +194,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
                       "no model.json", "run `make fit` (hespot fit) or pass --model")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # not UTF-8 text, not JSON
         raise _refuse(folder, MODEL_JSON, "JSON", f"unreadable ({exc})", fix) from exc
     found = meta.get("format") if isinstance(meta, dict) else None
     if not isinstance(found, int) or not 1 <= found <= BUNDLE_FORMAT:

@@ -91,7 +91,11 @@ def _tree_problem(block: str, n_features: int) -> str:
         return "num_leaves, num_cat, is_linear or shrinkage missing or not numbers"
     if not 1 <= n <= 1 << 17 or not flat or not math.isfinite(shrinkage):
         return f"{n} leaves, categorical or linear leaves, or shrinkage {shrinkage}"
-    needed = {f: n for f in LEAF_FIELDS} | ({f: n - 1 for f in NODE_FIELDS} if n > 1 else {})
+    if n == 1:  # a single leaf: LightGBM writes (and reads) its value alone
+        empty = all(fields.get(f, "") == "" for f in NODE_FIELDS)
+        ok = empty and _numbers(fields.get("leaf_value", ""), "leaf_value", 1) is not None
+        return "" if ok else "a single leaf without one finite value, or with splits"
+    needed = {f: n for f in LEAF_FIELDS} | {f: n - 1 for f in NODE_FIELDS}
     values = {}
     for field, count in needed.items():
         values[field] = _numbers(fields.get(field, ""), field, count)
@@ -109,41 +113,70 @@ def _tree_problem(block: str, n_features: int) -> str:
     return ""
 
 
-def tree_text_problem(data: bytes, n_inputs: int | None) -> str:
-    """What is wrong with a LightGBM text model (one output, numeric splits), or "".
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+#: the header lines hespot fit's LightGBM models have, and the form of their values
+HEADER = {"version": r"v\d+", "num_class": r"1", "num_tree_per_iteration": r"1",
+          "label_index": r"\d+", "max_feature_idx": r"\d+", "objective": r"regression",
+          "feature_names": r"[A-Za-z0-9_]+( [A-Za-z0-9_]+)*",
+          "feature_infos": rf"(none|\[{_NUMBER}:{_NUMBER}\])( (none|\[{_NUMBER}:{_NUMBER}\]))*",
+          "tree_sizes": r"\d+( \d+)*"}
 
-    The header's ``tree_sizes`` must delimit the ``Tree=`` blocks exactly, each tree must
-    hold every array LightGBM reads with as many finite numbers as it has nodes or leaves,
-    its splits must use features of the header's ``max_feature_idx`` (``n_inputs - 1``
-    when known) and its children must lie after their node (no loop, no index outside)."""
+
+def _header(text: str) -> dict[str, str]:
+    """The header's key -> value; ValueError for a line or value of another form."""
+    lines = text.splitlines()
+    if not lines or lines[0] != "tree":
+        raise ValueError("no 'tree' first line")
+    found = {}
+    for line in lines[1:]:
+        key, _, value = line.partition("=")
+        if line and not (key in HEADER and re.fullmatch(HEADER[key], value)):
+            raise ValueError(f"header line {line[:60]!r}")
+        found[key] = value
+    missing = [k for k in HEADER if k not in found]
+    if missing:
+        raise ValueError(f"no header lines {missing}")
+    return found
+
+
+def checked_tree_text(data: bytes, n_inputs: int | None) -> str:
+    """The header and trees of a LightGBM text model (one output, numeric splits), checked,
+    for ``lightgbm.Booster(model_str=...)``: what follows the trees (importances and
+    training parameters, which prediction does not read) is left out.
+
+    The header's lines must be of the forms hespot fit writes, its ``tree_sizes`` must
+    delimit the ``Tree=`` blocks exactly, each tree must hold every array LightGBM reads
+    with as many finite numbers as it has nodes or leaves, its splits must use features of
+    the header's ``max_feature_idx`` (``n_inputs - 1`` when known) and its children must
+    lie after their node (no loop, no index outside).
+
+    Raises:
+        ValueError: what is wrong, in a few words.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     start = text.find("\nTree=") + 1
     if not start:
-        return "no Tree= block"
-    header = dict(line.partition("=")[::2] for line in text[:start].splitlines())
-    try:
-        n_features = int(header["max_feature_idx"]) + 1
-        sizes = [int(s) for s in header["tree_sizes"].split(" ")]
-        single = header["num_class"] == "1" and header["num_tree_per_iteration"] == "1"
-    except (KeyError, ValueError):
-        return "max_feature_idx, tree_sizes, num_class or num_tree_per_iteration missing"
-    if not single or n_features < 1 or n_inputs not in (None, n_features) or \
-            len(header.get("feature_names", "").split(" ")) != n_features:
-        return f"{n_features} features, {header.get('num_class')} classes (the arrays give " \
-               f"{n_inputs} features)"
+        raise ValueError("no Tree= block")
+    header = _header(text[:start])
+    n_features = int(header["max_feature_idx"]) + 1
+    if n_inputs not in (None, n_features) or len(header["feature_names"].split(" ")) != \
+            n_features or len(header["feature_infos"].split(" ")) != n_features:
+        raise ValueError(f"{n_features} features in the header (the arrays give {n_inputs})")
     raw, pos = text.encode(), len(text[:start].encode())
-    for i, size in enumerate(sizes):
+    for i, size in enumerate(int(v) for v in header["tree_sizes"].split(" ")):
         block = raw[pos:pos + size]
         if size <= 0 or pos + size > len(raw) or not re.match(rb"Tree=\d+\r?\n", block):
-            return f"tree_sizes do not delimit Tree= blocks (tree {i})"
+            raise ValueError(f"tree_sizes do not delimit Tree= blocks (tree {i})")
         why = _tree_problem(block.decode(), n_features)
         if why:
-            return f"tree {i}: {why}"
+            raise ValueError(f"tree {i}: {why}")
         pos += size
-    return "" if raw[pos:].startswith(b"end of trees") else "no 'end of trees' after the trees"
+    if not raw[pos:].startswith(b"end of trees"):
+        raise ValueError("no 'end of trees' after the trees")
+    return raw[:pos].decode() + "end of trees\n"
 
 
 def read_npz(path) -> dict[str, np.ndarray]:

@@ -34,15 +34,13 @@ import numpy as np
 
 from data.chunks import hash_stored
 from data.errors import DataError, Problem
+from data.h5.layout import H5_ERRORS, SPLITS, layout_problem
 from data.spots import COORDS, SpotTable, cell_type_fields, decode_utf8
 from data.wsi.base import SlideImage
 from data.wsi.h5_image import H5Image
 from data.wsi.reference import MARK, ImageRef
 from data.wsi.tissue import TissueMask
 
-SPLITS = ("Train", "Test")
-#: what h5py raises on a damaged file (structures, links that lead nowhere)
-H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 #: rows of a spot table read at once (19 MB for x, y and 35 float64 cell types)
 SPOT_BLOCK = 65_536
 
@@ -65,7 +63,7 @@ class CanonicalH5:
                                     "check the path (make demo writes out/her2st.h5)"))
         try:
             self._f = h5py.File(self.path, "r", rdcc_nbytes=chunk_cache_mb * 2**20)
-            missing = [g for g in ("images", "spots") if g not in self._f]
+            where, found = layout_problem(self._f)
         except H5_ERRORS as exc:  # its root group unreadable too
             if hasattr(self, "_f"):
                 self._f.close()
@@ -73,12 +71,12 @@ class CanonicalH5:
                                     f"unreadable ({exc})",
                                     "the file is truncated or corrupt: copy or import it again")
                             ) from exc
-        if missing:
+        if where:
             self.close()
-            raise DataError(Problem(str(self.path), "", "/".join(missing),
+            raise DataError(Problem(str(self.path), "", where,
                                     "groups images/{Train,Test} and spots/{Train,Test}",
-                                    f"no group {', '.join(missing)}",
-                                    "write the file with one of the hespot import-* commands"))
+                                    found, "write the file with one of the hespot import-* "
+                                    "commands"))
 
     def close(self) -> None:
         for image in list(self._images.values()):

@@ -20,7 +20,7 @@ from data import validate
 from data.cli import Parser
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import SlideRecord, write_h5
-from data.images import load_image
+from data.images import is_file, load_image
 from data.spots import make_spot_table
 from data.wsi.base import SlideImage
 from data.wsi.readers import READERS, open_image
@@ -68,8 +68,7 @@ class PendingSlide:
 
 def require_path(path: Path, what: str, fix: str, slide: str = "", is_dir: bool = False) -> Path:
     """Return ``path`` if it exists as a file (or folder), else raise a DataError."""
-    ok = path.is_dir() if is_dir else path.is_file()
-    if not ok:
+    if not is_file(path, folder=is_dir):
         raise DataError(Problem(str(path), slide, "", what, "no such " +
                                 ("folder" if is_dir else "file"), fix))
     return path

@@ -71,13 +71,14 @@ class TiffImage(SlideImage):
             for page in lev.pages:
                 if page is None or not hasattr(page, "dataoffsets"):
                     continue
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts,
-                                              strict=True) if n]
-                if ends and max(ends) > size:
+                offsets, counts = page.dataoffsets, page.databytecounts
+                ends = [o + n for o, n in zip(offsets, counts, strict=False) if n]
+                if len(offsets) != len(counts) or (ends and max(ends) > size):
                     self.close()
                     raise DataError(Problem(self.path, self.slide, f"level {i} tiles",
                                             f"tiles inside the file ({size} bytes)",
-                                            f"tiles up to byte {max(ends)}",
+                                            f"{len(offsets)} tile offsets, {len(counts)} "
+                                            f"sizes, up to byte {max(ends, default=0)}",
                                             "the file is truncated: copy or export it again"))
 
     def _hw(self, level: int, shape: tuple[int, ...]) -> tuple[int, int]:
