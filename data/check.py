@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from data import validate
@@ -81,11 +82,12 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
         if any(p.field == "image" for p in image):
             return problems
     table = f[f"spots/{split}/{slide}"]
-    names = table.dtype.names
+    names = table.dtype.names if isinstance(table, h5py.Dataset) else None
     if names is None or not {"x", "y"} <= set(names):
         return problems + [Problem(file, slide, f"spots/{split}/{slide}",
                                    "a structured array with fields x, y",
-                                   f"fields {list(names or [])}",
+                                   f"fields {list(names or [])}" if names is not None or
+                                   isinstance(table, h5py.Dataset) else "a group",
                                    "store spots as a structured array with x and y")]
     stored = validate.check_stored(file, slide, f"spots/{split}/{slide}", table.shape,
                                    table.dtype.itemsize, table.id.get_storage_size(),
@@ -158,7 +160,7 @@ def _check_file(path: str, with_background: bool, slides: Sequence[str] | None
                     problems += slide_problems
                     if split == "Train":
                         table = f[f"spots/Train/{slide}"]
-                        if table.dtype.names:
+                        if isinstance(table, h5py.Dataset) and table.dtype.names:
                             columns[slide] = cell_type_fields(table[:0], h5.extra_fields(slide))
                     if with_background and not any(p.level == "error"
                                                    for p in slide_problems):

@@ -13,9 +13,10 @@ H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 def layout_problem(f: h5py.File) -> tuple[str, str]:
     """(the path at fault, what is there) when ``images`` or ``spots`` is missing or is not
     a group, or one of their ``Train``/``Test`` members is not a group; else ("", "")."""
+    missing = [top for top in ("images", "spots") if top not in f]
+    if missing:
+        return "/".join(missing), f"no group {', '.join(missing)}"
     for top in ("images", "spots"):
-        if top not in f:
-            return top, "no such group"
         if not isinstance(f[top], h5py.Group):
             return top, "a dataset"
         for split in SPLITS:

@@ -11,15 +11,38 @@ import zarr
 
 from data.errors import DataError, Problem
 from data.images import READ_ERRORS
+from data.validate import MAX_CHUNK_BYTES
 from data.wsi import pixel_size
 from data.wsi.base import Level, SlideImage
 
 RGB_AXES = ("S", "C")
+#: the most a TIFF's codecs shrink pixels (deflate 1032:1, LZW ~2700:1, JPEG less):
+#: declared pixels beyond this times the stored bytes are refused unread
+MAX_TIFF_RATIO = 10_000
+#: levels up to this many pixels are read whatever the file stores
+MIN_CHECKED_PX = 2**28
 
 
 def _unreadable(path: str, slide: str, exc: Exception, where: str = "") -> DataError:
     return DataError(Problem(path, slide, f"image{where}", "a readable TIFF", f"error: {exc}",
                              "the file is damaged, truncated or not a TIFF; export it again"))
+
+
+def _segments_problem(page: tifffile.TiffPage, size: int) -> str:
+    """What is wrong with a page's tiles or strips (see ``TiffImage._check_extent``)."""
+    offsets, counts = page.dataoffsets, page.databytecounts
+    ends = [o + n for o, n in zip(offsets, counts, strict=False) if n]
+    declared = float(np.prod(page.shape, dtype=float)) * page.dtype.itemsize
+    chunk = float(np.prod(page.chunks, dtype=float)) * page.dtype.itemsize
+    if len(offsets) != len(counts) or len(offsets) != int(np.prod(page.chunked)):
+        return f"{len(offsets)} tile offsets and {len(counts)} sizes for {page.chunked} tiles"
+    if ends and max(ends) > size:
+        return f"tiles up to byte {max(ends):,}"
+    if page.compression != 1 and chunk > MAX_CHUNK_BYTES:
+        return f"compressed tiles of {page.chunks} px"
+    if declared > MIN_CHECKED_PX * 3 and declared > MAX_TIFF_RATIO * sum(counts):
+        return f"{page.shape} px declared, {sum(counts):,} bytes of tiles"
+    return ""
 
 
 class TiffImage(SlideImage):
@@ -64,22 +87,23 @@ class TiffImage(SlideImage):
         self._check_extent()
 
     def _check_extent(self) -> None:
-        """Every level's tiles (or strips) lie inside the file: a truncated file is named
-        at open, from its tags alone, before any pixel is read."""
+        """Every level's tiles (or strips), from its tags alone, before any pixel is read:
+        as many as its size needs, each at most :data:`MAX_CHUNK_BYTES` decoded, inside
+        the file, and together holding at least 1/:data:`MAX_TIFF_RATIO` of the declared
+        pixels. A truncated file, or a header claiming 10^6 x 10^6 px with 1 kB of data,
+        is named at open."""
         size = self._tif.filehandle.size
         for i, lev in enumerate(self._tif.series[0].levels):
             for page in lev.pages:
                 if page is None or not hasattr(page, "dataoffsets"):
                     continue
-                offsets, counts = page.dataoffsets, page.databytecounts
-                ends = [o + n for o, n in zip(offsets, counts, strict=False) if n]
-                if len(offsets) != len(counts) or (ends and max(ends) > size):
+                why = _segments_problem(page, size)
+                if why:
                     self.close()
                     raise DataError(Problem(self.path, self.slide, f"level {i} tiles",
-                                            f"tiles inside the file ({size} bytes)",
-                                            f"{len(offsets)} tile offsets, {len(counts)} "
-                                            f"sizes, up to byte {max(ends, default=0)}",
-                                            "the file is truncated: copy or export it again"))
+                                            f"tiles inside the file ({size:,} bytes) for "
+                                            "the size its tags give", why, "the file is "
+                                            "truncated or damaged: copy or export it again"))
 
     def _hw(self, level: int, shape: tuple[int, ...]) -> tuple[int, int]:
         axes = self._axes[level]

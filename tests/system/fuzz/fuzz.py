@@ -97,6 +97,7 @@ class Run:
         self.root, self.bases, self.seed, self.failures, self.log = (root, bases, seed,
                                                                      failures, log)
         self.results: list[tuple[str, str]] = []  # (kind, verdict)
+        self.seconds: dict[str, list[float]] = {}  # command -> seconds of its cases
         self.skipped: Counter = Counter()
         (root / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -120,6 +121,7 @@ class Run:
         case = running.case
         verdict, why = judge(case, running.folder, running.before, outcome)
         self.results.append((case.kind, verdict))
+        self.seconds.setdefault(f"{case.kind} {case.argv[0]}", []).append(outcome.seconds)
         if verdict != "pass":
             saved = save_failure(case, verdict, why, outcome, self.bases, self.failures)
             self.log(f"FAIL {verdict} {case.name} ({'; '.join(case.mutations)[:200]}): "
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     for key, n in run.skipped.items():
         print(f"not made ({n}x): {key}")
+    print("seconds per case: " + ", ".join(f"{k} {sum(v) / len(v):.1f} (x{len(v)})"
+                                           for k, v in sorted(run.seconds.items())))
     print(f"{time.monotonic() - t0:.0f} s, seed {args.seed}")
     print("\n".join(summary(run.results)))
     return 0 if all(v == "pass" for _, v in run.results) else 1
