@@ -18,7 +18,8 @@ TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
 PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
 #: what a damaged or hostile image file makes PIL, tifffile or their codecs raise
 READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError,
-               RuntimeError, struct.error, tifffile.TiffFileError)
+               AttributeError, ArithmeticError, RuntimeError, struct.error,
+               tifffile.TiffFileError)
 
 
 def is_file(path: str | Path, folder: bool = False) -> bool:

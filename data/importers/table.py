@@ -29,6 +29,18 @@ from data.importers.common import (
 MANIFEST_COLUMNS = ["slide", "image", "spots", "split"]
 
 
+def pixel_size(value: object, manifest: Path, slide: str) -> float | None:
+    """A row's ``pixel_size_um`` (None when empty); DataError unless a positive number."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    px = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if not (np.isfinite(px) and px > 0):
+        raise DataError(Problem(str(manifest), slide, "pixel_size_um",
+                                "a positive number of µm per pixel, or nothing",
+                                repr(value)[:60], "fix the manifest's pixel_size_um column"))
+    return float(px)
+
+
 def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
     slide = str(row["slide"])
     split = str(row["split"]).strip().capitalize()
@@ -42,9 +54,9 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
     if "spot_id" in df:
         extra["spot_id"] = df["spot_id"].astype(str).to_numpy()
     rest = [c for c in df.columns if c not in ("x", "y", "spot_id")]
-    px = row.get("pixel_size_um")
+    px = pixel_size(row.get("pixel_size_um"), manifest, slide)
     out = PendingSlide(slide, base / str(row["image"]), xy[:, 0], xy[:, 1], extra=extra,
-                       pixel_size_um=float(px) if px is not None and pd.notna(px) else None,
+                       pixel_size_um=px,
                        source=f"table:{spots_path}", spots_path=spots_path,
                        abundance_path=spots_path)
     if split == "Train":
@@ -70,6 +82,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.quiet)
     manifest = read_table(args.manifest, required=MANIFEST_COLUMNS)
+    names = manifest["slide"].astype(str)
+    if names.duplicated().any():  # before any slide's table or image is read
+        raise DataError(Problem(str(args.manifest), names[names.duplicated()].iloc[0],
+                                "slide", "unique slide names",
+                                f"{int(names.duplicated().sum())} repeated",
+                                "give each slide its own name"))
     slides = [gather_row(r, args.manifest.parent, args.manifest)
               for _, r in manifest.iterrows()]
     set_image_options(slides, args.images, args.reader)

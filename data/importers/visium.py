@@ -117,6 +117,12 @@ def _groups(args: argparse.Namespace) -> list[tuple[str, Path, Path, Path | None
     if args.manifest:
         df = read_table(args.manifest, required=["slide", "outs", "image"])
         base = args.manifest.parent
+        names = df["slide"].astype(str)
+        if names.duplicated().any():  # before any slide's files are read
+            raise DataError(Problem(str(args.manifest), names[names.duplicated()].iloc[0],
+                                    "slide", "unique slide names",
+                                    f"{int(names.duplicated().sum())} repeated",
+                                    "give each slide its own name"))
         return [(str(r.slide), base / str(r.outs), base / str(r.image),
                  base / str(r.abundances) if "abundances" in df and pd.notna(r.abundances)
                  else None) for r in df.itertuples()]

@@ -121,6 +121,12 @@ def read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
                                 f"damaged chunk(s) {chunks} ({bad[0][1]})",
                                 "run `hespot embed` again with the same settings: it "
                                 "recomputes damaged chunks")) from exc
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():  # a chunk file gone reads as the fill value (NaN)
+        raise DataError(Problem(root, slide, f"{key}/{spec.array}", "finite features",
+                                f"{int(bad.sum())} rows NaN or infinite, first row "
+                                f"{int(np.flatnonzero(bad)[0])} (a chunk missing?)",
+                                "run `hespot embed --overwrite` for this slide"))
     return X
 
 

@@ -2,7 +2,7 @@
 
 - ``synthetic.h5``: the synthetic fixture (3 train + 1 test slides, 256 px, 25 spots);
 - ``sample.h5``: two sections of the bundled her2st sample (train C2 with the 41 cell
-  types of the subset tier, test C6), each a 1024 px window of the real image with its
+  types of the subset tier, test C6), each a 640 px window of the real image with its
   spots, spot ids and pixel size, written as import-her2st writes;
 - ``wsi.tif`` / ``wsi_jpeg.tif`` / ``strip.tif``: small slides (pyramidal zlib and JPEG
   tiles, a plain strip TIFF), and ``wsi_ref.h5``, ``wsi.tif`` imported by reference;
@@ -37,9 +37,9 @@ from data.synthetic import SyntheticConfig, write_synthetic
 from data.wsi.pyramid import write_array_pyramid
 
 EMBED = ("--backbones", "tiny_random", "--patch-px", "32", "--tta", "1", "--threads", "1",
-         "--quiet")
+         "--runner", "eager", "--quiet")
 REGRESS = ("--features", "tiny_random", "--targets", "spot_rank", "--quiet")
-WINDOW = 1024
+WINDOW = 640
 
 
 @dataclass(frozen=True)

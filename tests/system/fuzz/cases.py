@@ -85,13 +85,13 @@ def h5_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[str]
     else:
         copy(b, "synthetic.h5", folder, "in.h5")
     muts = [safely(h5_mutation, rng, folder / "in.h5") for _ in range(times(rng))]
-    return _h5_command(rng, b, folder, (55, 20, 15, 10)), muts
+    return _h5_command(rng, b, folder, (65, 12, 13, 10)), muts
 
 
 def sample_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list[str]]:
     copy(b, "sample.h5", folder, "in.h5")
     muts = [safely(h5_mutation, rng, folder / "in.h5") for _ in range(times(rng))]
-    return _h5_command(rng, b, folder, (70, 30, 0, 0)), muts
+    return _h5_command(rng, b, folder, (75, 25, 0, 0)), muts
 
 
 def _import_table() -> Spec:
