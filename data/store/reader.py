@@ -75,6 +75,15 @@ def embed_item(spec: FeatureSpec) -> str:
 
 def read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
                n_spots: int | None = None) -> np.ndarray:
+    """:func:`_read_array`, zarr's warnings about damaged metadata silenced (the
+    DataError it ends in names the problem)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read_array(store, root, spec, slide, n_spots)
+
+
+def _read_array(store: zarr.Group, root: str, spec: FeatureSpec, slide: str,
+                n_spots: int | None = None) -> np.ndarray:
     """float32 (n_spots, dim) of one finished (backbone, slide, array); with ``n_spots``
     the row count is checked against the spot table.
 
