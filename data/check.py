@@ -165,6 +165,8 @@ def _check_file(path: str, with_background: bool, slides: Sequence[str] | None
                     if with_background and not any(p.level == "error"
                                                    for p in slide_problems):
                         background[slide] = background_share(h5, slide)
+                except DataError as exc:  # a part read whole: its tissue mask
+                    problems += exc.problems
                 except H5_ERRORS as exc:
                     problems.append(Problem(path, slide, f"{split}/{slide}", "readable data",
                                             f"error: {exc}", "the file is corrupt or "

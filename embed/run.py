@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import resource
+import shutil
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from data.cluster import CLUSTER_FLAGS
 from data.errors import ConfigError, DataError
 from data.h5 import CanonicalH5
 from data.lock import output_lock
-from data.store import SlideWriter, array_name, discard_unfinished, is_url, open_slide
+from data.store import SlideWriter, array_name, is_url, open_slide
 from embed.config import BackboneJob, EmbedConfig, check_config, parse_crop, with_device_defaults
 from embed.executors import make_executor, pinned
 from embed.extract import FeatureExtractor
@@ -145,7 +146,9 @@ def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str
 
     Settings, names and every slide's inputs (spot table, fingerprint, pixel size, crop
     size) are checked and read once, before any model is built; the store is locked
-    against another run writing it (:func:`data.lock.output_lock`). Every slide's group
+    against another run writing it (:func:`data.lock.output_lock`); a store this run
+    created is removed again when the run is refused midway (a damaged image chunk or
+    tile: the first run after fixing it starts over). Every slide's group
     is created (or reopened) before any unit runs; the units then go to the executor
     (:mod:`embed.executors`: in-process, or Dask workers). ``timing``, when given, is
     filled with ``spots`` and ``views`` computed and ``units_s``, the seconds from the
@@ -169,9 +172,9 @@ def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str
                 return _run(cfg, jobs, executor, {} if timing is None else timing)
             finally:
                 executor.close()
-        except (DataError, ConfigError):  # refused midway (a damaged image chunk or tile):
-            if created:  # a new store without a finished chunk is not left behind
-                discard_unfinished(cfg.store)
+        except (DataError, ConfigError):  # refused midway (a damaged image chunk or tile)
+            if created:  # nothing is left under the name of a store this run created
+                shutil.rmtree(cfg.store, ignore_errors=True)
             raise
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from data.chunks import hash_stored
 from data.errors import DataError, Problem
-from data.h5.layout import H5_ERRORS, SPLITS, layout_problem
+from data.h5.layout import H5_ERRORS, SPLITS, layout_problem, read_mask
 from data.spots import COORDS, SpotTable, cell_type_fields, decode_utf8
 from data.wsi.base import SlideImage
 from data.wsi.h5_image import H5Image
@@ -171,7 +171,7 @@ class CanonicalH5:
     def tissue(self, slide: str) -> TissueMask | None:
         """The tissue mask recorded at import (slides laid out on a grid), else None."""
         key = f"tissue/{self.split_of(slide)}/{slide}"
-        return TissueMask.read(self._f[key]) if key in self._f else None
+        return read_mask(self._f[key], str(self.path), slide) if key in self._f else None
 
     def extra_fields(self, slide: str) -> tuple[str, ...]:
         raw = self._f[f"spots/{self.split_of(slide)}/{slide}"].attrs.get("extra_fields", [])

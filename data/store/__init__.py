@@ -50,9 +50,9 @@ from data.store.reader import (
     read_features,
     slide_attrs,
 )
-from data.store.writer import SlideWriter, discard_unfinished, open_slide, slide_writer
+from data.store.writer import SlideWriter, open_slide, slide_writer
 
 __all__ = ["BOOKKEEPING", "CODECS", "FORMAT_ATTR", "STORE_FORMAT", "FeatureSpec", "SlideWriter",
-           "array_name", "backbones", "discard_unfinished", "embed_item", "bad_chunks", "exists",
+           "array_name", "backbones", "embed_item", "bad_chunks", "exists",
            "is_url", "open_slide", "open_store", "read_array", "read_features", "slide_attrs",
            "slide_writer"]

@@ -4,7 +4,6 @@ coordinator, written chunk by chunk by tasks."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,20 +193,3 @@ def slide_writer(root: str | Path, backbone: str, slide: str) -> SlideWriter:
 
 
 
-
-def discard_unfinished(root: str | Path) -> bool:
-    """Remove a local store in which no chunk is finished (what a first run refused before
-    its first chunk leaves: groups created, nothing computed); returns whether it did. A
-    store with finished chunks is kept: the next run resumes from them."""
-    path = Path(root)
-    if not path.is_dir():
-        return False
-    try:
-        store = zarr.open_group(str(path), mode="r")
-        groups = [g for _, b in store.groups() for _, g in b.groups()]
-        finished = any("done" in g and np.any(g["done"][:]) for g in groups)
-    except Exception:  # noqa: BLE001 - a store that does not read is left as it is
-        return False
-    if not finished:
-        shutil.rmtree(path)
-    return not finished

@@ -101,7 +101,10 @@ class TiffImage(SlideImage):
             for page in lev.pages:
                 if page is None or not hasattr(page, "dataoffsets"):
                     continue
-                why = _segments_problem(page, size)
+                try:
+                    why = _segments_problem(page, size)
+                except READ_ERRORS as exc:  # tags tifffile cannot compute tiles from
+                    why = f"{type(exc).__name__}: {exc}"
                 if why:
                     self.close()
                     raise DataError(Problem(self.path, self.slide, f"level {i} tiles",
