@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import imagecodecs
 import numpy as np
 import tifffile
 import zarr
@@ -21,6 +22,21 @@ RGB_AXES = ("S", "C")
 MAX_TIFF_RATIO = 10_000
 #: levels up to this many pixels are read whatever the file stores
 MIN_CHECKED_PX = 2**28
+
+
+def _checked_lzw(data: bytes, out: int | None = None) -> bytes:
+    """LZW decoded without the size tifffile expects: imagecodecs' decoder given an output
+    size trusts the stream, and a corrupt one writes past the buffer (a segmentation
+    fault, imagecodecs 2025.11); without it, the stream is sized first and a corrupt one
+    raises. A segment of another size than expected is refused by tifffile's reshape."""
+    return imagecodecs.lzw_decode(data)
+
+
+def _guard_codecs() -> None:
+    """Route tifffile's LZW decoding (compression 5) through :func:`_checked_lzw`."""
+    codecs = getattr(tifffile.TIFF.DECOMPRESSORS, "_codecs", None)
+    if isinstance(codecs, dict):
+        codecs[5] = _checked_lzw
 
 
 def _unreadable(path: str, slide: str, exc: Exception, where: str = "") -> DataError:
@@ -56,6 +72,7 @@ class TiffImage(SlideImage):
 
     def __init__(self, path: str, slide: str = "", mpp: float | None = None):
         self.path, self.slide = str(path), slide
+        _guard_codecs()
         quiet = logging.getLogger("tifffile")  # its errors come back as our DataError
         level, quiet.level = quiet.level, logging.CRITICAL
         try:

@@ -8,8 +8,11 @@ import os
 import resource
 import shutil
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -229,3 +232,19 @@ def test_visium_abundances_with_a_repeated_barcode_are_refused(tmp_path, capsys)
     _refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
                       tmp_path / "s.png", "--abundances", tmp_path / "ab.csv", "--out",
                       tmp_path / "o.h5", "--quiet"], "one row per barcode")
+
+
+def test_pixels_taken_for_lzw_are_refused_not_a_crash(tmp_path):
+    """Was: a segmentation fault in imagecodecs' LZW decoder (a strip TIFF's Compression
+    tag rewritten from none to LZW). Run in a child: a regression would end the process."""
+    path = tmp_path / "s.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(path, rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+                     photometric="rgb")
+    _patch_tag(path, 0, 259, 5)
+    code = ("import sys\nfrom data.errors import DataError\nfrom data.wsi.tiff_image import "
+            "TiffImage\ntry:\n    TiffImage(sys.argv[1]).verify()\nexcept DataError as e:\n"
+            "    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0 and "readable TIFF" in proc.stdout, proc.stderr[-2000:]
