@@ -66,12 +66,13 @@ def setup_logging(quiet: bool = False) -> None:
 def run_cli(main: Callable[[Sequence[str] | None], int],
             argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``. A :class:`DataError` (bad input) or :class:`ConfigError` (bad
-    setting) becomes one line on stderr and exit code 2; any other exception is a bug and
-    propagates with its traceback."""
+    setting) becomes one line on stderr (several problems separated by `` | ``) and exit
+    code 2; any other exception is a bug and propagates with its traceback."""
     try:
         return main(argv)
     except (DataError, ConfigError) as exc:
-        sys.stderr.write(f"hespot: {exc}\n")
+        text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        sys.stderr.write(f"hespot: {text}\n")
         return EXIT_USER_ERROR
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import resource
+import shutil
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from data.check import preflight
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.cluster import CLUSTER_FLAGS
+from data.errors import ConfigError, DataError
 from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import BackboneItem, Crop, SlideWriter, is_url, open_slide, parse_crop
@@ -142,7 +144,9 @@ def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str
 
     Settings, names and every slide's inputs (spot table, fingerprint, pixel size, crop
     size) are checked and read once, before any model is built; the store is locked
-    against another run writing it (:func:`data.lock.output_lock`). Every slide's group
+    against another run writing it (:func:`data.lock.output_lock`); a store this run
+    created is removed again when the run is refused midway (a damaged image chunk or
+    tile: the first run after fixing it starts over). Every slide's group
     is created (or reopened) before any unit runs; the units then go to the executor
     (:mod:`embed.executors`: in-process, or Dask workers). ``timing``, when given, is
     filled with ``spots`` and ``views`` computed and ``units_s``, the seconds from the
@@ -158,12 +162,18 @@ def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str
         cfg = replace(cfg, store=str(Path(cfg.store).resolve()))
         lock = output_lock(cfg.store, "embeddings store")
     cfg = replace(cfg, h5=str(Path(cfg.h5).resolve()))
+    created = not is_url(cfg.store) and not Path(cfg.store).exists()
     with lock:
-        executor = make_executor(cfg)
         try:
-            return _run(cfg, jobs, executor, {} if timing is None else timing)
-        finally:
-            executor.close()
+            executor = make_executor(cfg)
+            try:
+                return _run(cfg, jobs, executor, {} if timing is None else timing)
+            finally:
+                executor.close()
+        except (DataError, ConfigError):  # refused midway (a damaged image chunk or tile)
+            if created:  # nothing is left under the name of a store this run created
+                shutil.rmtree(cfg.store, ignore_errors=True)
+            raise
 
 
 def _run(cfg: EmbedConfig, jobs: list[BackboneItem], executor, timing: dict
