@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from data.cli import DEFAULT_H5, DEFAULT_STORE
-from data.cluster import check_cluster
+from data.cluster import check_cluster, usable_cores
 from data.errors import ConfigError, DataError, Problem
 from data.patches import PAD_MODES
 from data.store import BackboneItem
@@ -47,8 +47,8 @@ class EmbedConfig:
     pad_mode: str = "reflect"
     prefetch: int | None = None           # batches read ahead in a background thread;
                                           # 0: read in the model's thread; None: auto
-    readers: int | None = None            # threads reading chunks at once; None: 1 on a
-                                          # CPU, 4 on CUDA (a GPU outruns one reader)
+    readers: int | None = None            # reader processes (0: read in the model's
+                                          # process); None: 0 on a CPU, several on CUDA
     overwrite: bool = False
     verify: bool = True                   # check finished chunks' checksums on resume
     workers: int = 0                      # >0: a Dask LocalCluster of this many processes
@@ -78,9 +78,12 @@ def check_config(cfg: EmbedConfig) -> list[BackboneItem]:
     if cfg.tta not in TTA_CHOICES:
         raise ConfigError(f"--tta must be one of {TTA_CHOICES}, got {cfg.tta}")
     check_cluster(cfg.workers, cfg.scheduler, cfg.threads_per_worker)
-    for field in ("batch_spots", "chunk_spots", "chunks_per_task", "readers"):
+    for field in ("batch_spots", "chunk_spots", "chunks_per_task"):
         if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
             raise ConfigError(f"--{field.replace('_', '-')} must be at least 1")
+    if cfg.readers is not None and cfg.readers < 0:
+        raise ConfigError(f"--readers must be 0 (read in the model's process) or more, got "
+                          f"{cfg.readers}")
     if cfg.runner not in ("auto", *RUNNERS):
         raise ConfigError(f"unknown runner {cfg.runner!r}; known: auto, {', '.join(RUNNERS)}")
     if cfg.pad_mode not in PAD_MODES:
@@ -129,18 +132,22 @@ def default_prefetch(choice: DeviceChoice) -> int:
 
 
 def default_readers(choice: DeviceChoice) -> int:
-    """Threads reading chunks at once: 1 on a CPU, whose cores run the model (make
-    bench-read: one reader crops and preprocesses 280-330 patches/s here, 4-35x the
-    model's spots/s); 4 on CUDA, where an H100 runs ~2,000 efficientnet_lite0 spots/s
-    (8 views) and one reader gives a few hundred (issue 16)."""
-    return 4 if choice.device.type == "cuda" else 1
+    """Reader processes (:mod:`embed.feed`): none on a CPU, whose cores run the model (the
+    patches are read between forward passes, or by a thread where cores are spare: on the
+    2-core machine reading is 20x ahead of the model and a reader process only takes
+    time from it; see README); on CUDA half the cores, at most 8, where an H200 runs
+    ~2,200 efficientnet_lite0 spots/s (8 views) and one reader process crops ~1,200."""
+    if choice.device.type != "cuda":
+        return 0
+    return max(1, min(8, usable_cores() // 2))
 
 
 def default_batch_spots(choice: DeviceChoice) -> int:
     """Spots per forward pass. On the 2-core CPU, 4 spots (32 views with 8-view TTA) ran
     as fast as bigger batches and kept peak RSS flat at ~1.3 GB over the sample (8: ~2 GB,
-    growing; 32: 5 GB; make bench-embed); a GPU wants bigger batches."""
-    return 64 if choice.device.type == "cuda" else 4
+    growing; 32: 5 GB; make bench-embed); a GPU wants bigger batches: 128 spots (1,024
+    views at 8 views, two stored chunks read at once)."""
+    return 128 if choice.device.type == "cuda" else 4
 
 
 def with_device_defaults(cfg: EmbedConfig, choice: DeviceChoice,

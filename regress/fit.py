@@ -34,6 +34,7 @@ from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, open_store
+from data.version import hespot_version
 from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
 from regress.config import FitConfig
 from regress.ensemble import WEIGHTINGS, learned_weights, read_oof
@@ -149,8 +150,8 @@ def run(cfg: FitConfig) -> Path:
             "orders_from": layer if layer and cfg.orders else None,
             "features": [read_spec(cfg.store, FeatureSpec.parse(f), data.train)
                          for f in specs],
-            "versions": {p: version(p) for p in ("hespot", "numpy", "scikit-learn",
-                                                 "lightgbm")},
+            "versions": {"hespot": hespot_version(),
+                         **{p: version(p) for p in ("numpy", "scikit-learn", "lightgbm")}},
             "fit_config": config_dict(cfg)}
     folder = write_bundle(folder, meta, saved)
     log.info("model folder %s: %s (weights %s), per-type layer %s", folder, models,

@@ -2,9 +2,11 @@
 
 For each ``--h5`` (the sample's canonical file, whose pixels it holds; the big slide's,
 which references a pyramidal TIFF read in place), the patches/s of the reading side of
-stage 1 as the background reader thread does it: crop the spots chunk by chunk (one
-window read per chunk, :class:`data.patches.PatchCropper`), then preprocess them for the
-model. Then the model's own limit on random input (spots/s, the same views, runner,
+stage 1 in the model's process: crop the spots chunk by chunk (one window read per
+chunk, :class:`data.patches.PatchCropper`), then preprocess them for the model (on a CPU;
+a GPU does that itself); then, per ``--readers`` count, the patches/s cropped by that
+many reader processes and handed over as uint8 (:mod:`embed.feed`). Then the model's own
+limit on random input (spots/s, the same views, runner,
 dtype and batch as ``make embeddings``), in a fresh process. Reading keeps up when its
 patches/s exceed the model's spots/s. The last line is the machine-readable summary.
 """
@@ -17,12 +19,13 @@ from dataclasses import replace
 from typing import TextIO
 
 import numpy as np
+import torch
 
 from data.cli import parse_list
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
 from data.store import BackboneItem
-from embed.backbones import Backbone
+from embed.backbones import Backbone, get_backbone
 from embed.bench.common import (
     bench_main,
     bench_parser,
@@ -32,7 +35,7 @@ from embed.bench.common import (
 )
 from embed.config import EmbedConfig, default_batch_spots
 from embed.extract import preprocess
-from embed.run import peak_rss_mb
+from embed.startup import peak_rss_mb
 from embed.units import slide_units
 from embed.worker import unit_batches
 
@@ -65,29 +68,33 @@ def reader_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spots
     return done / crop_s, done / (crop_s + prep_s), done, reader
 
 
-def readers_patches_per_s(h5_path: str, backbone: Backbone, crop_px: int, n_spots: int,
-                          readers: int) -> float:
-    """Patches/s cropped + preprocessed by ``readers`` threads reading chunks at once
-    (:func:`embed.worker.unit_batches`, as stage 1 feeds a GPU), over the first
-    ``n_spots`` spots of the file's slides."""
-    cfg = replace(EmbedConfig(), patch_px=crop_px, batch_spots=64, readers=readers)
-    job = BackboneItem(backbone.name)
-    done, seconds = 0, 0.0
+def feed_spots_per_s(h5_path: str, backbone_name: str, crop_px: int, n_spots: int,
+                     readers: int, device: str = "cpu", batch_spots: int = 64) -> float:
+    """Feeding capacity with a model that costs nothing: spots/s handed to ``device`` as
+    uint8 patches by ``readers`` reader processes (0: cropped in this process), as stage
+    1 feeds its model (:func:`embed.worker.unit_batches`; on CUDA through pinned memory
+    and a copy that does not wait), over the first ``n_spots`` spots of the file's slides
+    (one unit per slide; the readers' start included)."""
+    backbone = get_backbone(backbone_name)
+    cfg = replace(EmbedConfig(), patch_px=crop_px, batch_spots=batch_spots, readers=readers)
+    job, cuda = BackboneItem(backbone.name), device.startswith("cuda")
+    done, t0 = 0, time.perf_counter()
     with CanonicalH5(h5_path) as h5:
         for slide in h5.train_slides + h5.test_slides:
-            table = h5.spots(slide)
+            table = h5.positions(slide)
             take = min(len(table), n_spots - done)
             chunks = np.arange(-(-take // cfg.chunk_spots))
             for unit in slide_units(job, slide, table.x[:take], table.y[:take], chunks,
                                     cfg.chunk_spots, (crop_px,), crop_px):
-                t0 = time.perf_counter()
-                for _ in unit_batches(h5, unit, cfg, backbone, readers):
-                    pass
-                seconds += time.perf_counter() - t0
+                for *_, patches in unit_batches(h5, unit, cfg, backbone, readers, pin=cuda):
+                    for p in patches:
+                        p.to(device, non_blocking=True)
                 done += unit.n_spots
             if done >= n_spots:
                 break
-    return done / seconds
+    if cuda:
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - t0)
 
 
 def measure(args: argparse.Namespace, out: TextIO) -> str:
@@ -103,9 +110,11 @@ def measure(args: argparse.Namespace, out: TextIO) -> str:
                   f"patches/s cropped + preprocessed ({n} spots, {args.patch_px} px)\n")
         figures.append(full)
         for r in args.readers:
-            rate = readers_patches_per_s(path, backbone, args.patch_px, args.spots, r)
-            out.write(f"  --readers {r}: {rate:.0f} patches/s cropped + preprocessed "
-                      f"({rate / r:.0f} per reader thread)\n")
+            rate = in_subprocess(feed_spots_per_s, path, backbone.name, args.patch_px,
+                                 args.spots, r, str(choice.device), threads=args.threads)
+            out.write(f"  --readers {r}: {rate:.0f} patches/s cropped by {r} reader "
+                      f"process{'es' if r != 1 else ''}, handed over as uint8 (fresh "
+                      f"process; preprocessing is the device's)\n")
     views, runner = in_subprocess(limit_in_process, backbone.name, None, args.tta, batch,
                                   args.device, args.precision, args.runner,
                                   args.limit_seconds, threads=args.threads)
@@ -125,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-px", type=int, default=EmbedConfig.patch_px)
     p.add_argument("--spots", type=int, default=2000, help="spots read per file")
     p.add_argument("--readers", type=lambda v: parse_list(v, int), default=(1, 2),
-                   help="reader thread counts to measure, e.g. 1,2,4 (--readers of embed)")
+                   help="reader process counts to measure, e.g. 1,2,4 (--readers of embed)")
     return p
 
 

@@ -13,46 +13,22 @@ same_features=<true|false>``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from data.cli import lists_as_tuples, parse_list, setup_logging
+from data.cli import parse_list, setup_logging
 from data.store import FeatureSpec, open_store, read_array
 from embed.bench.common import bench_main, bench_parser
+from embed.bench.once import fresh_run
 
 log = logging.getLogger("hespot")
 
 VARIANTS = {"inproc": 0, "workers1": 1, "workers2": 2}
-
-
-def one_run(cfg_json: str) -> dict:
-    """Run stage 1 with the EmbedConfig fields in ``cfg_json``; its timing and wall."""
-    from embed.config import EmbedConfig
-    from embed.run import run
-    cfg = replace(EmbedConfig(), **lists_as_tuples(json.loads(cfg_json)))
-    timing: dict = {}
-    run(cfg, timing)
-    return timing
-
-
-def _fresh(cfg: dict) -> tuple[dict, float]:
-    """:func:`one_run` in a new interpreter (``--one``), as ``make embeddings`` runs."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "embed.bench.scale", "--one", json.dumps(cfg)],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"stage 1 ({cfg}) failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
 
 
 def same_features(stores: Sequence[str], backbone: str, slides: Sequence[str]) -> bool:
@@ -71,8 +47,6 @@ def measure(args: argparse.Namespace, out: TextIO) -> str:
     """Run the benchmark ``args`` ask for, writing each figure to ``out``; the summary
     line."""
     setup_logging(quiet=True)
-    if args.one:  # one variant, in the fresh process _fresh started: its timing as JSON
-        return json.dumps(one_run(args.one))
     from data.h5 import CanonicalH5
     with CanonicalH5(args.h5) as h5:
         slides = list(args.slides) or h5.train_slides + h5.test_slides
@@ -85,7 +59,7 @@ def measure(args: argparse.Namespace, out: TextIO) -> str:
                    "slides": slides, "tta": args.tta, "device": args.device,
                    "precision": args.precision, "workers": workers,
                    "chunks_per_task": args.chunks_per_task, "quiet": True}
-            timing, wall = _fresh(cfg)
+            timing, wall = fresh_run(cfg)
             figures[name] = timing["views"] / timing["units_s"]
             out.write(f"{name:9s} {figures[name]:7.1f} views/s over {timing['views']} views "
                       f"({timing['units_s']:.1f} s of work; {wall:.1f} s with start-up, "
@@ -104,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks-per-task", type=int, default=2,
                    help="chunks of 64 spots per Dask task (the sample's slides are "
                    "about 3 chunks: 2 spreads them over both workers)")
-    p.add_argument("--one", help=argparse.SUPPRESS)
     return p
 
 

@@ -157,8 +157,9 @@ def test_no_verify_skips_the_check(synthetic_h5, tmp_path):
         read_features(store, "tiny_random", "S_1")
 
 
-def test_several_reader_threads_give_the_same_features(synthetic_h5, reference, tmp_path):
-    """--readers 3 (how a GPU is fed): chunks read by three threads at once, in order."""
+def test_several_reader_processes_give_the_same_features(synthetic_h5, reference, tmp_path):
+    """--readers 3 (how a GPU is fed): chunks read by three reader processes at once,
+    handed over in order."""
     store = tmp_path / "readers.zarr"
     _embed(synthetic_h5, store, "--readers", "3", "--prefetch", "2")
     assert _same(_features(store), reference)

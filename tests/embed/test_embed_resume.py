@@ -181,11 +181,11 @@ def _crash_after(monkeypatch, n_ok):
     class Crashing(FeatureExtractor):
         calls = 0
 
-        def __call__(self, x):
+        def launch(self, x):
             type(self).calls += 1
             if type(self).calls > n_ok:
                 raise RuntimeError("simulated crash")
-            return super().__call__(x)
+            return super().launch(x)
 
     monkeypatch.setattr(embed.worker, "FeatureExtractor", Crashing)
 
