@@ -51,6 +51,11 @@ PRELOAD = ("data.commands", "data.check", "data.summary", "data.importers.table"
            "regress.outputs", "regress.ensemble", "regress.orders", "regress.recipes")
 
 
+#: inputs a mutator may fail to make (each replaced by another case) before a run stops
+#: replacing them
+MAX_SKIPPED = 100
+
+
 def preload() -> None:
     for name in PRELOAD:
         try:
@@ -132,13 +137,20 @@ class Run:
             path.unlink(missing_ok=True)
 
     def run(self, todo: list[tuple[str, int]], jobs: int) -> None:
+        """Run the cases ``todo``; a case whose input could not be made is replaced by
+        another of its kind (index + len(todo)), so that as many cases run."""
         running = []
+        extra = len(todo)
         todo = list(reversed(todo))
         t0 = time.monotonic()
         while todo or running:
             while todo and len(running) < jobs:
-                started = self._start(*todo.pop())
-                if started is not None:
+                kind, index = todo.pop()
+                started = self._start(kind, index)
+                if started is None:
+                    if sum(self.skipped.values()) <= MAX_SKIPPED:
+                        todo.append((kind, index + extra))
+                else:
                     running.append(started)
             for r in list(running):
                 outcome = poll(r)

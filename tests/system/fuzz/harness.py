@@ -99,6 +99,10 @@ def _child(argv: list[str], logs: tuple[Path, Path]) -> None:
     os.setpgid(0, 0)
     for fd, path in zip((1, 2), logs, strict=True):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    # the streams on those descriptors (a parent that captures its own output, as pytest
+    # does, has rebound sys.stdout and sys.stderr elsewhere)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     limit = _vm_bytes() + ADDRESS_SPACE_GROWTH
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.argv = ["hespot", *argv]
