@@ -104,37 +104,39 @@ class Run:
         self.results: list[tuple[str, str]] = []  # (kind, verdict)
         self.seconds: dict[str, list[float]] = {}  # command -> seconds of its cases
         self.skipped: Counter = Counter()
+        self.parent_s = Counter()  # seconds this process spent judging
         (root / "logs").mkdir(parents=True, exist_ok=True)
 
     def _start(self, kind: str, index: int):
+        """Fork case ``index`` of ``kind``: its child makes the input and runs it."""
         folder = self.root / "cases" / f"{kind}-{index}"
-        try:
-            case = make_case(kind, index, self.seed, self.bases, folder)
-        except Exception as exc:  # noqa: BLE001 - a mutator that failed: no case
-            self.skipped[f"{kind}: {type(exc).__name__}: {str(exc)[:80]}"] += 1
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        logs = (self.root / "logs" / f"{case.name}.out", self.root / "logs" / f"{case.name}.err")
-        before = listing(folder)
-        running = start(case, folder, logs)
-        running.before = before
-        return running
+        name = f"{kind}-s{self.seed}-{index}"
+        logs = (self.root / "logs" / f"{name}.out", self.root / "logs" / f"{name}.err")
+        return start(lambda: make_case(kind, index, self.seed, self.bases, folder), folder,
+                     logs, self.root / "logs" / f"{name}.json")
 
-    def _finish(self, running, outcome) -> None:
+    def _finish(self, running, outcome) -> bool:
+        """Judge a case that ended (False: its input could not be made)."""
         from judge import judge
 
         case = running.case
-        verdict, why = judge(case, running.folder, running.before, outcome)
-        self.results.append((case.kind, verdict))
-        self.seconds.setdefault(f"{case.kind} {case.argv[0]}", []).append(outcome.seconds)
-        if verdict != "pass":
-            saved = save_failure(case, verdict, why, outcome, self.bases, self.failures)
-            self.log(f"FAIL {verdict} {case.name} ({'; '.join(case.mutations)[:200]}): "
-                     f"{why[-400:]}\n     replay: python tests/system/fuzz/fuzz.py "
-                     f"--replay {saved}")
+        if case is None:
+            self.skipped[f"{running.folder.name.split('-')[0]}: {running.error}"] += 1
+        else:
+            t0 = time.perf_counter()
+            verdict, why = judge(case, running.folder, running.before, outcome)
+            self.parent_s["judging"] += time.perf_counter() - t0
+            self.results.append((case.kind, verdict))
+            self.seconds.setdefault(f"{case.kind} {case.argv[0]}", []).append(outcome.seconds)
+            if verdict != "pass":
+                saved = save_failure(case, verdict, why, outcome, self.bases, self.failures)
+                self.log(f"FAIL {verdict} {case.name} ({'; '.join(case.mutations)[:200]}): "
+                         f"{why[-400:]}\n     replay: python tests/system/fuzz/fuzz.py "
+                         f"--replay {saved}")
         shutil.rmtree(running.folder, ignore_errors=True)
-        for path in running.logs:
+        for path in (*running.logs, running.meta):
             path.unlink(missing_ok=True)
+        return case is not None
 
     def run(self, todo: list[tuple[str, int]], jobs: int) -> None:
         """Run the cases ``todo``; a case whose input could not be made is replaced by
@@ -145,19 +147,16 @@ class Run:
         t0 = time.monotonic()
         while todo or running:
             while todo and len(running) < jobs:
-                kind, index = todo.pop()
-                started = self._start(kind, index)
-                if started is None:
-                    if sum(self.skipped.values()) <= MAX_SKIPPED:
-                        todo.append((kind, index + extra))
-                else:
-                    running.append(started)
+                running.append(self._start(*todo.pop()))
             for r in list(running):
                 outcome = poll(r)
                 if outcome is not None:
                     running.remove(r)
-                    self._finish(r, outcome)
-                    if len(self.results) % 100 == 0:
+                    if not self._finish(r, outcome):
+                        if sum(self.skipped.values()) <= MAX_SKIPPED:
+                            kind, index = r.folder.name.rsplit("-", 1)
+                            todo.append((kind, int(index) + extra))
+                    elif len(self.results) % 100 == 0:
                         self.log(f"{len(self.results)} cases, {time.monotonic() - t0:.0f} s")
             time.sleep(0.005)
 
@@ -235,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not made ({n}x): {key}")
     print("seconds per case: " + ", ".join(f"{k} {sum(v) / len(v):.1f} (x{len(v)})"
                                            for k, v in sorted(run.seconds.items())))
+    print("this process: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.parent_s.items()))
     print(f"{time.monotonic() - t0:.0f} s, seed {args.seed}")
     print("\n".join(summary(run.results)))
     return 0 if all(v == "pass" for _, v in run.results) else 1

@@ -138,7 +138,22 @@ def judge(case: Case, folder: Path, before: set[str], outcome: Outcome) -> tuple
     last = (err.strip().splitlines() or [""])[-1]
     if not all(refused(result, o) for o in outputs):
         return "unclear", f"exit {outcome.rc}: {err.strip()[-600:]}"
-    if str(folder) not in last:
+    if not _names_a_file(last, folder):
         return "unclear", f"the message names no file of the case: {last[:300]}"
     return "pass", ""
+
+
+def _names_a_file(line: str, folder: Path) -> bool:
+    """Whether a refusal names a file of the case: one under its folder, or one its
+    inputs name (a manifest's path to a file that is not there)."""
+    if str(folder) in line:
+        return True
+    m = re.match(r"hespot: (?:error|warning): (.+?)(?:, slide .+?)?(?:, field .+?)?: expected",
+                 line)
+    if not m:
+        return False
+    texts = (p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.suffix in
+             (".csv", ".tsv", ".json", ".txt") and p.stat().st_size < 2**22)
+    name = m[1].encode()
+    return any(name in text or Path(m[1]).name.encode() in text for text in texts)
 
