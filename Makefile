@@ -25,7 +25,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
 	grid-embeddings \
-	fit predict import-wsi big-slide c2-grid bench-read faults \
+	fit predict import-wsi big-slide c2-grid bench-read faults fuzz \
 	bench-embed bench-scale report chromium
 
 $(VENV)/.installed: pyproject.toml
@@ -153,6 +153,17 @@ bench-scale: $(VENV)/.installed $(OUT)/her2st.h5
 # (ARGS="-k embed" for some cases)
 faults: $(VENV)/.installed
 	$(PY) -m pytest -m faults $(ARGS)
+
+# the fuzzer (issue 28): FUZZ_CASES generated corruptions of every input hespot reads (the
+# canonical HDF5s, spots CSVs, manifests, images, Space Ranger folders, pyramidal TIFFs,
+# embeddings stores, model folders, regress's outputs), each run through the command that
+# reads it; failures saved under OUT/fuzz/failures (replayed with --replay); last line
+# "fuzz cases=n passed=n tracebacks=n hangs=n leftovers=n"
+FUZZ_CASES ?= 2000
+FUZZ_SEED ?= 0
+fuzz: $(VENV)/.installed
+	$(PY) -m tests.system.fuzz.fuzz --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) \
+		--failures $(OUT)/fuzz/failures $(ARGS)
 
 # every test but the whole fault suite (its fast part runs; slow tests too)
 test: $(VENV)/.installed chromium

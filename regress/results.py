@@ -116,11 +116,11 @@ def read_predictions(out: Path, model_id: str, which: str) -> pd.DataFrame:
 
 def _predictions_problem(frame: pd.DataFrame) -> str:
     missing = [c for c in META_COLUMNS if c not in frame]
-    values = frame.drop(columns=[c for c in META_COLUMNS if c in frame])
+    values = frame.drop(columns=[c for c in ("slide", "row", "spot_id") if c in frame])
     text = [c for c in values if values[c].dtype.kind not in "fiu"]
     if missing or frame.columns.duplicated().any() or frame["row"].dtype.kind not in "iu":
         return f"columns {list(frame.columns)[:8]} (rows numbered by whole numbers)"
-    if text or not values.shape[1]:
+    if text or values.shape[1] <= 2:
         return f"non-numeric columns {text[:3]}" if text else "no cell-type columns"
     if not np.isfinite(values.to_numpy(float)).all():
         return "values that are not finite"

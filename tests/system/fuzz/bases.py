@@ -26,15 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
-from harness import Case, run_forked
 from PIL import Image
 
+from data.config import SAMPLE_DIR
 from data.h5 import SlideRecord, write_h5
 from data.images import load_image
-from data.importers.her2st import SAMPLE_DIR, gather
+from data.importers.her2st import gather
 from data.spots import make_spot_table
 from data.synthetic import SyntheticConfig, write_synthetic
 from data.wsi.pyramid import write_array_pyramid
+from tests.system.fuzz.harness import Case, run_forked
 
 EMBED = ("--backbones", "tiny_random", "--patch-px", "32", "--tta", "1", "--threads", "1",
          "--runner", "eager", "--quiet")

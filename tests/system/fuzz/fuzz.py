@@ -1,7 +1,7 @@
 """``make fuzz``: thousands of generated corruptions of every input hespot reads, each
 run through the command that reads it (issue 28).
 
-``python tests/system/fuzz/fuzz.py [--cases 2000] [--seed 0] [--kinds h5,store,...]
+``python -m tests.system.fuzz.fuzz [--cases 2000] [--seed 0] [--kinds h5,store,...]
 [--jobs 2]``: makes the valid inputs (:mod:`bases`), then for case ``i`` of each kind
 (:mod:`cases`) corrupts a copy with a ``random.Random`` seeded by ``(seed, kind, i)``
 (:mod:`mutate`, :mod:`mutate_h5`, :mod:`mutate_image`, :mod:`mutate_folders`) and runs the
@@ -9,7 +9,7 @@ command in a child with a time limit (:mod:`harness`), judged by the rule of
 :mod:`judge`. A case that breaks it is saved under ``--failures`` (default
 ``out/fuzz/failures/<kind>-s<seed>-<i>/``: ``case.json`` with the seed, the corruptions,
 the command and what happened, and ``input/``, the corrupted files) and replayed with
-``python tests/system/fuzz/fuzz.py --replay out/fuzz/failures/<name>`` (a fresh
+``python -m tests.system.fuzz.fuzz --replay out/fuzz/failures/<name>`` (a fresh
 interpreter). The last line is ``fuzz cases=<n> passed=<n> tracebacks=<n> hangs=<n>
 leftovers=<n>``.
 """
@@ -28,17 +28,13 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[2])]
-
-from harness import ROOT, Case, listing, poll, run_forked, run_spawned, start  # noqa: E402
+from tests.system.fuzz.harness import ROOT, Case, listing, poll, run_forked, run_spawned, start  # noqa: E402
 
 #: modules every command imports, or imports when it runs: imported once here so that
 #: a forked case does not import them again
@@ -49,6 +45,11 @@ PRELOAD = ("data.commands", "data.check", "data.summary", "data.importers.table"
            "anndata", "dask.array", "xarray", "scipy.ndimage", "sklearn.linear_model",
            "sklearn.decomposition", "jinja2", "PIL.Image", "imagecodecs", "openslide",
            "regress.outputs", "regress.ensemble", "regress.orders", "regress.recipes")
+
+
+#: inputs a mutator may fail to make (each replaced by another case) before a run stops
+#: replacing them
+MAX_SKIPPED = 100
 
 
 def preload() -> None:
@@ -62,7 +63,7 @@ def preload() -> None:
 def make_case(kind: str, index: int, seed: int, bases, folder: Path) -> Case:
     """Case ``index`` of ``kind``: its input written into ``folder`` (the same files for
     the same seed, kind and index)."""
-    from cases import KINDS
+    from tests.system.fuzz.cases import KINDS
 
     rng = random.Random(f"{seed}:{kind}:{index}")
     folder.mkdir(parents=True)
@@ -80,7 +81,7 @@ def save_failure(case: Case, verdict: str, why: str, outcome, bases, failures: P
     record = {**asdict(case), "verdict": verdict, "why": why, "rc": outcome.rc,
               "seconds": round(outcome.seconds, 2), "stderr": outcome.stderr[-4000:],
               "stdout": outcome.stdout[-2000:],
-              "replay": f"python tests/system/fuzz/fuzz.py --replay {dest}"}
+              "replay": f"python -m tests.system.fuzz.fuzz --replay {dest}"}
     (dest / "case.json").write_text(json.dumps(record, indent=1))
     return dest
 
@@ -99,53 +100,59 @@ class Run:
         self.results: list[tuple[str, str]] = []  # (kind, verdict)
         self.seconds: dict[str, list[float]] = {}  # command -> seconds of its cases
         self.skipped: Counter = Counter()
+        self.parent_s = Counter()  # seconds this process spent judging
         (root / "logs").mkdir(parents=True, exist_ok=True)
 
     def _start(self, kind: str, index: int):
+        """Fork case ``index`` of ``kind``: its child makes the input and runs it."""
         folder = self.root / "cases" / f"{kind}-{index}"
-        try:
-            case = make_case(kind, index, self.seed, self.bases, folder)
-        except Exception as exc:  # noqa: BLE001 - a mutator that failed: no case
-            self.skipped[f"{kind}: {type(exc).__name__}: {str(exc)[:80]}"] += 1
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        logs = (self.root / "logs" / f"{case.name}.out", self.root / "logs" / f"{case.name}.err")
-        before = listing(folder)
-        running = start(case, folder, logs)
-        running.before = before
-        return running
+        name = f"{kind}-s{self.seed}-{index}"
+        logs = (self.root / "logs" / f"{name}.out", self.root / "logs" / f"{name}.err")
+        return start(lambda: make_case(kind, index, self.seed, self.bases, folder), folder,
+                     logs, self.root / "logs" / f"{name}.json")
 
-    def _finish(self, running, outcome) -> None:
-        from judge import judge
+    def _finish(self, running, outcome) -> bool:
+        """Judge a case that ended (False: its input could not be made)."""
+        from tests.system.fuzz.judge import judge
 
         case = running.case
-        verdict, why = judge(case, running.folder, running.before, outcome)
-        self.results.append((case.kind, verdict))
-        self.seconds.setdefault(f"{case.kind} {case.argv[0]}", []).append(outcome.seconds)
-        if verdict != "pass":
-            saved = save_failure(case, verdict, why, outcome, self.bases, self.failures)
-            self.log(f"FAIL {verdict} {case.name} ({'; '.join(case.mutations)[:200]}): "
-                     f"{why[-400:]}\n     replay: python tests/system/fuzz/fuzz.py "
-                     f"--replay {saved}")
+        if case is None:
+            self.skipped[f"{running.folder.name.split('-')[0]}: {running.error}"] += 1
+        else:
+            t0 = time.perf_counter()
+            verdict, why = judge(case, running.folder, running.before, outcome)
+            self.parent_s["judging"] += time.perf_counter() - t0
+            self.results.append((case.kind, verdict))
+            self.seconds.setdefault(f"{case.kind} {case.argv[0]}", []).append(outcome.seconds)
+            if verdict != "pass":
+                saved = save_failure(case, verdict, why, outcome, self.bases, self.failures)
+                self.log(f"FAIL {verdict} {case.name} ({'; '.join(case.mutations)[:200]}): "
+                         f"{why[-400:]}\n     replay: python -m tests.system.fuzz.fuzz "
+                         f"--replay {saved}")
         shutil.rmtree(running.folder, ignore_errors=True)
-        for path in running.logs:
+        for path in (*running.logs, running.meta):
             path.unlink(missing_ok=True)
+        return case is not None
 
     def run(self, todo: list[tuple[str, int]], jobs: int) -> None:
+        """Run the cases ``todo``; a case whose input could not be made is replaced by
+        another of its kind (index + len(todo)), so that as many cases run."""
         running = []
+        extra = len(todo)
         todo = list(reversed(todo))
         t0 = time.monotonic()
         while todo or running:
             while todo and len(running) < jobs:
-                started = self._start(*todo.pop())
-                if started is not None:
-                    running.append(started)
+                running.append(self._start(*todo.pop()))
             for r in list(running):
                 outcome = poll(r)
                 if outcome is not None:
                     running.remove(r)
-                    self._finish(r, outcome)
-                    if len(self.results) % 100 == 0:
+                    if not self._finish(r, outcome):
+                        if sum(self.skipped.values()) <= MAX_SKIPPED:
+                            kind, index = r.folder.name.rsplit("-", 1)
+                            todo.append((kind, int(index) + extra))
+                    elif len(self.results) % 100 == 0:
                         self.log(f"{len(self.results)} cases, {time.monotonic() - t0:.0f} s")
             time.sleep(0.005)
 
@@ -168,7 +175,7 @@ def summary(results: list[tuple[str, str]]) -> list[str]:
 
 def replay(path: Path, spawn: bool = True) -> int:
     """Run a saved case again on a copy of its input; prints the verdict."""
-    from judge import judge
+    from tests.system.fuzz.judge import judge
 
     record = json.loads((path / "case.json").read_text())
     case = Case(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()
@@ -187,9 +194,9 @@ def replay(path: Path, spawn: bool = True) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cases import KINDS
+    from tests.system.fuzz.cases import KINDS
 
-    p = argparse.ArgumentParser(prog="tests/system/fuzz/fuzz.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tests.system.fuzz.fuzz", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=2000, help="cases in all (kinds take turns)")
     p.add_argument("--seed", type=int, default=0)
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     preload()
     root = Path(args.keep or tempfile.mkdtemp(prefix="hespot-fuzz-")).resolve()
     try:
-        from bases import Bases, build
+        from tests.system.fuzz.bases import Bases, build
 
         done = root / "base" / ".made"
         bases = Bases(root / "base") if done.exists() else build(root / "base")
@@ -223,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not made ({n}x): {key}")
     print("seconds per case: " + ", ".join(f"{k} {sum(v) / len(v):.1f} (x{len(v)})"
                                            for k, v in sorted(run.seconds.items())))
+    print("this process: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.parent_s.items()))
     print(f"{time.monotonic() - t0:.0f} s, seed {args.seed}")
     print("\n".join(summary(run.results)))
     return 0 if all(v == "pass" for _, v in run.results) else 1

@@ -15,6 +15,7 @@ behind. ``hespot check`` exits 1 when it lists errors: that is its refusal.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -22,7 +23,8 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,6 +34,10 @@ ADDRESS_SPACE_GROWTH = 3 * 2**30
 #: a child whose resident memory grows by more than this breaks the memory rule
 MAX_RSS_GROWTH_MB = 1024
 CASE = "{case}"
+#: a child's exit status when it could not make its case's input
+MADE_NOTHING = 75
+#: the time a child may take to make its input (then its case's own limit applies)
+MAX_MAKE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -75,13 +81,29 @@ class Outcome:
 
 @dataclass
 class Running:
-    case: Case
+    """A case's child: it makes the input, records the case in ``meta`` (the case's
+    fields and the folder's listing before the command ran), then runs the command."""
+
     folder: Path
     pid: int
     started: float
     logs: tuple[Path, Path]
     rss_mb: float
+    meta: Path
+    case: Case | None = None
     before: set[str] = field(default_factory=set)
+    error: str = ""  # why the input could not be made
+
+    def load(self) -> None:
+        """Read ``meta`` once the child wrote it."""
+        if self.case is not None or self.error or not self.meta.exists():
+            return
+        record = json.loads(self.meta.read_text())
+        self.error = record.get("error", "")
+        if not self.error:
+            self.case = Case(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in record["case"].items()})
+            self.before = set(record["before"])
 
 
 def _rss_mb() -> float:
@@ -96,9 +118,12 @@ def _vm_bytes() -> int:
 
 def _child(argv: list[str], logs: tuple[Path, Path]) -> None:
     """In the fork: the command's exit status as the interpreter would give it."""
-    os.setpgid(0, 0)
     for fd, path in zip((1, 2), logs, strict=True):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    # the streams on those descriptors (a parent that captures its own output, as pytest
+    # does, has rebound sys.stdout and sys.stderr elsewhere)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     limit = _vm_bytes() + ADDRESS_SPACE_GROWTH
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.argv = ["hespot", *argv]
@@ -119,26 +144,47 @@ def _child(argv: list[str], logs: tuple[Path, Path]) -> None:
     os._exit(code or 0)
 
 
-def start(case: Case, folder: Path, logs: tuple[Path, Path]) -> Running:
-    """Fork the case's command; returns at once."""
+def _made(make: Callable[[], Case], folder: Path, meta: Path) -> Case | None:
+    """In the fork: make the case's input and record it in ``meta`` (atomically)."""
+    try:
+        case = make()
+        record: dict = {"case": asdict(case), "before": sorted(listing(folder))}
+    except Exception as exc:  # noqa: BLE001 - a mutator that could not apply: no case
+        case, record = None, {"error": f"{type(exc).__name__}: {str(exc)[:100]}"}
+    tmp = meta.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.rename(meta)
+    return case
+
+
+def start(make: Callable[[], Case], folder: Path, logs: tuple[Path, Path],
+          meta: Path) -> Running:
+    """Fork a child that makes the case's input (``make()``, in parallel with the other
+    cases) and runs its command; returns at once."""
     sys.stdout.flush()
     sys.stderr.flush()
     rss = _rss_mb()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            _child(case.command(folder), logs)
+            os.setpgid(0, 0)
+            case = _made(make, folder, meta)
+            if case is not None:
+                _child(case.command(folder), logs)
+            os._exit(MADE_NOTHING)
         finally:
             os._exit(70)
-    return Running(case, folder, pid, time.monotonic(), logs, rss)
+    return Running(folder, pid, time.monotonic(), logs, rss, meta)
 
 
 def poll(run: Running) -> Outcome | None:
-    """The outcome once the child ended (or was killed at its time limit), else None."""
+    """The outcome once the child ended (or was killed at its time limit), else None;
+    ``run.case`` is set from then on (None with ``run.error`` if no input was made)."""
     pid, status, usage = os.wait4(run.pid, os.WNOHANG)
     elapsed = time.monotonic() - run.started
+    run.load()
     if pid == 0:
-        if elapsed < run.case.timeout:
+        if elapsed < (run.case.timeout if run.case else MAX_MAKE_S):
             return None
         try:
             os.killpg(run.pid, signal.SIGKILL)
@@ -148,7 +194,10 @@ def poll(run: Running) -> Outcome | None:
         rc = None
     else:
         rc = os.waitstatus_to_exitcode(status)
-    out, err = (p.read_text(errors="replace") for p in run.logs)
+    run.load()
+    if run.case is None and not run.error:
+        run.error = f"no input made (exit {rc})"
+    out, err = (p.read_text(errors="replace") if p.exists() else "" for p in run.logs)
     left = survivors(run.pid)
     if left:
         err += f"\nfuzz: {len(left)} processes of the command ran on after it ended\n"
@@ -176,8 +225,10 @@ def survivors(pgid: int) -> list[int]:
 
 
 def run_forked(case: Case, folder: Path, logs: tuple[Path, Path]) -> Outcome:
-    """Run a case to its end in a fork (blocking)."""
-    running = start(case, folder, logs)
+    """Run a case whose input is made to its end in a fork (blocking)."""
+    meta = logs[0].with_suffix(".meta.json")
+    meta.unlink(missing_ok=True)
+    running = start(lambda: case, folder, logs, meta)
     while (outcome := poll(running)) is None:
         time.sleep(0.01)
     return outcome

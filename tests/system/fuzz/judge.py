@@ -1,7 +1,7 @@
 """The verdict on one case (the rule: :mod:`harness`), and the checks of what a command
 that exits 0 wrote. A refusal is judged by the fault suite's own rule
-(``fault_suite.refused``: exit 2, one ``hespot:`` line after hespot's logged lines only, no
-traceback, nothing written), temporaries by ``fault_outputs.temporaries``."""
+(``tests.system.faults.refused``: exit 2, one ``hespot:`` line after hespot's logged lines only, no
+traceback, nothing written), temporaries by ``tests.system.fault_outputs.temporaries``."""
 
 from __future__ import annotations
 
@@ -9,18 +9,15 @@ import json
 import logging
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import MAX_RSS_GROWTH_MB, Case, Outcome, listing
 
-TESTS = Path(__file__).resolve().parents[2]
-sys.path[:0] = sorted({str(p.parent) for p in TESTS.rglob("fault_suite.py")})
-from fault_outputs import temporaries  # noqa: E402
-from fault_suite import refused  # noqa: E402
+from tests.system.fault_outputs import temporaries
+from tests.system.faults import refused
+from tests.system.fuzz.harness import MAX_RSS_GROWTH_MB, Case, Outcome, listing
 
 #: verdicts that are failures, in the order they are looked for
 FAILURES = ("hang", "traceback", "memory", "leftover", "unclear", "invalid")
@@ -138,7 +135,22 @@ def judge(case: Case, folder: Path, before: set[str], outcome: Outcome) -> tuple
     last = (err.strip().splitlines() or [""])[-1]
     if not all(refused(result, o) for o in outputs):
         return "unclear", f"exit {outcome.rc}: {err.strip()[-600:]}"
-    if str(folder) not in last:
+    if not _names_a_file(last, folder):
         return "unclear", f"the message names no file of the case: {last[:300]}"
     return "pass", ""
+
+
+def _names_a_file(line: str, folder: Path) -> bool:
+    """Whether a refusal names a file of the case: one under its folder, or one its
+    inputs name (a manifest's path to a file that is not there)."""
+    if str(folder) in line:
+        return True
+    m = re.match(r"hespot: (?:error|warning): (.+?)(?:, slide .+?)?(?:, field .+?)?: expected",
+                 line)
+    if not m:
+        return False
+    texts = (p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.suffix in
+             (".csv", ".tsv", ".json", ".txt") and p.stat().st_size < 2**22)
+    name = m[1].encode()
+    return any(name in text or Path(m[1]).name.encode() in text for text in texts)
 

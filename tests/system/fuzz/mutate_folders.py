@@ -12,9 +12,15 @@ import random
 import shutil
 from pathlib import Path
 
-from mutate import bytes_mutation, json_mutation, npz_mutation, pick, safely, text_mutation
-
 from data.checksum import sha256_file
+from tests.system.fuzz.mutate import (
+    bytes_mutation,
+    json_mutation,
+    npz_mutation,
+    pick,
+    safely,
+    text_mutation,
+)
 
 
 def _files(root: Path) -> list[Path]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from mutate import ODD_STRINGS, bytes_mutation, pick
+
+from tests.system.fuzz.mutate import ODD_STRINGS, bytes_mutation, pick
 
 ODD_NUMBERS = (np.nan, np.inf, -np.inf, 1e308, -1e308, -1.0, 0.0, 2.0**53, 1e-310, -0.0)
 ODD_NAMES = ("x\x07y", "Ω", " S_1", "S_1 ", "A" * 300, "=1+1", "<b>", "...", "a b", "-",

@@ -12,7 +12,8 @@ import zlib
 from pathlib import Path
 
 import tifffile
-from mutate import bytes_mutation, pick
+
+from tests.system.fuzz.mutate import bytes_mutation, pick
 
 SIDES = (0, 1, 7, 65535, 1_000_000, 2**31 - 1, 2**32 - 1)
 #: tag code -> values tried (a rational's as (numerator, denominator))
