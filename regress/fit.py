@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -23,9 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from data.cli import (
-    DEFAULT_H5,
-    DEFAULT_OUT,
-    DEFAULT_STORE,
     config_dict,
     config_parser,
     lists_as_tuples,
@@ -39,6 +35,7 @@ from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, open_store
 from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
+from regress.config import FitConfig
 from regress.ensemble import WEIGHTINGS, learned_weights, read_oof
 from regress.features import SlideSet, load_slides
 from regress.loso import stack
@@ -51,22 +48,6 @@ from regress.submit import choose_models, per_type_model
 log = logging.getLogger("hespot")
 
 MAX_GAP = 1e-6  # refitted vs the run's test predictions: a larger gap means changed inputs
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Settings of ``hespot fit`` (defaults < --config JSON < flags)."""
-
-    h5: str = DEFAULT_H5
-    store: str = DEFAULT_STORE
-    out: str = DEFAULT_OUT                    # folder of report.json (make regress)
-    model_dir: str | None = None              # default OUT/model
-    models: tuple[str, ...] | None = None     # model ids; None: submit's choice
-    weights: tuple[float, ...] | None = None  # ensemble weights; None: by ``weighting``
-    weighting: str = WEIGHTINGS[0]            # as submit's: learned or score
-    orders: bool = True                       # as submit: columns ordered by the per-type
-                                              # model (regress.orders)
-    quiet: bool = False
-
 
 def choose(report: dict, cfg: FitConfig) -> tuple[list[str], np.ndarray, str | None]:
     """The model ids and weights (summing to 1) that submit would submit, and the model of

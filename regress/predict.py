@@ -20,7 +20,6 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ import pandas as pd
 
 from data.check import preflight
 from data.cli import (
-    DEFAULT_H5,
     DEFAULT_OUT,
     config_dict,
     config_parser,
@@ -37,38 +35,27 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
-from data.csvsafe import write_safe_csv
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
+from regress.config import PredictConfig
 from regress.ensemble import combine
 from regress.features import SlideSet
 from regress.orders import combine_by_slide
-from regress.outputs import write_anndata
+from regress.outputs import (
+    element_name,
+    require_spatialdata,
+    write_anndata,
+    write_safe_csv,
+    write_spatialdata,
+)
 from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import predictions_frame
-from regress.spatialdata_out import element_name, require_spatialdata, write_spatialdata
 from regress.stage1_spec import check_stored, embed_as_spec, require_weights
 
 log = logging.getLogger("hespot")
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Settings of ``hespot predict`` (defaults < --config JSON < flags)."""
-
-    model: str = f"{DEFAULT_OUT}/model"
-    h5: str = DEFAULT_H5
-    slides: tuple[str, ...] = ()        # default: the file's test slides (all if none)
-    out: str = f"{DEFAULT_OUT}/predict"
-    store: str | None = None            # stage-1 store; default OUT/embeddings.zarr
-    weights: str | None = None          # weights file of a backbone the model took from one
-    device: str = "auto"
-    threads: int | None = None
-    spatialdata: bool = False
-    quiet: bool = False
 
 
 def check_slides(bundle: Bundle, h5: CanonicalH5, slides: Sequence[str],

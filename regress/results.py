@@ -1,6 +1,9 @@
-"""The result contract, torch-free: LOSO results and their scores, predictions on disk and
-the LOSO report (``report.json`` + ``report.md``). Stage 2 and the fine-tuned CNN path
-(``embed.finetune``) both write through it, so reports, ensembles and submit treat them alike.
+"""The result contract, torch-free: LOSO results and their scores, out-of-fold and test
+predictions on disk, the scores in ``report.json`` (with ``report.md``, rendered from it by
+:mod:`regress.outputs.markdown`) and the ranking of models. Stage 2 and the fine-tuned CNN
+path (``embed.finetune``) both write through it, so reports, ensembles and submit treat
+them alike. Files for people and other tools (predictions.csv, .h5ad, ...) are
+:mod:`regress.outputs`.
 
 Every model (stage 2's regressors, the fine-tuned CNN) writes
 ``<out>/predictions/<model_id>/oof.csv`` and ``test.csv`` with columns
@@ -23,9 +26,8 @@ import pandas as pd
 from data.atomic import atomic_write_json, atomic_write_text
 from data.csvwrite import write_csv
 from data.errors import DataError, Problem
-from regress import tables
 from regress.metrics import spearman_per_spot, spearman_per_type
-from regress.tables import to_markdown
+from regress.outputs.markdown import render_markdown
 
 META_COLUMNS = ["slide", "row", "spot_id", "x", "y"]
 
@@ -121,7 +123,7 @@ def update_report(out: Path, entries: Mapping[str, dict], **top: Any) -> dict[st
     if isinstance(report.get("ablation"), dict):
         report["ablation"].pop("table", None)
     atomic_write_json(Path(out) / "report.json", report)
-    atomic_write_text(Path(out) / "report.md", render_markdown(report))
+    atomic_write_text(Path(out) / "report.md", render_markdown(report, rank_models(report)))
     return report
 
 
@@ -156,34 +158,3 @@ def rank_models(report: Mapping[str, Any], include_constant: bool = True) -> lis
         return -_score(mean.get("spot")), -_score(mean.get("type")), m
 
     return sorted(names, key=key)
-
-
-def loso_table(report: Mapping[str, Any]) -> str:
-    """The LOSO table as markdown (report.md, logs): one row per model, best first."""
-    if not report.get("models"):
-        return "(no models)\n"
-    return to_markdown(tables.loso_table(report, rank_models(report)))
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """report.md: the LOSO table, per-type scores, the ablation and the configuration."""
-    parts = ["# hespot LOSO report\n",
-             "Leave-one-slide-out Spearman. Each cell: per-spot (across cell types, "
-             "averaged over spots; the challenge's metric) / per-type (across spots, "
-             "averaged over cell types). Constant rows/columns score 0.\n",
-             loso_table(report)]
-    if report.get("models"):
-        parts.append("\n## Per cell type (mean over held-out slides)\n")
-        table = tables.per_type_table(report, rank_models(report))
-        parts.append(to_markdown(table).rstrip("\n"))
-    if "ablation" in report:
-        parts.append(f"\n## Ablation (ridge, LOSO; chosen: {report['ablation']['chosen']})\n")
-        parts.append("Cells: per-spot / per-type Spearman. 'wins': held-out slides where "
-                     "the recipe beats the one it adds a lever to (its base; else plain) on "
-                     "the metric its target serves (per-spot for spot_rank, per-type for "
-                     "type_rank).\n")
-        parts.append(to_markdown(tables.ablation_table(report["ablation"])))
-    if "config" in report:
-        parts.append("\n## Configuration\n\n```json\n" + json.dumps(report["config"], indent=1)
-                     + "\n```\n")
-    return "\n".join(parts) + "\n"

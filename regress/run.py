@@ -14,16 +14,13 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from data.check import preflight
 from data.cli import (
-    DEFAULT_H5,
-    DEFAULT_OUT,
-    DEFAULT_STORE,
     check_name,
     config_dict,
     config_parser,
@@ -38,57 +35,23 @@ from data.lock import output_lock
 from data.store import FeatureSpec
 from regress.abundance import ABUNDANCE_MODELS
 from regress.abundance_run import run_abundance
+from regress.config import RegressConfig
 from regress.features import load_slides
 from regress.levers import POSITIONS
 from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, MODELS, make_model
+from regress.outputs import loso_markdown
 from regress.recipes import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe, prepare
 from regress.results import (
-    loso_table,
     model_entry,
     predictions_frame,
+    rank_models,
     update_report,
     write_predictions,
 )
 from regress.targets import TARGETS
 
 log = logging.getLogger("hespot")
-
-
-@dataclass(frozen=True)
-class RegressConfig:
-    """Settings of a stage-2 run (defaults < --config JSON < flags).
-
-    ``recipe`` names the feature set and levers (regress.recipes); "auto" takes the one
-    ``make tune`` recorded in OUT/tuned.json, else the default. The lever fields below
-    override the recipe when set.
-    """
-
-    h5: str = DEFAULT_H5
-    store: str = DEFAULT_STORE
-    out: str = DEFAULT_OUT
-    recipe: str = "auto"
-    features: tuple[str, ...] | None = None   # backbone[:array], concatenated
-    context_k: int | None = None
-    smooth_k: int | None = None
-    smooth_w: float | None = None
-    per_type_alpha: bool | None = None
-    center: bool | None = None
-    position: str | None = None
-    smooth_um: float | None = None
-    shrink: float | None = None
-    slide_gain: float | None = None
-    models: tuple[str, ...] = ("ridge", "lgbm")
-    targets: tuple[str, ...] = ("spot_rank", "type_rank")
-    ridge_pca: int | None = None
-    ridge_alpha_max: float = 1e7
-    lgbm_pca: int = 32
-    lgbm_trees: int = 200
-    abundance: tuple[str, ...] = tuple(ABUNDANCE_MODELS)  # candidates; () = none
-    workers: int = 0                      # >0: the folds on a local Dask cluster
-    threads_per_worker: int | None = None
-    scheduler: str | None = None          # or on an existing Dask cluster
-    quiet: bool = False
 
 
 def resolve_recipe(cfg: RegressConfig) -> Recipe:
@@ -262,7 +225,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     with output_lock(cfg.out, "output folder"):
         report = run(cfg)
     if not cfg.quiet:
-        log.info("LOSO table (per-spot / per-type):\n%s", loso_table(report))
+        log.info("LOSO table (per-spot / per-type):\n%s",
+                 loso_markdown(report, rank_models(report)))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Turn chosen predictions into ``submission.csv`` and ``predictions.h5ad`` (scanpy's Visium
-layout, :mod:`regress.outputs`), and with ``--spatialdata`` a SpatialData store
-``predictions.zarr`` (:mod:`regress.spatialdata_out`; the ``spatial`` extra).
+layout, :mod:`regress.outputs.anndata`), and with ``--spatialdata`` a SpatialData store
+``predictions.zarr`` (:mod:`regress.outputs.spatialdata`; the ``spatial`` extra).
 
 ``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3 |
 --weighting learned]``
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,6 @@ import pandas as pd
 from data.atomic import atomic_write_json
 from data.check import preflight
 from data.cli import (
-    DEFAULT_H5,
-    DEFAULT_OUT,
     config_dict,
     config_parser,
     parse_list,
@@ -45,34 +42,21 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
-from data.csvsafe import write_safe_csv
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
+from regress.config import SubmitConfig
 from regress.ensemble import WEIGHTINGS, combine, ensemble_weights, learned_weights, read_oof
 from regress.orders import combine_by_slide, score_oof
-from regress.outputs import write_anndata
+from regress.outputs import (
+    require_spatialdata,
+    write_anndata,
+    write_safe_csv,
+    write_spatialdata,
+)
 from regress.results import load_report, rank_models, read_predictions
-from regress.spatialdata_out import require_spatialdata, write_spatialdata
 
 log = logging.getLogger("hespot")
-
-
-@dataclass(frozen=True)
-class SubmitConfig:
-    """Settings of submit (defaults < --config JSON < flags)."""
-
-    h5: str = DEFAULT_H5
-    out: str = DEFAULT_OUT                  # folder of report.json and predictions/
-    models: tuple[str, ...] | None = None   # model ids; None: the best OOF model
-    weights: tuple[float, ...] | None = None  # ensemble weights; None: by ``weighting``
-    weighting: str = "learned"              # learned (on the OOF predictions) or score
-    submission: str | None = None           # default OUT/submission.csv
-    h5ad: str | None = None                 # default OUT/predictions.h5ad
-    spatialdata: bool = False               # also OUT/predictions.zarr (SpatialData)
-    orders: bool = True                     # rows: the submitted order; columns: the
-                                            # per-type model's (regress.orders)
-    quiet: bool = False
 
 
 def expected_ids(h5: CanonicalH5) -> list[str]:

@@ -14,15 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from data.atomic import atomic_write_json
 from data.check import preflight
 from data.cli import (
-    DEFAULT_H5,
-    DEFAULT_OUT,
-    DEFAULT_STORE,
     check_name,
     config_dict,
     config_parser,
@@ -35,29 +31,16 @@ from data.cluster import CLUSTER_FLAGS, check_cluster, task_map
 from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, embed_item, open_store
+from regress.config import TuneConfig
 from regress.features import SlideSet, load_slides
 from regress.loso import run_loso
 from regress.models import DEFAULT_ALPHAS, RidgeLOSO
-from regress.recipes import TUNE_GRID, Recipe, get_recipe, prepare
+from regress.recipes import Recipe, get_recipe, prepare
 from regress.results import update_report
 from regress.tables import ablation_table, to_markdown, wins
 from regress.targets import TARGETS
 
 log = logging.getLogger("hespot")
-
-@dataclass(frozen=True)
-class TuneConfig:
-    h5: str = DEFAULT_H5
-    store: str = DEFAULT_STORE
-    out: str = DEFAULT_OUT
-    recipes: tuple[str, ...] = TUNE_GRID
-    targets: tuple[str, ...] = ("spot_rank", "type_rank")
-    alpha_max: float = 1e7
-    workers: int = 0                      # >0: the grid's rows on a local Dask cluster
-    threads_per_worker: int | None = None
-    scheduler: str | None = None          # or on an existing Dask cluster
-    quiet: bool = False
-
 
 def evaluate(data: SlideSet, recipe: Recipe, target: str, alpha_max: float) -> dict:
     """One ridge LOSO of a recipe on one target: per-slide and mean scores, time.

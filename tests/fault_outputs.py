@@ -182,9 +182,10 @@ def _whole(path: Path, out: Path, ref: Path) -> bool:
         if path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix == ".md":  # rendered from the report.json written just before it
-            from regress.results import render_markdown
+            from regress.outputs import render_markdown
+            from regress.results import rank_models
             report = json.loads((path.parent / "report.json").read_text())
-            return path.read_text() == render_markdown(report)
+            return path.read_text() == render_markdown(report, rank_models(report))
         elif path.suffix in (".h5", ".h5ad"):
             _h5_content(path)
         elif path.suffix == ".npz":

@@ -1,5 +1,6 @@
 """data.csvwrite: CSV bytes built block by block equal pandas' ``to_csv(index=False)``
-(floats, text needing quotes, None, NUL, bools, float32, empty frames); csvsafe defuses."""
+(floats, text needing quotes, None, NUL, bools, float32, empty frames);
+regress.outputs.csv defuses."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.csvsafe import csv_text, write_safe_csv
 from data.csvwrite import csv_blocks, csv_bytes, write_csv
+from regress.outputs import csv_text, write_safe_csv
 
 
 def _frames() -> list[pd.DataFrame]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import tifffile
 from PIL import Image
 
 from data.check import main as check_main
+from data.config import ImportHer2stConfig
 from data.h5 import CanonicalH5
 from data.importers import her2st as import_her2st
 from data.importers import table as import_table
@@ -579,8 +581,9 @@ def test_bad_split_value(tmp_path, capsys):
 
 
 def test_her2st_default_source_is_the_bundled_sample():
-    assert (import_her2st.SAMPLE_DIR / "README.md").is_file()
-    assert (import_her2st.SAMPLE_DIR / "spots").is_dir()
+    src = Path(ImportHer2stConfig().src)
+    assert (src / "README.md").is_file()
+    assert (src / "spots").is_dir()
 
 
 def test_visium_by_reference_gives_the_features_of_a_copy(tmp_path):

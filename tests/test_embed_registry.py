@@ -40,7 +40,13 @@ def test_every_entry_has_a_valid_source():
 
 def test_invalid_source_rejected():
     with pytest.raises(ValueError, match="source"):
-        Backbone("bad", "resnet18", "internet", 512)
+        Backbone(name="bad", timm_id="resnet18", source="internet", num_features=512)
+
+
+def test_rows_are_keyword_only():
+    """A row names every value it sets: a positional row (easy to shift by one) is refused."""
+    with pytest.raises(TypeError):
+        Backbone("bad", "resnet18", "hub", 512)  # type: ignore[misc]
 
 
 def test_list_backbones_filters_by_source():

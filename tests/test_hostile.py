@@ -15,13 +15,13 @@ import pytest
 import embed.run
 from data.check import check_file, preflight
 from data.check import main as check_main
-from data.csvsafe import csv_text, defuse
 from data.errors import DataError
 from data.h5 import CanonicalH5
 from data.importers import table as import_table
 from data.synthetic import write_many_spots
 from data.validate import check_name
 from data.wsi import pil_image
+from regress.outputs import csv_text, defuse
 from regress.submit import expected_ids
 
 

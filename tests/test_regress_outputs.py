@@ -1,5 +1,5 @@
-"""predictions.h5ad in scanpy's Visium layout and the SpatialData store (regress.outputs,
-regress.spatialdata_out): read back, drawn by scanpy, squidpy and spatialdata-plot
+"""predictions.h5ad in scanpy's Visium layout and the SpatialData store (regress.outputs:
+anndata, spatialdata): read back, drawn by scanpy, squidpy and spatialdata-plot
 (headless, Agg), written atomically; submit's --spatialdata. Made-up predictions on the
 synthetic fixture: no model is fitted. scanpy, squidpy and spatialdata are imported inside
 the tests (slow imports)."""
@@ -17,7 +17,14 @@ import pytest
 import regress.submit
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
-from regress.outputs import spot_diameter_px, thumbnail, write_anndata
+from regress.outputs import (
+    element_name,
+    require_spatialdata,
+    spot_diameter_px,
+    thumbnail,
+    write_anndata,
+    write_spatialdata,
+)
 from regress.results import (
     LosoResult,
     model_entry,
@@ -25,7 +32,6 @@ from regress.results import (
     update_report,
     write_predictions,
 )
-from regress.spatialdata_out import element_name, require_spatialdata, write_spatialdata
 
 SLIDES = ("S_1", "S_4")   # a train and the test slide of the fixture
 HIRES_PX = 200            # 512 px slides -> factor 3, a 170 x 170 thumbnail
@@ -218,7 +224,7 @@ def test_spatialdata_plot_renders_a_cell_type(store, agg, tmp_path):
 
 
 def test_store_image_is_read_block_by_block(predictions, synthetic_h5, tmp_path, monkeypatch):
-    import regress.spatialdata_out as sdo
+    import regress.outputs.spatialdata as sdo
 
     frame, values, types = predictions
     windows = []

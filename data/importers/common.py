@@ -8,16 +8,19 @@ the rest; no importer ever holds a whole whole-slide image.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from data import validate
-from data.cli import Parser
+from data.cli import check_name, config_parser, require_settings, resolve_config, setup_logging
+from data.config import IMAGE_MODES, ImportSettings
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import SlideRecord, write_h5
 from data.images import load_image
@@ -29,9 +32,10 @@ from data.wsi.tissue import TissueMask
 
 log = logging.getLogger("hespot")
 
+C = TypeVar("C")
+
 #: --images auto: images bigger than this (pixels, about 12k x 12k) are referenced
 REFERENCE_MIN_PIXELS = 150_000_000
-IMAGE_MODES = ("auto", "reference", "copy")
 
 
 @dataclass
@@ -112,20 +116,45 @@ def numeric_columns(df: pd.DataFrame, columns: Sequence[str], path: Path,
     return out
 
 
-def add_image_options(p: Parser) -> None:
-    """``--images`` and ``--reader``, shared by the importers."""
-    p.add_argument("--images", choices=IMAGE_MODES, default="auto",
-                   help="copy pixels into the HDF5, or reference the image files and read "
-                   "them in place (auto: reference images over "
-                   f"{REFERENCE_MIN_PIXELS / 1e6:.0f} Mpx that have windowed reads; default "
-                   "%(default)s)")
-    p.add_argument("--reader", choices=("auto", *READERS), default="auto",
-                   help="image reader (auto: by suffix; OpenSlide for slides it recognises)")
+def importer_parser(prog: str, description: str | None, cls: type) -> argparse.ArgumentParser:
+    """An importer's parser: ``--config``, ``--quiet``, ``--out`` and, for settings with
+    images (:class:`ImportSettings`), ``--images`` and ``--reader``; the importer adds
+    its own flags."""
+    p = config_parser(prog, description, cls, common=("quiet",))
+    p.add_argument("--out", help="canonical HDF5 file to write (required)")
+    if issubclass(cls, ImportSettings):
+        p.add_argument("--images", choices=IMAGE_MODES,
+                       help="copy pixels into the HDF5, or reference the image files and "
+                       "read them in place (auto: reference images over "
+                       f"{REFERENCE_MIN_PIXELS / 1e6:.0f} Mpx that have windowed reads; "
+                       f"default {cls.images})")
+        p.add_argument("--reader", choices=("auto", *READERS),
+                       help="image reader (auto: by suffix; OpenSlide for slides it "
+                       "recognises)")
+    return p
 
 
-def set_image_options(slides: Sequence[PendingSlide], mode: str, reader: str) -> None:
+def importer_settings(cls: type[C], parser: argparse.ArgumentParser,
+                      argv: Sequence[str] | None, **required: str) -> C:
+    """An importer's settings (defaults < ``--config`` JSON < flags) with logging set up;
+    ``out`` and the ``required`` settings (name -> what it is) given, and the image options
+    of a ``--config`` file known, checked before any work."""
+    cfg = resolve_config(cls, parser.parse_args(argv))
+    setup_logging(cfg.quiet)
+    require_settings(cfg, **required, out="the canonical HDF5 file to write")
+    if isinstance(cfg, ImportSettings):
+        check_name("--images mode", cfg.images, IMAGE_MODES)
+        check_name("--reader", cfg.reader, ("auto", *READERS))
+    return cfg
+
+
+def import_slides(slides: Sequence[PendingSlide], cfg: ImportSettings, label: str) -> int:
+    """Give ``slides`` the settings' image mode and reader, then validate and write them
+    (:func:`write_slides`) to ``cfg.out``; returns the exit code, 0."""
     for s in slides:
-        s.image_mode, s.reader = mode, reader
+        s.image_mode, s.reader = cfg.images, cfg.reader
+    write_slides(slides, Path(cfg.out), label)
+    return 0
 
 
 def validate_slides(slides: Sequence[PendingSlide], label: str) -> list[Problem]:

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import check_name, run_cli
+from data.config import DEFAULT_PIXEL_SIZE_UM, TIERS, ImportHer2stConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
     require_path,
@@ -29,9 +32,6 @@ from data.importers.common import (
 
 log = logging.getLogger("hespot")
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "samples" / "her2st"
-TIERS = ("subset", "minor", "major")
-DEFAULT_PIXEL_SIZE_UM = 0.69
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
 
 
@@ -103,26 +103,26 @@ def gather(src: Path, tier: str = "subset", pixel_size_um: float = DEFAULT_PIXEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m data.importers.her2st", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", type=Path, default=SAMPLE_DIR, help="her2st folder")
-    p.add_argument("--tier", choices=TIERS, default="subset",
-                   help="proportions tier: subset (41 types), minor (22), major (8)")
-    p.add_argument("--pixel-size", type=float, default=DEFAULT_PIXEL_SIZE_UM,
-                   help="µm per pixel of the full-resolution images")
+    p = importer_parser("python -m data.importers.her2st", __doc__, ImportHer2stConfig)
+    p.add_argument("--src", help="her2st folder (default: the bundled sample)")
+    p.add_argument("--tier", choices=TIERS,
+                   help="proportions tier: subset (41 types, the default), minor (22), "
+                   "major (8)")
+    p.add_argument("--pixel-size", type=float,
+                   help=f"µm per pixel of the full-resolution images (default "
+                   f"{DEFAULT_PIXEL_SIZE_UM})")
     p.add_argument("--sections", nargs="*", help="import only these sections")
-    p.add_argument("--out", type=Path, required=True, help="canonical HDF5 file to write")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.quiet)
+    cfg = importer_settings(ImportHer2stConfig, build_parser(), argv)
+    check_name("tier", cfg.tier, TIERS)
     t0 = time.perf_counter()
-    slides = gather(args.src, args.tier, args.pixel_size, args.sections)
-    write_slides(slides, args.out, str(args.src))
-    log.info("imported %d sections (tier %s) in %.1f s", len(slides), args.tier,
+    src = Path(cfg.src)
+    slides = gather(src, cfg.tier, cfg.pixel_size, cfg.sections)
+    write_slides(slides, Path(cfg.out), str(src))
+    log.info("imported %d sections (tier %s) in %.1f s", len(slides), cfg.tier,
              time.perf_counter() - t0)
     return 0
 

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import run_cli
+from data.config import ImportTableConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
-    add_image_options,
+    import_slides,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
-    set_image_options,
-    write_slides,
 )
 
 MANIFEST_COLUMNS = ["slide", "image", "spots", "split"]
@@ -60,21 +61,20 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
     return out
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = importer_parser("python -m data.importers.table", __doc__, ImportTableConfig)
+    p.add_argument("--manifest", help="CSV: slide, image, spots, split[, pixel_size_um] "
+                   "(required)")
+    return p
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(prog="python -m data.importers.table", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    add_image_options(p)
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.quiet)
-    manifest = read_table(args.manifest, required=MANIFEST_COLUMNS)
-    slides = [gather_row(r, args.manifest.parent, args.manifest)
-              for _, r in manifest.iterrows()]
-    set_image_options(slides, args.images, args.reader)
-    write_slides(slides, args.out, str(args.manifest))
-    return 0
+    cfg = importer_settings(ImportTableConfig, build_parser(), argv,
+                            manifest="the manifest CSV")
+    path = Path(cfg.manifest)
+    manifest = read_table(path, required=MANIFEST_COLUMNS)
+    return import_slides([gather_row(r, path.parent, path) for _, r in manifest.iterrows()],
+                         cfg, str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,16 +22,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import run_cli
+from data.config import ImportVisiumConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
-    add_image_options,
+    import_slides,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
     require_path,
-    set_image_options,
-    write_slides,
 )
 
 log = logging.getLogger("hespot")
@@ -109,43 +110,41 @@ def gather_slide(slide: str, outs: Path, image: Path, abundances: Path | None) -
     return out
 
 
-def _groups(args: argparse.Namespace) -> list[tuple[str, Path, Path, Path | None]]:
-    if args.manifest:
-        df = read_table(args.manifest, required=["slide", "outs", "image"])
-        base = args.manifest.parent
+def _groups(cfg: ImportVisiumConfig) -> list[tuple[str, Path, Path, Path | None]]:
+    """(slide, outs folder, image, abundances or None) of every slide to import."""
+    if cfg.manifest:
+        manifest = Path(cfg.manifest)
+        df = read_table(manifest, required=["slide", "outs", "image"])
+        base = manifest.parent
         return [(str(r.slide), base / str(r.outs), base / str(r.image),
                  base / str(r.abundances) if "abundances" in df and pd.notna(r.abundances)
                  else None) for r in df.itertuples()]
-    outs, images = args.outs or [], args.image or []
+    outs, images = [Path(o) for o in cfg.outs], [Path(i) for i in cfg.image]
     if not outs or len(outs) != len(images):
         raise DataError(Problem("command line", "", "--outs/--image",
                                 "one --image per --outs (or --manifest)",
                                 f"{len(outs)} --outs, {len(images)} --image",
                                 "repeat --outs DIR --image FILE for each slide"))
-    slides = args.slide or [Path(o).parent.name if Path(o).name == "outs" else Path(o).name
-                            for o in outs]
-    abund = args.abundances or []
+    slides = list(cfg.slide) or [o.parent.name if o.name == "outs" else o.name for o in outs]
+    abund = [Path(a) for a in cfg.abundances]
     return [(slides[i], outs[i], images[i], abund[i] if i < len(abund) else None)
             for i in range(len(outs))]
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(prog="python -m data.importers.visium", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--outs", type=Path, action="append", help="Space Ranger outs/ folder")
-    p.add_argument("--image", type=Path, action="append", help="full-resolution image")
-    p.add_argument("--abundances", type=Path, action="append", help="CSV keyed by barcode")
+def build_parser() -> argparse.ArgumentParser:
+    p = importer_parser("python -m data.importers.visium", __doc__, ImportVisiumConfig)
+    p.add_argument("--outs", action="append", help="Space Ranger outs/ folder")
+    p.add_argument("--image", action="append", help="full-resolution image")
+    p.add_argument("--abundances", action="append", help="CSV keyed by barcode")
     p.add_argument("--slide", action="append", help="slide name (default: folder name)")
-    p.add_argument("--manifest", type=Path, help="CSV: slide, outs, image[, abundances]")
-    p.add_argument("--out", type=Path, required=True)
-    add_image_options(p)
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.quiet)
-    slides = [gather_slide(*g) for g in _groups(args)]
-    set_image_options(slides, args.images, args.reader)
-    write_slides(slides, args.out, str(args.manifest or "command line"))
-    return 0
+    p.add_argument("--manifest", help="CSV: slide, outs, image[, abundances]")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = importer_settings(ImportVisiumConfig, build_parser(), argv)
+    return import_slides([gather_slide(*g) for g in _groups(cfg)], cfg,
+                         str(Path(cfg.manifest)) if cfg.manifest else "command line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

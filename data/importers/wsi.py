@@ -23,15 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import run_cli
+from data.config import MIN_TISSUE, ImportWsiConfig
 from data.errors import ConfigError, DataError, Problem
 from data.importers.common import (
     PendingSlide,
-    add_image_options,
+    import_slides,
+    importer_parser,
+    importer_settings,
     numeric_columns,
     read_table,
-    set_image_options,
-    write_slides,
 )
 from data.wsi.grid import GridSpec, lay_grid
 from data.wsi.pixel_size import check_override
@@ -39,9 +40,6 @@ from data.wsi.readers import open_image
 from data.wsi.tissue import detect_tissue
 
 log = logging.getLogger("hespot")
-
-#: a grid spot is kept when at least this share of its disc is tissue
-MIN_TISSUE = 0.5
 
 
 def spots_from_csv(slide: PendingSlide, csv: Path) -> None:
@@ -88,55 +86,52 @@ def spots_from_grid(slide: PendingSlide, spec: GridSpec, min_tissue: float) -> N
                    "array_col": kept.array_col}
 
 
-def _names(args: argparse.Namespace) -> list[str]:
-    names = args.name or [Path(s).name.split(".")[0] for s in args.slide]
-    if len(names) != len(args.slide):
-        raise ConfigError(f"give one --name per --slide ({len(args.slide)} slides, "
+def _names(cfg: ImportWsiConfig) -> list[str]:
+    names = list(cfg.name) or [Path(s).name.split(".")[0] for s in cfg.slide]
+    if len(names) != len(cfg.slide):
+        raise ConfigError(f"give one --name per --slide ({len(cfg.slide)} slides, "
                           f"{len(names)} names)")
     return names
 
 
-def gather(args: argparse.Namespace) -> list[PendingSlide]:
-    """The slides of the command line, their spots read or laid out."""
-    spots = args.spots or []
-    if spots and len(spots) != len(args.slide):
-        raise ConfigError(f"give one --spots per --slide ({len(args.slide)} slides, "
+def gather(cfg: ImportWsiConfig) -> list[PendingSlide]:
+    """The slides of the settings, their spots read or laid out."""
+    spots = [Path(s) for s in cfg.spots]
+    if spots and len(spots) != len(cfg.slide):
+        raise ConfigError(f"give one --spots per --slide ({len(cfg.slide)} slides, "
                           f"{len(spots)} spot tables), or none to lay a grid")
-    spec = GridSpec.parse(args.grid)
-    mpp = check_override(args.mpp)
+    spec = GridSpec.parse(cfg.grid)
+    mpp = check_override(cfg.mpp)
     slides = []
-    for i, (path, name) in enumerate(zip(args.slide, _names(args), strict=True)):
+    for i, (path, name) in enumerate(zip(map(Path, cfg.slide), _names(cfg), strict=True)):
         slide = PendingSlide(name, path, np.zeros(0), np.zeros(0), pixel_size_um=mpp,
-                             source=f"wsi:{path}", image_mode=args.images, reader=args.reader)
+                             source=f"wsi:{path}", image_mode=cfg.images, reader=cfg.reader)
         if spots:
             spots_from_csv(slide, spots[i])
         else:
-            spots_from_grid(slide, spec, args.min_tissue)
+            spots_from_grid(slide, spec, cfg.min_tissue)
         slides.append(slide)
     return slides
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(prog="hespot import-wsi", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--slide", type=Path, action="append", required=True,
-                   help="slide image (SVS, NDPI, MRXS, SCN, TIFF, OME-TIFF, JPEG, PNG)")
+def build_parser() -> argparse.ArgumentParser:
+    p = importer_parser("hespot import-wsi", __doc__, ImportWsiConfig)
+    p.add_argument("--slide", action="append",
+                   help="slide image (SVS, NDPI, MRXS, SCN, TIFF, OME-TIFF, JPEG, PNG); "
+                   "repeat for more (at least one)")
     p.add_argument("--name", action="append", help="slide name (default: the file's stem)")
-    p.add_argument("--spots", type=Path, action="append", help="spots CSV: x, y [, spot_id]")
-    p.add_argument("--grid", default="visium", help="visium or square:<pitch µm>")
-    p.add_argument("--min-tissue", type=float, default=MIN_TISSUE,
-                   help="share of a grid spot's disc that must be tissue")
+    p.add_argument("--spots", action="append", help="spots CSV: x, y [, spot_id]")
+    p.add_argument("--grid", help="visium (the default) or square:<pitch µm>")
+    p.add_argument("--min-tissue", type=float,
+                   help=f"share of a grid spot's disc that must be tissue (default "
+                   f"{MIN_TISSUE})")
     p.add_argument("--mpp", type=float, help="µm per pixel (overrides the file's)")
-    p.add_argument("--out", type=Path, required=True)
-    add_image_options(p)
-    p.set_defaults(images="reference")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.quiet)
-    slides = gather(args)
-    set_image_options(slides, args.images, args.reader)
-    write_slides(slides, args.out, "command line")
-    return 0
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    cfg = importer_settings(ImportWsiConfig, build_parser(), argv, slide="a slide image")
+    return import_slides(gather(cfg), cfg, "command line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,10 +4,9 @@ whole on first use, as before (they hold small images: a challenge slide, Visium
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from data.errors import DataError, Problem
-from data.images import load_image
+from data.images import load_image, open_pil
 from data.wsi import pixel_size
 from data.wsi.base import Level, SlideImage
 
@@ -22,9 +21,8 @@ class PilImage(SlideImage):
 
     def __init__(self, path: str, slide: str = "", mpp: float | None = None):
         self.path, self.slide = str(path), slide
-        Image.MAX_IMAGE_PIXELS = None  # sizes are checked by the caller (data.validate)
         try:
-            with Image.open(path) as im:
+            with open_pil(path) as im:  # the size is checked here, from the header
                 w, h = im.size
         except (OSError, ValueError) as exc:
             raise DataError(Problem(self.path, slide, "image", "a readable JPEG or PNG",

@@ -18,7 +18,15 @@ import numpy as np
 import tifffile
 
 from data.atomic import atomic_path
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import (
+    check_name,
+    config_parser,
+    require_settings,
+    resolve_config,
+    run_cli,
+    setup_logging,
+)
+from data.config import COMPRESSIONS, MakeWsiConfig
 from data.errors import ConfigError
 from data.images import load_image
 
@@ -119,22 +127,27 @@ def _repeat(text: str) -> tuple[int, int]:
     return ny, nx
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = config_parser("hespot make-wsi", __doc__, MakeWsiConfig, common=("quiet",))
+    p.add_argument("--image", help="source image (JPEG/PNG/TIFF; required)")
+    p.add_argument("--repeat", help="tiles, rows x columns, e.g. 3x3 (default 1x1)")
+    p.add_argument("--mpp", type=float, help="µm per pixel to record")
+    p.add_argument("--tile", type=int, help="tile side in pixels (default 256)")
+    p.add_argument("--compression", choices=COMPRESSIONS, help="default jpeg")
+    p.add_argument("--out", help="pyramidal TIFF to write (required)")
+    return p
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(prog="hespot make-wsi", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", type=Path, required=True, help="source image (JPEG/PNG/TIFF)")
-    p.add_argument("--repeat", type=_repeat, default=(1, 1), help="tiles, rows x columns")
-    p.add_argument("--mpp", type=float, default=None, help="µm per pixel to record")
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--compression", choices=("jpeg", "zlib", "none"), default="jpeg")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.quiet)
-    image = load_image(args.image)
-    path = write_repeated(args.out, image, args.repeat, args.mpp, tile=args.tile,
-                          compression=args.compression)
-    h, w = image.shape[0] * args.repeat[0], image.shape[1] * args.repeat[1]
+    cfg = resolve_config(MakeWsiConfig, build_parser().parse_args(argv))
+    setup_logging(cfg.quiet)
+    require_settings(cfg, image="the source image", out="the pyramidal TIFF to write")
+    check_name("--compression", cfg.compression, COMPRESSIONS)
+    repeat = _repeat(cfg.repeat)
+    image = load_image(Path(cfg.image))
+    path = write_repeated(Path(cfg.out), image, repeat, cfg.mpp, tile=cfg.tile,
+                          compression=cfg.compression)
+    h, w = image.shape[0] * repeat[0], image.shape[1] * repeat[1]
     log.info("wrote %s: %d x %d px, %.0f MB", path, h, w, path.stat().st_size / 1e6)
     return 0
 

@@ -1,8 +1,9 @@
-"""CSV text that spreadsheets cannot execute: a cell or header starting with ``=``, ``+``,
-``-``, ``@``, a tab or a carriage return is a formula to Excel and LibreOffice (CSV
-injection), so such text gets a leading ``'``, which they show but do not evaluate.
-Numbers are left as they are; only text is defused. The bytes are pandas' ``to_csv``,
-built block by block by :mod:`data.csvwrite`."""
+"""The CSV files people open (``predictions.csv``, ``submission.csv``) as text that
+spreadsheets cannot execute: a cell or header starting with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return is a formula to Excel and LibreOffice (CSV injection), so such
+text gets a leading ``'``, which they show but do not evaluate. Numbers are left as they
+are; only text is defused. The bytes are pandas' ``to_csv``, built block by block by
+:mod:`data.csvwrite` (the plumbing that the results contract's ``oof.csv`` shares)."""
 
 from __future__ import annotations
 
@@ -60,5 +61,5 @@ def csv_text(frame: pd.DataFrame) -> str:
 
 def write_safe_csv(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write :func:`csv_text` of ``frame``'s bytes to ``path`` atomically
-    (:func:`data.csvwrite.write_csv`); returns the path."""
+    (:func:`data.csvwrite.write_csv`: written atomically); returns the path."""
     return write_csv(path, defused(frame))

@@ -1,6 +1,6 @@
 """Predictions as files the scverse tools open: ``predictions.h5ad`` in scanpy's Visium
 layout (:func:`write_anndata`), and the pieces the SpatialData store shares with it
-(:mod:`regress.spatialdata_out`). Torch-free; anndata is imported when a file is written.
+(:mod:`regress.outputs.spatialdata`). Torch-free; anndata is imported when a file is written.
 
 The AnnData layout is the one ``scanpy.read_visium`` returns, so ``sc.pl.spatial`` and
 ``squidpy.pl.spatial_scatter`` draw it::

@@ -28,7 +28,7 @@ import pandas as pd
 from data.atomic import atomic_dir
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
-from regress.outputs import CHUNK_CACHE_MB, build_anndata, check_frame, spot_diameter_px
+from regress.outputs.anndata import CHUNK_CACHE_MB, build_anndata, check_frame, spot_diameter_px
 
 TABLE = "predictions"
 IMAGE_CHUNK = 1024        # full-resolution pixels per dask block side (2 x the HDF5 chunk)
