@@ -8,6 +8,9 @@ Layout::
                                     and the sha256 of every other file
     <folder>/<model id>.npz         arrays: scaler, PCA, coefficients (numpy, no pickle)
     <folder>/<model id>.tree<j>.txt LightGBM's own text model, one per cell type
+    <folder>/abundance-<name>.npz   the abundance model; ood.npz the OOD reference
+                                    (format 2: :mod:`regress.bundle_maps`)
+    <folder>/README.md              the model card (:mod:`regress.card`)
 
 Nothing here unpickles or executes code from the folder: arrays load with
 ``allow_pickle=False``, boosters from LightGBM's text format, the rest is JSON. A folder
@@ -33,7 +36,7 @@ from regress.bundle_meta import KINDS, MODEL_JSON, StructureError, check_structu
 __all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "SavedEstimator", "check_writable",
            "export_estimator", "load_bundle", "read_meta", "write_bundle"]
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: abundance model, OOD reference, model card
 
 
 def export_estimator(est: Any, kind: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -109,12 +112,14 @@ def check_writable(folder: str | Path) -> None:
 
 
 def write_bundle(folder: str | Path, meta: dict[str, Any],
-                 estimators: Mapping[str, tuple[dict[str, np.ndarray], list[str]]]) -> Path:
+                 estimators: Mapping[str, tuple[dict[str, np.ndarray], list[str]]],
+                 texts: Mapping[str, str] | None = None) -> Path:
     """Write a model folder atomically (a temporary folder beside it, then renamed over it).
 
     Args:
         meta: model.json's content without ``format`` and ``files`` (added here).
         estimators: model id -> (arrays, LightGBM text models) of :func:`export_estimator`.
+        texts: file name -> text (the model card), checksummed like the arrays.
     """
     folder = Path(folder)
     check_writable(folder)
@@ -129,6 +134,9 @@ def write_bundle(folder: str | Path, meta: dict[str, Any],
                 name = f"{model_id}.tree{j}.txt"
                 (tmp / name).write_text(text)
                 files[name] = sha256_file(tmp / name)
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+            files[name] = sha256_file(tmp / name)
         doc = {"format": BUNDLE_FORMAT, **meta, "files": files}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1))
     return folder

@@ -47,7 +47,8 @@ def needed_files(meta: dict[str, Any]) -> list[str]:
         names.append(f"{entry['id']}.npz")
         if entry["kind"] == "lgbm":
             names += [f"{entry['id']}.tree{j}.txt" for j in range(len(meta["cell_types"]))]
-    return list(dict.fromkeys(names))
+    abundance = meta.get("abundance") or {}
+    return list(dict.fromkeys([*names, *abundance.get("files", [])]))
 
 
 def _part_problem(part: Any) -> str:

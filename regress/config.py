@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.cli import DEFAULT_H5, DEFAULT_OUT, DEFAULT_STORE
+from regress.abundance import ABUNDANCE_MODELS
 from regress.ensemble import WEIGHTINGS
 from regress.recipes import TUNE_GRID
 
@@ -43,6 +44,7 @@ class RegressConfig:
     ridge_alpha_max: float = 1e7
     lgbm_pca: int = 32
     lgbm_trees: int = 200
+    abundance: tuple[str, ...] = tuple(ABUNDANCE_MODELS)  # candidates; () = none
     workers: int = 0                      # >0: the folds on a local Dask cluster
     threads_per_worker: int | None = None
     scheduler: str | None = None          # or on an existing Dask cluster

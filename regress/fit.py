@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -36,6 +38,8 @@ from data.lock import output_lock
 from data.store import FeatureSpec, open_store
 from data.version import hespot_version
 from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
+from regress.bundle_maps import fit_maps
+from regress.card import card_summary, render_card, slide_sources
 from regress.config import FitConfig
 from regress.ensemble import WEIGHTINGS, learned_weights, read_oof
 from regress.features import SlideSet, load_slides
@@ -113,15 +117,51 @@ def check_against_run(out: str, model_id: str, cell_types: Sequence[str],
     return float(max(diffs))
 
 
-def run(cfg: FitConfig) -> Path:
-    """Fit and write the model folder; returns its path."""
+def checked(cfg: FitConfig, model_id: str, data: SlideSet, test: dict[str, np.ndarray]
+            ) -> float:
+    """The refitted model's max |difference| from the run's test.csv.
+
+    Raises:
+        DataError: above :data:`MAX_GAP` (the inputs changed since ``make regress``).
+    """
+    gap = check_against_run(cfg.out, model_id, data.cell_types, test)
+    log.info("%s: refitted on %d slides; test predictions vs the run's test.csv: max "
+             "|diff| %.2g", model_id, len(data.train), gap)
+    if gap > MAX_GAP:
+        raise DataError(Problem(str(Path(cfg.out) / "predictions" / model_id / "test.csv"),
+                                "", model_id, f"the refitted model's test predictions "
+                                f"(max |diff| <= {MAX_GAP:g})", f"max |diff| {gap:.3g}",
+                                "the HDF5 file or the store changed since `make "
+                                "regress`: run it again, then fit"))
+    return gap
+
+
+def _abundance(cfg: FitConfig, report: dict, data: SlideSet, saved: dict) -> dict | None:
+    """model.json's abundance entry (its arrays added to ``saved``), or None with a
+    warning when report.json has none."""
+    section = report.get("abundance")
+    if not section:
+        log.warning("%s/report.json has no abundance model: this folder will predict rank "
+                    "scores only (run `hespot regress` again, then fit)", cfg.out)
+        return None
+    meta, arrays, test = fit_maps(data, section)
+    meta["check_max_abs_diff_vs_test_csv"] = checked(cfg, meta["id"], data, test)
+    saved.update({stem: (a, []) for stem, a in arrays.items()})
+    return meta
+
+
+def run(cfg: FitConfig, command: str = "hespot fit") -> Path:
+    """Fit and write the model folder (with its card; ``command`` made it); returns its
+    path."""
     folder = Path(cfg.model_dir or Path(cfg.out) / "model")
     check_writable(folder)
     report = load_report(Path(cfg.out))
     models, weights, layer = choose(report, cfg)
     fitted = dict.fromkeys([*models, *([layer] if layer else [])])
     entries = {m: report["models"][m] for m in fitted}
-    specs = sorted({f for e in entries.values() for f in e["config"]["recipe"]["features"]})
+    recipes = [e["config"]["recipe"] for e in entries.values()]
+    recipes += [e["recipe"] for e in (report.get("abundance") or {}).get("models", {}).values()]
+    specs = sorted({f for r in recipes for f in r["features"]})
     data = load_slides(cfg.h5, cfg.store, [FeatureSpec.parse(f) for f in specs])
     if len(data.train) < 1:
         raise DataError(Problem(cfg.h5, "", "spots/Train", "training slides", "none",
@@ -130,19 +170,12 @@ def run(cfg: FitConfig) -> Path:
     for model_id, entry in entries.items():
         est, test = refit(data, entry)
         saved[model_id] = export_estimator(est, entry["kind"])
-        gap = check_against_run(cfg.out, model_id, data.cell_types, test)
-        log.info("%s: refitted on %d slides; test predictions vs the run's test.csv: max "
-                 "|diff| %.2g", model_id, len(data.train), gap)
-        if gap > MAX_GAP:
-            raise DataError(Problem(str(Path(cfg.out) / "predictions" / model_id / "test.csv"),
-                                    "", model_id, f"the refitted model's test predictions "
-                                    f"(max |diff| <= {MAX_GAP:g})", f"max |diff| {gap:.3g}",
-                                    "the HDF5 file or the store changed since `make "
-                                    "regress`: run it again, then fit"))
+        gap = checked(cfg, model_id, data, test)
         weight = weights[models.index(model_id)] if model_id in models else 0.0
         described[model_id] = describe(model_id, entry, weight, gap)
     meta = {"created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "cell_types": list(data.cell_types), "train_slides": data.train,
+            "command": command, "cell_types": list(data.cell_types),
+            "train_slides": data.train, "train_sources": slide_sources(cfg.h5, data.train),
             "fingerprints": _fingerprints(cfg.store, specs, data.train),
             "combine": "single" if len(models) == 1 else "rank_mean",
             "models": [described[m] for m in models],
@@ -152,8 +185,10 @@ def run(cfg: FitConfig) -> Path:
                          for f in specs],
             "versions": {"hespot": hespot_version(),
                          **{p: version(p) for p in ("numpy", "scikit-learn", "lightgbm")}},
-            "fit_config": config_dict(cfg)}
-    folder = write_bundle(folder, meta, saved)
+            "fit_config": config_dict(cfg),
+            "abundance": _abundance(cfg, report, data, saved)}
+    meta["card_summary"] = card_summary(meta)
+    folder = write_bundle(folder, meta, saved, {"README.md": render_card(meta)})
     log.info("model folder %s: %s (weights %s), per-type layer %s", folder, models,
              np.round(weights, 3).tolist(), layer)
     return folder
@@ -185,7 +220,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(FitConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
     with output_lock(cfg.out, "output folder"):
-        run(cfg)
+        run(cfg, shlex.join(["hespot", "fit", *(sys.argv[1:] if argv is None else argv)]))
     return 0
 
 

@@ -40,3 +40,30 @@ def score(Y_true: np.ndarray, Y_pred: np.ndarray) -> dict[str, float]:
     """{"spot": mean per-spot Spearman, "type": mean per-type Spearman}."""
     return {"spot": float(spearman_per_spot(Y_true, Y_pred).mean()),
             "type": float(spearman_per_type(Y_true, Y_pred).mean())}
+
+
+def tv_distance(Y_true: np.ndarray, Y_pred: np.ndarray) -> np.ndarray:
+    """float (n_spots,): per spot, the total-variation distance between the predicted and
+    true abundances, half their L1 distance (0 = equal; 1 = disjoint proportions)."""
+    Y_true, Y_pred = np.asarray(Y_true, float), np.asarray(Y_pred, float)
+    if Y_true.shape != Y_pred.shape:
+        raise ValueError(f"shapes differ: {Y_true.shape} vs {Y_pred.shape}")
+    return 0.5 * np.abs(Y_pred - Y_true).sum(axis=1)
+
+
+def pearson_per_type(Y_true: np.ndarray, Y_pred: np.ndarray) -> np.ndarray:
+    """float (n_types,): per cell type, Pearson across spots; a constant column scores 0."""
+    Y_true, Y_pred = np.asarray(Y_true, float), np.asarray(Y_pred, float)
+    if Y_true.shape != Y_pred.shape:
+        raise ValueError(f"shapes differ: {Y_true.shape} vs {Y_pred.shape}")
+    a = Y_true - Y_true.mean(axis=0)
+    b = Y_pred - Y_pred.mean(axis=0)
+    den = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+    out = np.zeros(Y_true.shape[1])
+    if not len(Y_true):
+        return out
+    # constant up to rounding (a column of a tiled mean): no correlation to speak of
+    tiny = 1e-9 * np.maximum(np.abs(Y_true).max(axis=0), np.abs(Y_pred).max(axis=0))
+    ok = (np.ptp(Y_true, axis=0) > tiny) & (np.ptp(Y_pred, axis=0) > tiny) & (den > 0)
+    out[ok] = (a * b).sum(axis=0)[ok] / den[ok]
+    return out

@@ -8,10 +8,14 @@
    as its own process (``python -m embed.run``: torch stays out of stage 2), into
    ``--store`` (default ``OUT/embeddings.zarr``); finished slides are skipped, so a
    second call is quick. The stored settings are then checked against the spec.
-3. The models, their recipe's levers (smoothing, context...) and the ensemble or single
-   model are applied as ``submit`` applies them, and ``OUT/predictions.csv`` (the columns
-   of stage 2's test.csv), ``OUT/predictions.h5ad`` and, with ``--spatialdata``,
-   ``OUT/predictions.zarr`` are written.
+3. The rank models, their recipe's levers (smoothing, context...) and the ensemble or
+   single model are applied as ``submit`` applies them; the abundance model, its 90 %
+   intervals and the OOD scores as ``hespot regress`` made them
+   (:mod:`regress.bundle_maps`: one warning line per flagged slide). Written
+   (:mod:`regress.outputs.maps`): ``OUT/predictions.csv`` (abundances),
+   ``OUT/rank_scores.csv`` (the rank scores), ``OUT/predictions.h5ad`` (X = abundances;
+   layers ``rank_score``, ``per_type``, ``lower``, ``upper``; ``uns['hespot']``) and, with
+   ``--spatialdata``, ``OUT/predictions.zarr``. The model card's summary is logged.
 """
 
 from __future__ import annotations
@@ -40,17 +44,13 @@ from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
+from regress.bundle_maps import predict_maps
 from regress.config import PredictConfig
 from regress.ensemble import combine
 from regress.features import SlideSet
 from regress.orders import combine_by_slide
-from regress.outputs import (
-    element_name,
-    require_spatialdata,
-    write_anndata,
-    write_safe_csv,
-    write_spatialdata,
-)
+from regress.outputs import element_name, require_spatialdata, write_spatialdata
+from regress.outputs.maps import write_maps
 from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import predictions_frame
 from regress.stage1_spec import check_stored, embed_as_spec, require_weights
@@ -159,6 +159,8 @@ def run(cfg: PredictConfig) -> Path:
     require_weights(bundle, cfg.weights)
     log.info("model %s: %s; slides %s", cfg.model, [m["id"] for m in bundle.meta["models"]],
              slides)
+    if bundle.meta.get("card_summary"):
+        log.info("%s", bundle.meta["card_summary"])
     t1 = time.perf_counter()
     embed_as_spec(bundle, cfg, store, slides)
     check_stored(bundle, store, slides)
@@ -172,11 +174,11 @@ def run(cfg: PredictConfig) -> Path:
         values = combine_by_slide(values, layers["per_type"], frame["slide"].to_numpy())
         frame[bundle.cell_types] = values
     out = Path(cfg.out)
-    write_safe_csv(out / "predictions.csv", frame)
-    write_anndata(out / "predictions.h5ad", frame, values, bundle.cell_types, h5_path=cfg.h5,
-                  layers=layers)
+    maps = predict_maps(bundle, data, frame, values, layers.get("per_type"))
+    write_maps(out, maps, cfg.h5)
     if cfg.spatialdata:
-        write_spatialdata(out / "predictions.zarr", frame, values, bundle.cell_types, cfg.h5)
+        X = values if maps.abundance is None else maps.abundance
+        write_spatialdata(out / "predictions.zarr", frame, X, bundle.cell_types, cfg.h5)
     log.info("predicted %d spots of %d slides in %.1f s (checks %.1f s, stage 1 %.1f s, "
              "stage 2 and writing %.1f s) -> %s", len(frame), len(slides),
              time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2, out)

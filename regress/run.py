@@ -3,6 +3,8 @@
 ``python -m regress.run --h5 out/her2st.h5 --store out/embeddings.zarr --out out``
 (``make regress``). Writes ``OUT/predictions/<model>-<target>/{oof,test}.csv``,
 ``OUT/report.json`` and ``OUT/report.md``. The constant baseline is always included.
+Beside the rank models, the abundance candidates, their intervals and the OOD scores
+(:mod:`regress.abundance_run`; ``--abundance ''`` leaves them out).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from data.cluster import CLUSTER_FLAGS, TaskMap, check_cluster, task_map
 from data.errors import ConfigError, DataError, Problem
 from data.lock import output_lock
 from data.store import FeatureSpec
+from regress.abundance import ABUNDANCE_MODELS
+from regress.abundance_run import run_abundance
 from regress.config import RegressConfig
 from regress.features import load_slides
 from regress.levers import POSITIONS
@@ -101,6 +105,8 @@ def check_config(cfg: RegressConfig) -> None:
         check_name("target", t, TARGETS)
     for m in cfg.models:
         check_name("model", m, list(MODELS))
+    for m in cfg.abundance:
+        check_name("abundance model", m, list(ABUNDANCE_MODELS))
     low = min(DEFAULT_ALPHAS)
     ranges = [("--context-k", cfg.context_k, 0), ("--smooth-k", cfg.smooth_k, 0),
               ("--ridge-pca", cfg.ridge_pca, 1), ("--lgbm-pca", cfg.lgbm_pca, 1),
@@ -140,10 +146,11 @@ def run(cfg: RegressConfig) -> dict:
         if tasks.client is not None:
             log.info("LOSO folds on %s", tasks.describe())
         entries = _loso_all(cfg, recipe, data, post, tasks)
-    report = update_report(Path(cfg.out), entries, config=config_dict(cfg),
-                           recipe=recipe.as_dict(), cell_types=list(data.cell_types),
-                           train_slides=data.train, test_slides=data.test)
-    return report
+        abundance = run_abundance(data, recipe, tasks, Path(cfg.out), cfg.abundance) \
+            if cfg.abundance else None
+    return update_report(Path(cfg.out), entries, config=config_dict(cfg),
+                         recipe=recipe.as_dict(), cell_types=list(data.cell_types),
+                         train_slides=data.train, test_slides=data.test, abundance=abundance)
 
 
 def _loso_all(cfg: RegressConfig, recipe: Recipe, data, post, tasks: TaskMap) -> dict:
@@ -206,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ridge-alpha-max", dest="ridge_alpha_max", type=float)
     p.add_argument("--lgbm-pca", dest="lgbm_pca", type=int)
     p.add_argument("--lgbm-trees", dest="lgbm_trees", type=int)
+    p.add_argument("--abundance", type=parse_list, help="comma-separated abundance "
+                   f"candidates of {', '.join(ABUNDANCE_MODELS)} (default all; '' = none)")
     return p
 
 

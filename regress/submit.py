@@ -1,5 +1,8 @@
-"""Turn chosen predictions into ``submission.csv`` and ``predictions.h5ad`` (scanpy's Visium
-layout, :mod:`regress.outputs.anndata`), and with ``--spatialdata`` a SpatialData store
+"""Turn chosen predictions into ``submission.csv``, and the maps of the test slides into
+``predictions.h5ad`` (scanpy's Visium layout: X the abundance model's abundances, layers
+``rank_score`` = the submitted values, ``per_type``, ``lower``, ``upper``; the slides' OOD
+verdicts in ``uns['hespot']``), ``predictions.csv`` (abundances) and ``rank_scores.csv``
+(:mod:`regress.outputs.maps`), and with ``--spatialdata`` a SpatialData store
 ``predictions.zarr`` (:mod:`regress.outputs.spatialdata`; the ``spatial`` extra).
 
 ``python regress/submit.py [--models ridge-spot_rank,lgbm-spot_rank] [--weights 0.7,0.3 |
@@ -45,15 +48,12 @@ from data.cli import (
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
+from regress.abundance_maps import run_maps
 from regress.config import SubmitConfig
 from regress.ensemble import WEIGHTINGS, combine, ensemble_weights, learned_weights, read_oof
 from regress.orders import combine_by_slide, score_oof
-from regress.outputs import (
-    require_spatialdata,
-    write_anndata,
-    write_safe_csv,
-    write_spatialdata,
-)
+from regress.outputs import require_spatialdata, write_safe_csv, write_spatialdata
+from regress.outputs.maps import write_maps
 from regress.results import load_report, rank_models, read_predictions
 
 log = logging.getLogger("hespot")
@@ -231,11 +231,13 @@ def submit(args: SubmitConfig) -> int:
              record["oof"]["mean"]["spot"], record["oof"]["mean"]["type"])
     write_safe_csv(path, sub)
     atomic_write_json(path.with_suffix(".json"), record)
+    maps = run_maps(out, report, frames[0], values, cell_types,
+                    per_type[cell_types].to_numpy(float) if layer else None)
     h5ad = Path(args.h5ad or out / "predictions.h5ad")
-    layers = {"per_type": per_type[cell_types].to_numpy(float)} if layer else None
-    write_anndata(h5ad, frames[0], values, cell_types, h5_path=args.h5, layers=layers)
+    write_maps(h5ad.parent, maps, args.h5, h5ad)
     if args.spatialdata:
-        write_spatialdata(out / "predictions.zarr", frames[0], values, cell_types, args.h5)
+        X = values if maps.abundance is None else maps.abundance
+        write_spatialdata(out / "predictions.zarr", frames[0], X, cell_types, args.h5)
     log.info("models %s (weights %s), order of the spots within each type from %s -> %s "
              "(%d spots x %d types), %s and %s", models, np.round(weights, 3).tolist(),
              order_by, path, len(sub), len(cell_types), path.with_suffix(".json"), h5ad)

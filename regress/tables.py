@@ -153,3 +153,49 @@ def ablation_table(ablation: Mapping[str, Any], reference: str = "plain") -> Tab
                     _better(r, rows, slides, reference)])
     return Table.of(["recipe", "target", "features", *LEVERS, *slides, "spot", "type",
                      "wins"], out)
+
+
+#: the abundance metrics of report.json's abundance section, as tabled (title, key, fmt)
+ABUNDANCE_METRICS = (("mean per-spot total-variation distance (lower is better)", "tv", ".3f"),
+                     ("per-type Pearson (mean over cell types)", "pearson", ".3f"),
+                     ("90 % interval coverage (each slide calibrated on the others)",
+                      "coverage", ".3f"),
+                     ("mean 90 % interval width", "width", ".3f"))
+
+
+def abundance_tables(section: Mapping[str, Any]) -> list[tuple[str, Table]]:
+    """One table per abundance metric: a row per candidate (the chosen one bold) and, for
+    TV and Pearson, the training mean composition's; a column per held-out slide and the
+    mean (TV also the ratio to the training mean's: of the means / of the slides')."""
+    models, base = section["models"], section["training_mean"]
+    slides = list(base["per_slide"])
+    out = []
+    for title, key, fmt in ABUNDANCE_METRICS:
+        rows = []
+        for name, e in models.items():
+            cells = [format(e["per_slide"][s][key], fmt) if s in e["per_slide"] else ""
+                     for s in slides]
+            extra = [f"{e['mean']['tv_ratio']:.3f} / {e['mean']['tv_ratio_slides']:.3f}"] \
+                if key == "tv" else []
+            rows.append([Cell(name, bold=name == section["chosen"]), *cells,
+                         Cell(format(e["mean"][key], fmt), bold=True), *extra])
+        if key in base["mean"]:
+            rows.append(["training mean", *(format(base["per_slide"][s][key], fmt)
+                                            for s in slides),
+                         format(base["mean"][key], fmt), *(["1"] if key == "tv" else [])])
+        header = ["model", *slides, "mean", *(["ratio"] if key == "tv" else [])]
+        out.append((title, Table.of(header, rows)))
+    return out
+
+
+def ood_table(ood: Mapping[str, Any]) -> Table:
+    """OOD score of every training slide held out (verdict against the other folds'
+    threshold) and of every test slide (against the final threshold)."""
+    rows = [[s, "held out", f"{v['ood_score']:.2f}", f"{v['ood_threshold']:.2f}",
+             "yes" if v["ood_flagged"] else "no", str(v["flagged_spots"])]
+            for s, v in ood["per_slide"].items()]
+    rows += [[s, "test", f"{v['ood_score']:.2f}", f"{v['ood_threshold']:.2f}",
+              Cell("yes", bold=True) if v["ood_flagged"] else "no", str(v["flagged_spots"])]
+             for s, v in ood.get("test", {}).items()]
+    return Table.of(["slide", "as", "OOD score", "threshold", "flagged", "spots flagged"],
+                    rows)

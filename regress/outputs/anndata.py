@@ -5,12 +5,13 @@ layout (:func:`write_anndata`), and the pieces the SpatialData store shares with
 The AnnData layout is the one ``scanpy.read_visium`` returns, so ``sc.pl.spatial`` and
 ``squidpy.pl.spatial_scatter`` draw it::
 
-    X                    float32 (n_spots, n_types) predicted abundances
+    X                    float32 (n_spots, n_types) the values (what they are: uns['hespot'])
     var_names            cell types
     obs_names            <slide>_<row>
-    obs                  slide, library_id (categorical, = slide), spot_id, x, y
+    obs                  slide, library_id (categorical, = slide), spot_id, x, y [, more]
     obsm['spatial']      float (n_spots, 2): full-resolution pixel (x = column, y = row)
     layers[name]         optional (n_spots, n_types) maps, e.g. 'per_type'
+    uns['hespot']        optional: what X and the layers hold (regress.outputs.maps)
     uns['spatial'][slide] = {'images': {'hires': uint8 (h, w, 3)},
                              'scalefactors': {'tissue_hires_scalef', 'spot_diameter_fullres'},
                              'metadata': {'source_file', 'image_shape', ['pixel_size_um']}}
@@ -116,7 +117,8 @@ def slide_spatial(h5: CanonicalH5, slide: str, x: np.ndarray, y: np.ndarray,
 def build_anndata(frame: pd.DataFrame, values: np.ndarray, cell_types: Sequence[str],
                   h5_path: str | Path | None = None,
                   layers: Mapping[str, np.ndarray] | None = None,
-                  hires_px: int = HIRES_PX) -> anndata.AnnData:
+                  hires_px: int = HIRES_PX, *, obs: Mapping[str, np.ndarray] | None = None,
+                  uns: Mapping[str, Any] | None = None) -> anndata.AnnData:
     """The predictions as an AnnData in scanpy's Visium layout (the module docstring).
 
     Args:
@@ -127,6 +129,8 @@ def build_anndata(frame: pd.DataFrame, values: np.ndarray, cell_types: Sequence[
             ``uns['spatial']`` (scanpy then needs ``img_key=None``).
         layers: name -> float (n_spots, n_types) extra maps (e.g. 'per_type').
         hires_px: longest side of each slide's hires thumbnail.
+        obs: name -> (n_spots,) more columns of obs (e.g. 'ood_score').
+        uns: stored as ``uns['hespot']`` (what the values are).
 
     Raises:
         ValueError: missing frame columns or arrays of the wrong shape.
@@ -142,6 +146,10 @@ def build_anndata(frame: pd.DataFrame, values: np.ndarray, cell_types: Sequence[
         if np.shape(layer) != adata.shape:
             raise ValueError(f"layer {name!r} of shape {np.shape(layer)}; expected {adata.shape}")
         adata.layers[name] = np.asarray(layer, np.float32)
+    for name, column in (obs or {}).items():
+        adata.obs[name] = np.asarray(column)
+    if uns is not None:
+        adata.uns["hespot"] = dict(uns)
     if h5_path is not None:
         spatial = {}
         with CanonicalH5(h5_path, chunk_cache_mb=CHUNK_CACHE_MB) as h5:
@@ -156,13 +164,15 @@ def build_anndata(frame: pd.DataFrame, values: np.ndarray, cell_types: Sequence[
 def write_anndata(path: str | Path, frame: pd.DataFrame, values: np.ndarray,
                   cell_types: Sequence[str], h5_path: str | Path | None = None,
                   layers: Mapping[str, np.ndarray] | None = None, *,
-                  hires_px: int = HIRES_PX) -> Path:
+                  hires_px: int = HIRES_PX, obs: Mapping[str, np.ndarray] | None = None,
+                  uns: Mapping[str, Any] | None = None) -> Path:
     """Write ``predictions.h5ad`` (scanpy's Visium layout, :func:`build_anndata`) atomically:
     an existing file is replaced only by a complete one. Returns ``path``.
 
     Args: as :func:`build_anndata`; ``path`` is the .h5ad file to write.
     """
-    adata = build_anndata(frame, values, cell_types, h5_path, layers, hires_px)
+    adata = build_anndata(frame, values, cell_types, h5_path, layers, hires_px, obs=obs,
+                          uns=uns)
     with atomic_path(path, suffix=".h5ad") as tmp:
         adata.write_h5ad(tmp)
     return Path(path)

@@ -21,6 +21,22 @@ def loso_markdown(report: Mapping[str, Any], ranking: Sequence[str]) -> str:
     return to_markdown(tables.loso_table(report, ranking))
 
 
+def abundance_markdown(section: Mapping[str, Any]) -> str:
+    """The abundance part of report.md: each metric per candidate and held-out slide, the
+    training mean beside them, and the OOD scores."""
+    parts = [f"\n## Abundances (LOSO; chosen by mean TV: {section['chosen']})\n",
+             "Predicted abundances against the true proportions of each held-out slide; "
+             "the training mean composition is the baseline.\n"]
+    for title, table in tables.abundance_tables(section):
+        parts += [f"\n### {title[0].upper() + title[1:]}\n", to_markdown(table)]
+    th = section["ood"]["threshold"]
+    parts += ["\n### Out-of-distribution scores\n",
+              f"Slide threshold {th['slide']:.2f} (1.25 x the largest held-out score), spot "
+              f"threshold {th['spot']:.2f}; a held-out slide is judged against the "
+              "threshold of the other folds.\n", to_markdown(tables.ood_table(section["ood"]))]
+    return "\n".join(parts)
+
+
 def render_markdown(report: Mapping[str, Any], ranking: Sequence[str]) -> str:
     """report.md: the LOSO table, per-type scores, the ablation and the configuration;
     models in the order of ``ranking`` (best first)."""
@@ -33,6 +49,8 @@ def render_markdown(report: Mapping[str, Any], ranking: Sequence[str]) -> str:
         parts.append("\n## Per cell type (mean over held-out slides)\n")
         table = tables.per_type_table(report, ranking)
         parts.append(to_markdown(table).rstrip("\n"))
+    if report.get("abundance"):
+        parts.append(abundance_markdown(report["abundance"]))
     if "ablation" in report:
         parts.append(f"\n## Ablation (ridge, LOSO; chosen: {report['ablation']['chosen']})\n")
         parts.append("Cells: per-spot / per-type Spearman. 'wins': held-out slides where "
