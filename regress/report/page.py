@@ -5,8 +5,10 @@ One page built from whatever exists under OUT (the HDF5 file, the embeddings sto
 ``OUT/report/img/``. A section whose inputs are absent says which and how to make them.
 Data: thumbnails with spots, the share of spots on background, abundance distributions,
 spatial maps of chosen cell types, cell-type correlations, a PCA of the embeddings by slide.
-Results: the LOSO table, per-type scores, true vs predicted maps of each held-out slide,
-predicted maps of each test slide, the ablation table. ``--screenshot`` opens the page in
+Results: the LOSO table, per-type scores, the abundance models' LOSO tables and the
+out-of-distribution scores (with maps), true vs predicted maps of each held-out slide
+(abundances on the true maps' colour scale, rank scores labelled as such), predicted maps
+of each test slide, the ablation table. ``--screenshot`` opens the page in
 headless Chromium, checks that every image loaded and writes ``OUT/report/screenshot.png``.
 """
 
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from data.atomic import atomic_dir
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.errors import DataError, Problem
+from regress.report.abundance_sections import ABUNDANCE_SECTIONS
 from regress.report.browser import BrowserError, check_in_browser
 from regress.report.config import ReportConfig
 from regress.report.data_sections import DATA_SECTIONS
@@ -33,7 +36,8 @@ from regress.report.result_sections import RESULT_SECTIONS
 
 log = logging.getLogger("hespot")
 
-SECTIONS: tuple[Section, ...] = DATA_SECTIONS + RESULT_SECTIONS
+SECTIONS: tuple[Section, ...] = DATA_SECTIONS + RESULT_SECTIONS[:2] + ABUNDANCE_SECTIONS \
+    + RESULT_SECTIONS[2:]
 
 CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1400px;color:#222}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-top:.5em}

@@ -109,9 +109,10 @@ def fig_overlay(thumb: np.ndarray, extent: Extent, x: np.ndarray, y: np.ndarray,
 
 
 def fig_maps(thumb: np.ndarray | None, extent: Extent | None, x: np.ndarray, y: np.ndarray,
-             panels: Sequence[tuple[str, np.ndarray]], ncols: int, title: str) -> Figure:
-    """Spatial maps: one panel per (label, (n_spots,) values), colour on the spot grid over a
-    faded thumbnail, each panel with its own colour scale (2nd-98th percentile).
+             panels: Sequence[tuple], ncols: int, title: str) -> Figure:
+    """Spatial maps: one panel per (label, (n_spots,) values[, (lo, hi)]), colour on the
+    spot grid over a faded thumbnail, each panel on the colour scale it gives, else its own
+    (2nd-98th percentile).
 
     Laid out by hand (fixed inches per panel): constrained layout costs more than drawing.
     """
@@ -124,14 +125,14 @@ def fig_maps(thumb: np.ndarray | None, extent: Extent | None, x: np.ndarray, y: 
     cell_w, cell_h, top = pw + 0.75, ph + 0.45, 0.4           # + colorbar/ticks, titles
     W, H = 0.15 + ncols * cell_w, top + nrows * cell_h
     fig = new_figure(W, H, layout=None)
-    for k, (label, values) in enumerate(panels):
+    for k, (label, values, *scale) in enumerate(panels):
         left = 0.15 + (k % ncols) * cell_w
         bottom = H - top - (k // ncols + 1) * cell_h + 0.05
         ax = fig.add_axes((left / W, bottom / H, pw / W, ph / H))
         cax = fig.add_axes(((left + pw + 0.06) / W, bottom / H, 0.12 / W, ph / H))
         _frame(ax, thumb, extent, x, y, spacing, whole=False, fade=0.45)
         values = np.asarray(values, float)
-        lo, hi = np.nanpercentile(values, [2, 98]) if len(values) else (0.0, 1.0)
+        lo, hi = scale[0] if scale else percentile_scale(values)
         coll = _spots(ax, x, y, SPOT_FILL * spacing, values,
                       Normalize(lo, hi if hi > lo else lo + 1e-9))
         fig.colorbar(coll, cax=cax)
@@ -139,6 +140,12 @@ def fig_maps(thumb: np.ndarray | None, extent: Extent | None, x: np.ndarray, y: 
         ax.set_title(label, fontsize=8)
     fig.suptitle(title, fontsize=10, y=1 - 0.12 / H, va="top")
     return fig
+
+
+def percentile_scale(values: np.ndarray) -> tuple[float, float]:
+    """The 2nd and 98th percentiles of ``values`` ((0, 1) when empty): a colour scale."""
+    values = np.asarray(values, float)
+    return tuple(np.nanpercentile(values, [2, 98])) if len(values) else (0.0, 1.0)
 
 
 def fig_abundance(Y_by_slide: Mapping[str, np.ndarray], cell_types: Sequence[str]) -> Figure:

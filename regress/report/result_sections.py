@@ -10,7 +10,7 @@ from html import escape
 import numpy as np
 
 from data.errors import DataError, Problem
-from regress.metrics import spearman_per_type
+from regress.metrics import pearson_per_type, spearman_per_type
 from regress.report import plots
 from regress.report.inputs import Absent, Inputs, Section
 from regress.results import rank_models, read_predictions
@@ -34,20 +34,36 @@ def section_per_type(ctx: Inputs) -> str:
     return ctx.figure(fig, "per_type", "per-type scores")
 
 
-def _oof_figure(ctx: Inputs, model: str, slide: str, P: np.ndarray) -> str:
-    """True (top) vs predicted (bottom) maps of one held-out slide; P is float
-    (n_spots, n_map_types)."""
+def _oof_figure(ctx: Inputs, model: str, slide: str, P: np.ndarray,
+                A: np.ndarray | None) -> str:
+    """True abundances (top), predicted abundances ``A`` on the same colour scale (middle,
+    where an abundance model ran) and rank scores ``P`` (bottom) of one held-out slide;
+    P and A are float (n_spots, n_map_types)."""
     t, types = ctx.table(slide), list(ctx.h5.cell_types)
     cols = [types.index(c) for c in ctx.types]
-    rho = spearman_per_type(t.Y[:, cols], P)
-    panels = [(f"{c}\ntrue", t.Y[:, j]) for c, j in zip(ctx.types, cols, strict=True)]
-    panels += [(f"predicted (rho {r:.2f})", P[:, k]) for k, r in enumerate(rho)]
+    truth = t.Y[:, cols]
+    scales = [plots.percentile_scale(truth[:, k]) for k in range(len(cols))]
+    panels = [(f"{c}\ntrue abundance", truth[:, k], scales[k]) for k, c in enumerate(ctx.types)]
+    if A is not None:
+        r = pearson_per_type(truth, A)
+        panels += [(f"predicted abundance (r {r[k]:.2f})", A[:, k], scales[k])
+                   for k in range(len(cols))]
+    rho = spearman_per_type(truth, P)
+    panels += [(f"rank score (rho {r:.2f})", P[:, k]) for k, r in enumerate(rho)]
     score = ctx.report["models"][model]["per_slide"].get(slide, {})
     title = f"{model}, {slide} held out" + (
         f": per spot {score['spot']:.3f}, per type {score['type']:.3f}" if score else "")
     thumb, extent = ctx.thumb(slide)
     fig = plots.fig_maps(thumb, extent, t.x, t.y, panels, len(ctx.types), title)
     return ctx.figure(fig, f"oof_{model}_{slide}", f"true vs predicted on {slide}")
+
+
+def abundance_predictions(ctx: Inputs, which: str) -> dict[str, np.ndarray]:
+    """slide -> float (n_spots, n_map_types) of the chosen abundance model ({} if none)."""
+    section = (ctx.report or {}).get("abundance")
+    if not section:
+        return {}
+    return _predicted(ctx, f"abundance-{section['chosen']}", which)
 
 
 def _predicted(ctx: Inputs, model: str, which: str) -> dict[str, np.ndarray]:
@@ -68,23 +84,30 @@ def _predicted(ctx: Inputs, model: str, which: str) -> dict[str, np.ndarray]:
 def section_oof(ctx: Inputs) -> str:
     """True vs out-of-fold predicted maps of every held-out slide of the mapped models."""
     ctx.need_h5()
+    abundance = abundance_predictions(ctx, "oof")
     figs = []
     for model in ctx.need_models():
         for slide, P in _predicted(ctx, model, "oof").items():
-            figs.append(_oof_figure(ctx, model, slide, P))
-    return ("<p>Top row: true abundance; bottom row: out-of-fold prediction (on the "
-            "model's target scale), each with its own colour scale.</p>" + "".join(figs))
+            figs.append(_oof_figure(ctx, model, slide, P, abundance.get(slide)))
+    return ("<p>Top row: true abundance. Middle row (where an abundance model ran): the "
+            "out-of-fold predicted abundance, on the true row's colour scale. Bottom row: "
+            "the rank model's out-of-fold rank scores, for ranking (Spearman), not amounts, "
+            "each on its own colour scale.</p>" + "".join(figs))
 
 
 def section_test(ctx: Inputs) -> str:
     """Predicted maps of every test slide of the mapped models."""
     ctx.need_h5()
+    abundance = abundance_predictions(ctx, "test")
     figs = []
     for model in ctx.need_models():
         for slide, P in _predicted(ctx, model, "test").items():
             t = ctx.table(slide)
             thumb, extent = ctx.thumb(slide)
-            panels = [(c, P[:, k]) for k, c in enumerate(ctx.types)]
+            A = abundance.get(slide)
+            panels = [(f"{c}\npredicted abundance", A[:, k]) for k, c in enumerate(ctx.types)
+                      ] if A is not None else []
+            panels += [(f"{c}\nrank score", P[:, k]) for k, c in enumerate(ctx.types)]
             fig = plots.fig_maps(thumb, extent, t.x, t.y, panels, len(panels),
                                  f"{model}, test slide {slide} (fit on all train slides)")
             figs.append(ctx.figure(fig, f"test_{model}_{slide}", f"predictions on {slide}"))

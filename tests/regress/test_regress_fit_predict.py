@@ -78,7 +78,7 @@ def test_predict_reproduces_the_submission(synthetic_h5, single, tiny_store, tin
                                            tmp_path):
     out = tmp_path / "pred"
     assert _predict(synthetic_h5, single, out, "--store", str(tiny_store)) == 0
-    got = pd.read_csv(out / "predictions.csv")
+    got = pd.read_csv(out / "rank_scores.csv")
     assert list(got.columns[:5]) == ["slide", "row", "spot_id", "x", "y"]
     assert _max_diff(got, _submission(synthetic_h5, tiny_regressed, tmp_path)) <= 1e-6
     assert (out / "predictions.h5ad").is_file()
@@ -94,7 +94,7 @@ def test_ensemble_with_lightgbm_reproduces_the_submission(synthetic_h5, tiny_sto
     assert any(name.endswith(".tree0.txt") for name in meta["files"])
     assert _predict(synthetic_h5, folder, tmp_path / "p", "--store", str(tiny_store)) == 0
     expected = _submission(synthetic_h5, tiny_regressed, tmp_path, "--models", models)
-    assert _max_diff(pd.read_csv(tmp_path / "p" / "predictions.csv"), expected) <= 1e-6
+    assert _max_diff(pd.read_csv(tmp_path / "p" / "rank_scores.csv"), expected) <= 1e-6
 
 
 def test_predict_embeds_a_new_store_as_the_spec_says(synthetic_h5, single, tiny_store,
@@ -279,7 +279,7 @@ def test_per_type_layer_in_submit_and_predict(synthetic_h5, tiny_store, tmp_path
     np.testing.assert_allclose(predicted.layers["per_type"], test[types].to_numpy(), atol=1e-6)
     # one prediction for both metrics, in submit and predict alike
     submission = pd.read_csv(tmp_path / "submission.csv")
-    got = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    got = pd.read_csv(tmp_path / "p" / "rank_scores.csv")
     assert _max_diff(got, submission) <= 1e-6
     record = json.loads((tmp_path / "submission.json").read_text())
     assert record["models"] == ["ridge-spot_rank"]

@@ -53,7 +53,8 @@ def same_bytes(a: Path, b: Path, *names: str) -> bool:
 
 
 def same_submission(a: Path, b: Path) -> bool:
-    return same_bytes(a, b, "submission.csv", "predictions.h5ad")
+    return same_bytes(a, b, "submission.csv", "predictions.h5ad", "predictions.csv",
+                      "rank_scores.csv")
 
 
 def _h5_content(path: Path) -> dict:
@@ -134,8 +135,9 @@ def same_model(a: Path, b: Path) -> bool:
 
 
 def same_predict(a: Path, b: Path) -> bool:
-    """predictions.csv and .h5ad byte for byte, and the features stage 1 stored."""
-    return (same_bytes(a, b, "predictions.csv", "predictions.h5ad")
+    """predictions.csv, rank_scores.csv and .h5ad byte for byte, and the features stage 1
+    stored."""
+    return (same_bytes(a, b, "predictions.csv", "rank_scores.csv", "predictions.h5ad")
             and same_store(a / "embeddings.zarr", b / "embeddings.zarr"))
 
 

@@ -153,7 +153,9 @@ def test_submit_best_model(out, synthetic_h5):
     np.testing.assert_allclose(adata.obsm["spatial"],
                                np.stack([tables["S_4"].x, tables["S_4"].y], axis=1))
     np.testing.assert_allclose(adata.obs[["x", "y"]].to_numpy(float), adata.obsm["spatial"])
-    np.testing.assert_allclose(np.asarray(adata.X), values, atol=1e-6)
+    np.testing.assert_allclose(adata.layers["rank_score"], values, atol=1e-6)
+    assert adata.uns["hespot"]["X"] == "abundance"
+    assert np.abs(np.asarray(adata.X).sum(axis=1) - 1).max() <= 1e-4
 
 
 def _ranks(out, model, types):
@@ -318,6 +320,6 @@ def test_her2st_end_to_end(her2st_h5, tmp_path):
                              "--quiet"]) == 0
     assert regress.predict.main(["--model", str(out / "model"), "--h5", str(her2st_h5),
                                  "--out", str(tmp_path / "pred"), "--quiet"]) == 0
-    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    pred = pd.read_csv(tmp_path / "pred" / "rank_scores.csv")
     assert (pred["slide"] + "_" + pred["row"].astype(str)).tolist() == sub["ID"].tolist()
     assert np.abs(pred[sub.columns[1:]].to_numpy() - values).max() <= 1e-6

@@ -1,0 +1,100 @@
+"""Abundance models (regress.abundance), the abundance metrics and the abundance part of
+``hespot regress`` on the synthetic fixture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from regress.abundance import (
+    ABUNDANCE_MODELS,
+    TRANSFORMS,
+    AbundanceRidge,
+    SavedAbundance,
+    export_abundance,
+    sums_to_one,
+    to_scale,
+)
+from regress.metrics import pearson_per_type, tv_distance
+
+
+def _data(n=90, d=6, t=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    logits = X[:, :t] * 1.5
+    Y = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return X, Y, np.repeat(["a", "b", "c"], n // 3)
+
+
+def test_tv_distance_and_pearson():
+    Y = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    P = np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    np.testing.assert_allclose(tv_distance(Y, P), [0.0, 1.0])
+    A = np.array([[1.0, 0.2], [2.0, 0.2], [3.0, 0.2]])
+    B = np.array([[2.0, 5.0], [4.0, 6.0], [6.0, 9.0]])
+    np.testing.assert_allclose(pearson_per_type(A, B), [1.0, 0.0])  # constant column: 0
+    tiled = np.tile([0.1, 0.3, 0.6], (5, 1)) * (1 + 1e-17)
+    assert np.all(pearson_per_type(np.random.default_rng(0).random((5, 3)), tiled) == 0)
+
+
+def test_simplex_detection_and_scale():
+    _, Y, _ = _data()
+    assert sums_to_one(Y) and not sums_to_one(Y * 2) and not sums_to_one(Y - 0.1)
+    P = np.array([[-0.2, 0.3, 0.1], [-1.0, -1.0, -1.0]])
+    out = to_scale(P, True, np.array([0.2, 0.3, 0.5]))
+    np.testing.assert_allclose(out, [[0.0, 0.75, 0.25], [0.2, 0.3, 0.5]])
+    np.testing.assert_allclose(to_scale(P, False, None), np.clip(P, 0, None))
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_every_transform_predicts_proportions_and_learns(transform):
+    X, Y, g = _data()
+    est = AbundanceRidge(transform).fit(X[:60], Y[:60], groups=g[:60])
+    P = est.predict(X[60:])
+    assert P.min() >= 0 and np.abs(P.sum(1) - 1).max() < 1e-12
+    baseline = tv_distance(Y[60:], np.tile(Y[:60].mean(0), (30, 1))).mean()
+    assert tv_distance(Y[60:], P).mean() < 0.8 * baseline
+
+
+def test_targets_off_the_simplex_keep_their_scale():
+    X, Y, g = _data()
+    est = AbundanceRidge("sqrt").fit(X[:60], 3 * Y[:60], groups=g[:60])
+    P = est.predict(X[60:])
+    assert P.min() >= 0 and not np.allclose(P.sum(1), 1)
+    assert 2.0 < P.sum(1).mean() < 4.0
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_saved_abundance_predicts_as_the_fitted_one(transform):
+    X, Y, g = _data()
+    est = AbundanceRidge(transform).fit(X[:60], Y[:60], groups=g[:60])
+    saved = SavedAbundance(transform, export_abundance(est))
+    np.testing.assert_allclose(saved.predict(X[60:]), est.predict(X[60:]), atol=1e-12, rtol=0)
+
+
+def test_regress_reports_every_candidate_and_chooses_by_tv(tiny_regressed, synthetic_h5):
+    report = json.loads((tiny_regressed / "report.json").read_text())
+    section = report["abundance"]
+    assert set(section["models"]) == set(ABUNDANCE_MODELS) and section["simplex"] is True
+    tv = {m: e["mean"]["tv"] for m, e in section["models"].items()}
+    assert section["chosen"] == min(tv, key=tv.get)
+    chosen = section["models"][section["chosen"]]
+    slides = report["train_slides"]
+    assert set(chosen["per_slide"]) == set(slides)
+    for s in slides:
+        row = chosen["per_slide"][s]
+        assert row["tv"] < row["tv_mean"] and 0 < row["coverage"] <= 1 and row["width"] > 0
+    assert chosen["mean"]["tv_ratio"] == pytest.approx(chosen["mean"]["tv"] /
+                                                       chosen["mean"]["tv_mean"])
+    # the rank models' ranking (and so the submission) ignores the abundance models
+    assert not any(m.startswith("abundance") for m in report["models"])
+    oof = pd.read_csv(tiny_regressed / "predictions" / f"abundance-{section['chosen']}" /
+                      "oof.csv")
+    values = oof[report["cell_types"]].to_numpy()
+    assert values.min() >= 0 and np.abs(values.sum(1) - 1).max() < 1e-9
+    ood = pd.read_csv(tiny_regressed / "predictions" / "ood" / "test.csv")
+    assert list(ood.columns[-1:]) == ["ood_score"] and len(ood) == 49
+    assert "## Abundances" in (tiny_regressed / "report.md").read_text()
