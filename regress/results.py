@@ -117,8 +117,10 @@ def read_predictions(out: Path, model_id: str, which: str) -> pd.DataFrame:
 def _predictions_problem(frame: pd.DataFrame) -> str:
     missing = [c for c in META_COLUMNS if c not in frame]
     values = frame.drop(columns=[c for c in ("slide", "row", "spot_id") if c in frame])
-    text = [c for c in values if values[c].dtype.kind not in "fiu"]
-    if missing or frame.columns.duplicated().any() or frame["row"].dtype.kind not in "iu":
+    typed = len(frame) > 0  # an empty table's columns have no type to check
+    text = [c for c in values if typed and values[c].dtype.kind not in "fiu"]
+    if missing or frame.columns.duplicated().any() or \
+            (typed and frame["row"].dtype.kind not in "iu"):
         return f"columns {list(frame.columns)[:8]} (rows numbered by whole numbers)"
     if text or values.shape[1] <= 2:
         return f"non-numeric columns {text[:3]}" if text else "no cell-type columns"
