@@ -70,8 +70,9 @@ def test_folder_holds_the_spec_and_no_pickle(single, tiny_regressed):
     assert len(part["settings"]["weights_sha256"]) == 64
     assert meta["models"][0]["check_max_abs_diff_vs_test_csv"] <= 1e-12
     assert sorted(p.name for p in single.iterdir()) == sorted(["model.json", *meta["files"]])
+    assert "README.md" in meta["files"]  # the model card, checksummed like the arrays
     for name in meta["files"]:
-        assert name.endswith((".npz", ".txt"))
+        assert name.endswith((".npz", ".txt")) or name == "README.md"
 
 
 def test_predict_reproduces_the_submission(synthetic_h5, single, tiny_store, tiny_regressed,
