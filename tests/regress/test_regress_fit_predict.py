@@ -173,9 +173,9 @@ def test_pickled_arrays_are_never_loaded(copy):
     """An object array needs pickle: refused even with a matching checksum."""
     from data.checksum import sha256_file as sha256_of
 
-    npz = next(copy.glob("*.npz"))
-    np.savez(npz, coef=np.array([{"a": 1}], dtype=object), intercept=np.zeros(2))
     meta = json.loads((copy / "model.json").read_text())
+    npz = copy / f"{meta['models'][0]['id']}.npz"  # a rank model's (load_bundle reads it)
+    np.savez(npz, coef=np.array([{"a": 1}], dtype=object), intercept=np.zeros(2))
     meta["files"][npz.name] = sha256_of(npz)
     (copy / "model.json").write_text(json.dumps(meta))
     from data.errors import DataError
