@@ -45,7 +45,7 @@ class EmbedConfig:
     precision: str = "auto"
     threads: int | None = None
     pad_mode: str = "reflect"
-    prefetch: int | None = None           # batches read ahead in a background thread;
+    prefetch: int | None = None           # with readers 0: batches read ahead in a thread;
                                           # 0: read in the model's thread; None: auto
     readers: int | None = None            # reader processes (0: read in the model's
                                           # process); None: 0 on a CPU, several on CUDA

@@ -162,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "checked against eager on its first batch; eager on CUDA), eager, jit, "
                    "compile (torch.compile)")
     p.add_argument("--prefetch", type=int,
-                   help="batches read ahead in a background thread; 0 reads in the model's "
-                   "thread (default: 3 on a GPU or with spare CPU cores, else 0)")
+                   help="with --readers 0: batches read ahead in a background thread; 0 "
+                   "reads in the model's thread (default: 3 on a GPU or with spare CPU "
+                   "cores, else 0)")
     p.add_argument("--readers", type=int,
                    help="reader processes cropping patches for the model (0: read in the "
                    "model's process; default: 0 on a CPU, half the cores up to 8 on CUDA)")

@@ -82,6 +82,14 @@ def bench_parser(prog: str, description: str | None, common: Sequence[str],
     return p
 
 
+def add_count(parser: argparse.ArgumentParser, flag: str, what: str, on_gpu: object,
+              on_cpu: object) -> None:
+    """An int flag ``flag`` whose default (None) depends on the device: ``on_gpu`` on a
+    GPU, ``on_cpu`` on a CPU (the measuring function resolves it)."""
+    parser.add_argument(flag, type=int, default=None,
+                        help=f"{what} (default: {on_gpu} on a GPU, {on_cpu} on a CPU)")
+
+
 def bench_setup(args: argparse.Namespace, precision: str | None = None
                 ) -> tuple[Backbone, DeviceChoice]:
     """Quiet logging, ``args.threads`` torch threads; the backbone ``args.backbone`` and

@@ -34,6 +34,7 @@ from PIL import Image
 from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
 from embed.bench.common import (
+    add_count,
     bench_main,
     bench_parser,
     bench_setup,
@@ -161,12 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-h5", default=None,
                    help="a whole slide's canonical file (make c2-grid: the tissue grid of "
                    "the bundled C2): stage 1 run on it whole, start-up and steady rate")
-    p.add_argument("--grid-spots", type=int, default=None,
-                   help=f"its first N spots only (default: all on a GPU, {CPU_SLIDE_SPOTS} "
-                   "on a CPU)")
-    p.add_argument("--feed-spots", type=int, default=None,
-                   help=f"spots the readers' feeding capacity is measured over (default: "
-                   f"all of the workload on a GPU, {CPU_FEED_SPOTS} on a CPU)")
+    add_count(p, "--grid-spots", "its first N spots only", "all", CPU_SLIDE_SPOTS)
+    add_count(p, "--feed-spots", "spots the readers' feeding capacity is measured over",
+              "all of the workload", CPU_FEED_SPOTS)
     return p
 
 

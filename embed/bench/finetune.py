@@ -24,7 +24,7 @@ import torch
 from data.cluster import usable_cores
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
-from embed.bench.common import bench_main, bench_parser, bench_setup
+from embed.bench.common import add_count, bench_main, bench_parser, bench_setup
 from embed.device import DeviceChoice, cpu_has_bf16
 from embed.finetune.augment import WINNING_AUGMENT, build_train_transform
 from embed.finetune.config import FinetuneConfig
@@ -170,12 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-px", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps per precision")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers of the whole loop (default: 14 on a GPU, else "
-                   "the fine-tuning default)")
-    p.add_argument("--loop-spots", type=int, default=None,
-                   help=f"images of the whole loop's epoch (default: every training spot "
-                   f"on a GPU, {CPU_LOOP_SPOTS} on a CPU)")
+    add_count(p, "--workers", "DataLoader workers of the whole loop", 14,
+              f"the fine-tuning default, {FinetuneConfig.workers},")
+    add_count(p, "--loop-spots", "images of the whole loop's epoch", "every training spot",
+              CPU_LOOP_SPOTS)
     return p
 
 
