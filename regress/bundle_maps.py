@@ -41,8 +41,9 @@ from regress.recipes import Recipe, predict_slides, prepare
 log = logging.getLogger("hespot")
 
 OOD_FILE = "ood"   # ood.npz
-OLD_FOLDER = ("model folder {folder} was made before abundances: the maps hold rank scores "
-              "only; abundances, intervals and OOD warnings need `hespot fit` again")
+OLD_FOLDER = ("model folder {folder} has no abundance model (made before abundances, or from "
+              "a run without them): the maps hold rank scores only; abundances, intervals and "
+              "OOD warnings need `hespot fit` again")
 
 
 def _stage1(data: SlideSet, features: list[str]) -> SlideSet:
