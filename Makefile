@@ -25,7 +25,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
 	grid-embeddings \
-	fit predict import-wsi big-slide bench-read faults \
+	fit predict import-wsi big-slide c2-grid bench-read faults fuzz \
 	bench-embed bench-scale report chromium
 
 $(VENV)/.installed: pyproject.toml
@@ -129,20 +129,43 @@ big-slide: $(BIG).h5
 bench-read: $(VENV)/.installed $(OUT)/her2st.h5 $(BIG).h5
 	$(HESPOT) bench-read --h5 $(H5) --h5 $(BIG).h5 $(ARGS)
 
-bench-embed: $(VENV)/.installed $(OUT)/her2st.h5
-	$(HESPOT) bench-embed --h5 $(H5) $(ARGS)
+# the whole-slide workload of bench-embed: a tissue grid (square, 18 µm pitch) over the
+# bundled C2, its pixels copied into the HDF5: OUT/c2grid.h5 (17,117 spots)
+C2GRID ?= $(OUT)/c2grid.h5
+$(C2GRID): | $(VENV)/.installed
+	$(HESPOT) import-wsi --slide data/samples/her2st/images/C2.jpg --grid square:18 --mpp 0.69 \
+		--images copy --out $@ --quiet
+c2-grid: $(C2GRID)
+
+# stage 1's speed on the sample and on a whole slide (start-up, steady rate, feeding
+# capacity of 1 and 2 reader processes) against the model's limit
+bench-embed: $(VENV)/.installed $(OUT)/her2st.h5 $(C2GRID)
+	$(HESPOT) bench-embed --h5 $(H5) --grid-h5 $(C2GRID) $(ARGS)
 
 # stage 1 in-process vs a Dask LocalCluster of 1 and 2 workers (views/s, same features)
 bench-scale: $(VENV)/.installed $(OUT)/her2st.h5
 	$(HESPOT) bench-scale --h5 $(H5) $(ARGS)
 
-# the fault suite (issue 18): bad inputs refused, each command that writes SIGKILLed at
-# 20/50/80 % of its time (the slow ones at 50 %) then rerun to the uninterrupted outputs,
-# concurrent runs kept apart; last line
+# the fault suite (issue 18), the tests marked faults: bad inputs refused, each command
+# that writes SIGKILLed at 20/50/80 % of its time (the slow ones at 50 %) then rerun to the
+# uninterrupted outputs, concurrent runs kept apart; last line
 # "faults bad_inputs_refused=n/m kills_survived=n/m concurrent_safe=n/m"
+# (ARGS="-k embed" for some cases)
 faults: $(VENV)/.installed
-	$(PY) tests/fault_suite.py $(ARGS)
+	$(PY) -m pytest -m faults $(ARGS)
 
+# the fuzzer (issue 28): FUZZ_CASES generated corruptions of every input hespot reads (the
+# canonical HDF5s, spots CSVs, manifests, images, Space Ranger folders, pyramidal TIFFs,
+# embeddings stores, model folders, regress's outputs), each run through the command that
+# reads it; failures saved under OUT/fuzz/failures (replayed with --replay); last line
+# "fuzz cases=n passed=n tracebacks=n hangs=n leftovers=n"
+FUZZ_CASES ?= 2000
+FUZZ_SEED ?= 0
+fuzz: $(VENV)/.installed
+	$(PY) -m tests.system.fuzz.fuzz --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) \
+		--failures $(OUT)/fuzz/failures $(ARGS)
+
+# every test but the whole fault suite (its fast part runs; slow tests too)
 test: $(VENV)/.installed chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 

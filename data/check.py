@@ -16,14 +16,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from data import validate
 from data.cli import Parser, run_cli, setup_logging
 from data.errors import DataError, Problem, raise_errors
-from data.h5 import SPLITS, CanonicalH5
+from data.h5 import H5_ERRORS, SPLITS, CanonicalH5
 from data.spots import cell_type_fields, is_ascii
-from data.wsi.tissue import NoTissue, detect_tissue
+from data.wsi.tissue import NoTissue, TissueMask, detect_tissue
 
 log = logging.getLogger("hespot")
 
@@ -40,20 +41,36 @@ class CheckResult:
         return not any(p.level == "error" for p in self.problems)
 
 
-def background_share(h5: CanonicalH5, slide: str) -> float:
-    """Fraction of the slide's spots whose centre is not on tissue: the tissue mask
-    recorded at import, else :func:`data.wsi.tissue.detect_tissue` on a thumbnail (1.0
-    when the slide shows no tissue at all)."""
-    if h5.n_spots(slide) == 0:
-        return 0.0
-    x, y = h5.coords(slide)
+def slide_tissue(h5: CanonicalH5, slide: str) -> TissueMask | None:
+    """The slide's tissue as every stage sees it: the mask recorded at import (the one a
+    grid was laid on), else :func:`data.wsi.tissue.detect_tissue` on a thumbnail of its
+    image; None when the slide shows no tissue at all (unreadable files raise)."""
     mask = h5.tissue(slide)
     if mask is None:
         try:
             mask = detect_tissue(h5.image(slide))
-        except NoTissue:  # blank: no tissue anywhere (unreadable files raise)
-            return 1.0
-    return float(1.0 - mask.on_tissue(x, y).mean())
+        except NoTissue:
+            return None
+    return mask
+
+
+def off_tissue_share(tissue: TissueMask | None, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of the points (x column, y row; level-0 pixels, (n,) each) whose centre is
+    not on ``tissue`` (all of them when there is no tissue; 0 for no points)."""
+    if len(x) == 0:
+        return 0.0
+    if tissue is None:
+        return 1.0
+    return float(1.0 - tissue.on_tissue(x, y).mean())
+
+
+def background_share(h5: CanonicalH5, slide: str) -> float:
+    """Fraction of the slide's spots whose centre is not on its tissue
+    (:func:`slide_tissue`; 1.0 when the slide shows no tissue at all)."""
+    if h5.n_spots(slide) == 0:
+        return 0.0
+    x, y = h5.coords(slide)
+    return off_tissue_share(slide_tissue(h5, slide), x, y)
 
 
 def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
@@ -74,14 +91,25 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
             return exc.problems
     else:
         shape, dtype, chunks = f[key].shape, f[key].dtype, f[key].chunks
-        problems += validate.check_image(file, slide, shape, dtype, chunks)
+        image = validate.check_image(file, slide, shape, dtype, chunks) or \
+            validate.check_stored(file, slide, "image", shape, dtype.itemsize,
+                                  f[key].id.get_storage_size())
+        problems += image
+        if any(p.field == "image" for p in image):
+            return problems
     table = f[f"spots/{split}/{slide}"]
-    names = table.dtype.names
+    names = table.dtype.names if isinstance(table, h5py.Dataset) else None
     if names is None or not {"x", "y"} <= set(names):
         return problems + [Problem(file, slide, f"spots/{split}/{slide}",
                                    "a structured array with fields x, y",
-                                   f"fields {list(names or [])}",
+                                   f"fields {list(names or [])}" if names is not None or
+                                   isinstance(table, h5py.Dataset) else "a group",
                                    "store spots as a structured array with x and y")]
+    stored = validate.check_stored(file, slide, f"spots/{split}/{slide}", table.shape,
+                                   table.dtype.itemsize, table.id.get_storage_size(),
+                                   table.chunks)
+    if stored:
+        return problems + stored
     # the table is read field by field and in row blocks: memory and time stay small for
     # tables of millions of spots; rows are named by their index in the whole table
     x, y = h5.coords(slide)
@@ -112,6 +140,16 @@ def check_file(path: str, with_background: bool = True,
         slides: check only these slides (default: all); cell-type columns are compared
             among the train slides checked.
     """
+    try:
+        return _check_file(path, with_background, slides)
+    except H5_ERRORS as exc:  # groups or links that HDF5 cannot follow: a damaged file
+        raise DataError(Problem(path, "", "", "a readable HDF5 file", f"error: {exc}",
+                                "the file is truncated or corrupt: copy or import it "
+                                "again")) from exc
+
+
+def _check_file(path: str, with_background: bool, slides: Sequence[str] | None
+                ) -> CheckResult:
     problems: list[Problem] = []
     background: dict[str, float] = {}
     with CanonicalH5(path) as h5:
@@ -138,12 +176,14 @@ def check_file(path: str, with_background: bool = True,
                     problems += slide_problems
                     if split == "Train":
                         table = f[f"spots/Train/{slide}"]
-                        if table.dtype.names:
+                        if isinstance(table, h5py.Dataset) and table.dtype.names:
                             columns[slide] = cell_type_fields(table[:0], h5.extra_fields(slide))
                     if with_background and not any(p.level == "error"
                                                    for p in slide_problems):
                         background[slide] = background_share(h5, slide)
-                except (OSError, KeyError, ValueError) as exc:
+                except DataError as exc:  # a part read whole: its tissue mask
+                    problems += exc.problems
+                except H5_ERRORS as exc:
                     problems.append(Problem(path, slide, f"{split}/{slide}", "readable data",
                                             f"error: {exc}", "the file is corrupt or "
                                             "truncated: import it again"))
@@ -173,7 +213,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     setup_logging(quiet=True)
     try:
         result = check_file(args.file)
-    except OSError as exc:
+    except H5_ERRORS as exc:
         raise DataError(Problem(args.file, "", "", "a readable HDF5 file", f"error: {exc}",
                                 "the file is truncated or corrupt: copy or import it again")
                         ) from exc
@@ -196,4 +236,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["check_file", "preflight", "background_share", "CheckResult", "main"]
+__all__ = ["check_file", "preflight", "background_share", "slide_tissue", "off_tissue_share",
+           "CheckResult", "main"]

@@ -22,6 +22,8 @@ try:  # ISA-L's inflate; zlib gives identical bytes, only slower
 except ImportError:  # pragma: no cover - isal is a declared dependency
     _inflate_lib = zlib
 
+#: what a damaged stored chunk raises while it is read, inflated or reshaped
+DECODE_ERRORS = (OSError, ValueError, zlib.error, _inflate_lib.error)
 _DEFLATE = h5py.h5z.FILTER_DEFLATE
 _SHUFFLE = h5py.h5z.FILTER_SHUFFLE
 
@@ -121,3 +123,17 @@ class ChunkWindows:
                 out[top - y0:bottom - y0, left - x0:right - x0] = \
                     block[top - cy * ch:bottom - cy * ch, left - cx * cw:right - cx * cw]
         return out
+
+
+def hash_stored(h, dset: h5py.Dataset) -> None:
+    """Feed the hash ``h`` a dataset's content as stored: its raw chunks (compressed, in
+    the file's order) when chunked, else its rows about 16 MB at a time."""
+    if dset.chunks is not None:
+        dsid = dset.id
+        for i in range(dsid.get_num_chunks()):
+            offset = dsid.get_chunk_info(i).chunk_offset
+            h.update(dsid.read_direct_chunk(offset)[1])
+    else:
+        step = max(1, 2**24 // max(1, dset.shape[1] * 3))
+        for r in range(0, dset.shape[0], step):
+            h.update(dset[r:r + step].tobytes())

@@ -66,12 +66,13 @@ def setup_logging(quiet: bool = False) -> None:
 def run_cli(main: Callable[[Sequence[str] | None], int],
             argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``. A :class:`DataError` (bad input) or :class:`ConfigError` (bad
-    setting) becomes one line on stderr and exit code 2; any other exception is a bug and
-    propagates with its traceback."""
+    setting) becomes one line on stderr (several problems separated by `` | ``) and exit
+    code 2; any other exception is a bug and propagates with its traceback."""
     try:
         return main(argv)
     except (DataError, ConfigError) as exc:
-        sys.stderr.write(f"hespot: {exc}\n")
+        text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        sys.stderr.write(f"hespot: {text}\n")
         return EXIT_USER_ERROR
 
 
@@ -91,7 +92,8 @@ def config_parser(prog: str, description: str | None, cls: type,
     p = Parser(prog=prog, description=description,
                formatter_class=argparse.RawDescriptionHelpFormatter,
                argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", help=f"JSON file of {cls.__name__} settings (flags win)")
+    p.add_argument("--config", help=f"JSON file of {cls.__name__} settings, - to read them "
+                   "from stdin (flags win)")
     add_common(p, *common)
     return p
 
@@ -118,7 +120,8 @@ def _coerce(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def resolve_config(cls: type[C], args: argparse.Namespace) -> C:
-    """Build ``cls`` from defaults, then ``args.config`` (JSON) if given, then the flags.
+    """Build ``cls`` from defaults, then ``args.config`` (a JSON file; ``-``: JSON read from
+    stdin) if given, then the flags.
 
     ``args`` must come from :func:`config_parser` (or any parser built with
     ``argument_default=argparse.SUPPRESS``) so that it holds only the flags the user gave.
@@ -130,19 +133,20 @@ def resolve_config(cls: type[C], args: argparse.Namespace) -> C:
     given = {k: v for k, v in vars(args).items() if k != "config"}
     values: dict[str, Any] = {}
     config_path = getattr(args, "config", None)
+    source = "stdin" if config_path == "-" else str(config_path or "command line")
     if config_path:
-        path = Path(config_path)
         try:
-            loaded = json.loads(path.read_text())
+            loaded = json.loads(sys.stdin.read() if config_path == "-"
+                                else Path(config_path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(Problem(str(path), "", "", "a JSON object of settings",
+            raise DataError(Problem(source, "", "", "a JSON object of settings",
                                     f"error: {exc}", "fix the config file")) from exc
         if not isinstance(loaded, dict):
-            raise DataError(Problem(str(path), "", "", "a JSON object of settings",
+            raise DataError(Problem(source, "", "", "a JSON object of settings",
                                     type(loaded).__name__, "fix the config file"))
         values.update(loaded)
     values.update(given)
-    return cls(**_coerce(cls, values, str(config_path or "command line")))
+    return cls(**_coerce(cls, values, source))
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -24,13 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("data.check", "check a canonical HDF5 file: every problem, located"),
     "summary": ("data.summary", "slides, spots and cell types of a canonical HDF5 file"),
     "embed": ("embed.run", "stage 1: CNN embeddings of every spot into the Zarr store"),
-    "bench-embed": ("embed.bench", "stage 1 speed: pipeline vs model limit vs a naive loop"),
-    "bench-read": ("embed.bench_read", "stage 1's reader alone (patches/s) beside the "
+    "bench-embed": ("embed.bench.embed", "stage 1 speed: pipeline vs model limit vs a naive loop"),
+    "bench-read": ("embed.bench.read", "stage 1's reader alone (patches/s) beside the "
                    "model (spots/s), on HDF5 pixels and slides read in place"),
-    "bench-scale": ("embed.bench_scale", "stage 1 in-process vs 1 and 2 Dask workers: "
+    "bench-scale": ("embed.bench.scale", "stage 1 in-process vs 1 and 2 Dask workers: "
                     "views/s and identical features"),
     "finetune": ("embed.finetune.run", "the fine-tuned CNN path, LOSO, stage-2 predictions"),
-    "bench-finetune": ("embed.finetune.bench", "fine-tuning throughput, fp32 vs bf16"),
+    "bench-finetune": ("embed.bench.finetune", "fine-tuning throughput, fp32 vs bf16"),
     "regress": ("regress.run", "stage 2: LOSO over the train slides, then predict the test"),
     "tune": ("regress.tune", "choose a recipe by LOSO (ablation table, OUT/tuned.json)"),
     "submit": ("regress.submit", "submission.csv and predictions.h5ad from chosen models"),

@@ -44,8 +44,9 @@ class Problem:
             where += f", slide {self.slide}"
         if self.field:
             where += f", field {self.field}"
+        found = " ".join(str(self.found).split())  # a parser's message may span lines
         return (
-            f"{self.level}: {where}: expected {self.expected}; found {self.found}. "
+            f"{self.level}: {where}: expected {self.expected}; found {found}. "
             f"Fix: {self.fix}"
         )
 

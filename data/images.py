@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,21 @@ def open_pil(path: str | Path) -> Iterator[Image.Image]:
             Image.MAX_IMAGE_PIXELS = previous
     with image:
         yield image
+
+
+#: what a damaged or hostile image file makes PIL, tifffile or their codecs raise
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError,
+               AttributeError, ArithmeticError, RuntimeError, struct.error,
+               tifffile.TiffFileError)
+
+
+def is_file(path: str | Path, folder: bool = False) -> bool:
+    """Whether ``path`` is a file (or, with ``folder``, a folder); False, not an error, for
+    a name no file can have (too long, a NUL character), as a table may give one."""
+    try:
+        return Path(path).is_dir() if folder else Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _missing(path: Path, slide: str) -> DataError:
@@ -81,7 +97,7 @@ def to_rgb_uint8(array: np.ndarray, path: str, slide: str) -> np.ndarray:
 def load_image(path: str | Path, slide: str = "") -> np.ndarray:
     """Read an image file as uint8 (H, W, 3) RGB (the full-resolution level of a TIFF)."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise _missing(path, slide)
     suffix = _check_suffix(path, slide)
     try:
@@ -98,7 +114,7 @@ def load_image(path: str | Path, slide: str = "") -> np.ndarray:
                 else:
                     log.warning("%s, slide %s: %s image converted to RGB", path, slide, im.mode)
                     array = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+    except READ_ERRORS as exc:
         raise DataError(Problem(str(path), slide, "image", "a readable image", f"error: {exc}",
                                 "the file is truncated or not an image; export it again")
                         ) from exc

@@ -21,6 +21,11 @@ MAX_SIDE = 500_000
 MAX_CHUNK_BYTES = 256 * 2**20
 #: the longest slide or cell-type name accepted
 MAX_NAME = 200
+#: the most a dataset's filters can shrink it (deflate's ceiling is 1032:1): a dataset
+#: declaring more bytes than this times what the file stores for it is refused unread
+MAX_COMPRESSION = 1100
+#: datasets declaring at most this many bytes are read whatever the file stores
+MIN_CHECKED_BYTES = 16 * 2**20
 
 
 def check_name(file: str, slide: str, field: str, name: str, path_safe: bool = True
@@ -67,6 +72,25 @@ def check_image(file: str, slide: str, shape: tuple[int, ...], dtype: np.dtype,
         out.append(Problem(file, slide, "image shape", "(H, W, 3)", str(tuple(shape)),
                            "re-import the slide from an RGB image"))
     return out
+
+
+def check_stored(file: str, slide: str, field: str, shape: tuple[int, ...], itemsize: int,
+                 stored: int, chunks: tuple[int, ...] | None = None) -> list[Problem]:
+    """A dataset's declared size must be backed by the file (at most
+    :data:`MAX_COMPRESSION` times the bytes stored for it) and its chunks at most
+    :data:`MAX_CHUNK_BYTES`, both from the metadata: a header claiming 10^9 rows or a
+    10^6 x 10^6 image in a small file is refused before anything is allocated or read."""
+    if chunks is not None and int(np.prod(chunks, dtype=float)) * itemsize > MAX_CHUNK_BYTES:
+        return [Problem(file, slide, field, f"chunks of at most {MAX_CHUNK_BYTES // 2**20} "
+                        "MB", f"chunks {tuple(chunks)} of {itemsize}-byte items",
+                        "the file is damaged or hostile: write it again (hespot import-*)")]
+    declared = float(np.prod(shape, dtype=float)) * itemsize
+    if declared > MIN_CHECKED_BYTES and declared > MAX_COMPRESSION * max(stored, 1):
+        return [Problem(file, slide, field, "a size backed by the data the file stores",
+                        f"shape {tuple(shape)} ({declared / 2**20:,.0f} MB) with {stored:,} "
+                        "bytes stored", "the file is truncated, damaged or hostile: import "
+                        "the slide again")]
+    return []
 
 
 def check_coordinates(file: str, slide: str, x: np.ndarray, y: np.ndarray,

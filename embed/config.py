@@ -1,109 +1,25 @@
 """Settings of stage 1: :class:`EmbedConfig` (defaults < --config JSON < flags), the
-``--backbones`` items it names (:class:`BackboneJob`), their checks, and the defaults that
-depend on the device (spots per batch, batches read ahead)."""
+``--backbones`` items it names (:class:`data.store.BackboneItem`, their backbones checked
+against the registry), their checks, and the defaults that depend on the device (spots per
+batch, batches read ahead)."""
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from data.cli import DEFAULT_H5, DEFAULT_STORE
-from data.cluster import check_cluster
+from data.cluster import check_cluster, usable_cores
 from data.errors import ConfigError, DataError, Problem
 from data.patches import PAD_MODES
-from embed.backbones import DEFAULT_BACKBONE, REGISTRY, get_backbone
+from data.store import BackboneItem
+from embed.backbones import DEFAULT_BACKBONE, get_backbone
 from embed.device import DeviceChoice
 from embed.runners import RUNNERS
 from embed.tta import TTA_CHOICES
-
-#: stain levers of a ``--backbones`` item (:mod:`embed.stain`), in the order they name the
-#: store group: ``efficientnet_lite0-macenko-hed``
-STAIN_OPTIONS = ("macenko", "hed")
-_UM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)um")
-
-
-def parse_crop(text: str) -> int | str:
-    """A ``--context`` value: ``448`` (px) -> 448; ``110um`` stays as written (checked by
-    :meth:`BackboneJob.parse`)."""
-    text = text.strip()
-    return int(text) if text.isdigit() else text
-
-
-def split_key(head: str) -> tuple[str, tuple[str, ...]]:
-    """A backbone's registry name and stain levers from a registry name or a store group's
-    name (``efficientnet_lite0-macenko`` -> ``("efficientnet_lite0", ("macenko",))``).
-
-    Raises:
-        ConfigError: the name is not in the registry (the message lists the known ones).
-    """
-    parts = head.strip().split("-")
-    stain: list[str] = []
-    while len(parts) > 1 and parts[-1] in STAIN_OPTIONS and "-".join(parts) not in REGISTRY:
-        stain.insert(0, parts.pop())
-    name = "-".join(parts)
-    get_backbone(name)  # unknown names fail before any work
-    return name, tuple(stain)
-
-
-@dataclass(frozen=True)
-class BackboneJob:
-    """One backbone and its options, from a ``--backbones`` item
-    ``name[+stages][+<crop px>...][+<crop µm>um...][+macenko][+hed]``, e.g.
-    ``efficientnet_lite0+stages+448`` or ``efficientnet_lite0+macenko+110um+220um``. The
-    name may also be a store group's (``efficientnet_lite0-macenko``), as a fitted model's
-    spec names it.
-
-    Attributes:
-        contexts: extra crop sides in px (arrays ``features_448px``...).
-        contexts_um: extra crop sides in µm, converted per slide with its pixel size
-            (arrays ``features_110um``...).
-        stain: stain levers in :data:`STAIN_OPTIONS` order: ``macenko`` (normalisation to
-            the reference stains), ``hed`` (HED jitter of the TTA views).
-    """
-
-    name: str
-    stages: bool = False
-    contexts: tuple[int, ...] = ()
-    contexts_um: tuple[float, ...] = ()
-    stain: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        """The store group of this job's features: the name, then its stain levers."""
-        return "-".join((self.name, *self.stain))
-
-    @classmethod
-    def parse(cls, text: str, stages: bool = False,
-              contexts: tuple[int | str, ...] = ()) -> BackboneJob:
-        head, *opts = text.strip().split("+")
-        name, stain = split_key(head)
-        px: list[int] = []
-        um: list[float] = []
-        levers = set(stain)
-        for o in (*contexts, *opts):
-            if isinstance(o, int):
-                px.append(o)
-                continue
-            o = str(o)
-            if o == "stages":
-                stages = True
-            elif o in STAIN_OPTIONS:
-                levers.add(o)
-            elif o.isdigit():
-                px.append(int(o))
-            elif _UM.fullmatch(o):
-                um.append(float(o[:-2]))
-            else:
-                raise ConfigError(f"backbone option {o!r} in {text!r}: expected 'stages', "
-                                  f"{', '.join(map(repr, STAIN_OPTIONS))}, a crop size in px "
-                                  "or in µm, e.g. efficientnet_lite0+stages+448 or "
-                                  "efficientnet_lite0+macenko+110um")
-        return cls(name, stages, tuple(dict.fromkeys(px)), tuple(dict.fromkeys(um)),
-                   tuple(s for s in STAIN_OPTIONS if s in levers))
 
 
 @dataclass(frozen=True)
@@ -131,8 +47,8 @@ class EmbedConfig:
     pad_mode: str = "reflect"
     prefetch: int | None = None           # batches read ahead in a background thread;
                                           # 0: read in the model's thread; None: auto
-    readers: int | None = None            # threads reading chunks at once; None: 1 on a
-                                          # CPU, 4 on CUDA (a GPU outruns one reader)
+    readers: int | None = None            # reader processes (0: read in the model's
+                                          # process); None: 0 on a CPU, several on CUDA
     overwrite: bool = False
     verify: bool = True                   # check finished chunks' checksums on resume
     workers: int = 0                      # >0: a Dask LocalCluster of this many processes
@@ -142,7 +58,17 @@ class EmbedConfig:
     quiet: bool = False
 
 
-def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
+def parse_item(text: str, stages: bool = False, contexts: tuple[int | str, ...] = ()
+               ) -> BackboneItem:
+    """A ``--backbones`` item (:meth:`BackboneItem.parse`), its backbone looked up first.
+
+    Raises:
+        ConfigError: an unknown backbone (the message lists the known ones) or option.
+    """
+    return BackboneItem.parse(text, stages, contexts, check_name=get_backbone)
+
+
+def check_config(cfg: EmbedConfig) -> list[BackboneItem]:
     """Every setting and name of ``cfg`` checked before any work; the parsed backbone jobs.
 
     Raises:
@@ -152,9 +78,12 @@ def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
     if cfg.tta not in TTA_CHOICES:
         raise ConfigError(f"--tta must be one of {TTA_CHOICES}, got {cfg.tta}")
     check_cluster(cfg.workers, cfg.scheduler, cfg.threads_per_worker)
-    for field in ("batch_spots", "chunk_spots", "chunks_per_task", "readers"):
+    for field in ("batch_spots", "chunk_spots", "chunks_per_task"):
         if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
             raise ConfigError(f"--{field.replace('_', '-')} must be at least 1")
+    if cfg.readers is not None and cfg.readers < 0:
+        raise ConfigError(f"--readers must be 0 (read in the model's process) or more, got "
+                          f"{cfg.readers}")
     if cfg.runner not in ("auto", *RUNNERS):
         raise ConfigError(f"unknown runner {cfg.runner!r}; known: auto, {', '.join(RUNNERS)}")
     if cfg.pad_mode not in PAD_MODES:
@@ -170,7 +99,7 @@ def check_config(cfg: EmbedConfig) -> list[BackboneJob]:
     if cfg.weights and not Path(cfg.weights).is_file():
         raise DataError(Problem(cfg.weights, "", "--weights", "a weights file",
                                 "no such file", "check the path"))
-    jobs = [BackboneJob.parse(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
+    jobs = [parse_item(b, cfg.stages, cfg.contexts) for b in cfg.backbones]
     keys = [job.key for job in jobs]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
@@ -203,18 +132,22 @@ def default_prefetch(choice: DeviceChoice) -> int:
 
 
 def default_readers(choice: DeviceChoice) -> int:
-    """Threads reading chunks at once: 1 on a CPU, whose cores run the model (make
-    bench-read: one reader crops and preprocesses 280-330 patches/s here, 4-35x the
-    model's spots/s); 4 on CUDA, where an H100 runs ~2,000 efficientnet_lite0 spots/s
-    (8 views) and one reader gives a few hundred (issue 16)."""
-    return 4 if choice.device.type == "cuda" else 1
+    """Reader processes (:mod:`embed.feed`): none on a CPU, whose cores run the model (the
+    patches are read between forward passes, or by a thread where cores are spare: on the
+    2-core machine reading is 20x ahead of the model and a reader process only takes
+    time from it; see README); on CUDA half the cores, at most 8, where an H200 runs
+    ~2,200 efficientnet_lite0 spots/s (8 views) and one reader process crops ~1,200."""
+    if choice.device.type != "cuda":
+        return 0
+    return max(1, min(8, usable_cores() // 2))
 
 
 def default_batch_spots(choice: DeviceChoice) -> int:
     """Spots per forward pass. On the 2-core CPU, 4 spots (32 views with 8-view TTA) ran
     as fast as bigger batches and kept peak RSS flat at ~1.3 GB over the sample (8: ~2 GB,
-    growing; 32: 5 GB; make bench-embed); a GPU wants bigger batches."""
-    return 64 if choice.device.type == "cuda" else 4
+    growing; 32: 5 GB; make bench-embed); a GPU wants bigger batches: 128 spots (1,024
+    views at 8 views, two stored chunks read at once)."""
+    return 128 if choice.device.type == "cuda" else 4
 
 
 def with_device_defaults(cfg: EmbedConfig, choice: DeviceChoice,

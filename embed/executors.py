@@ -30,7 +30,8 @@ import torch
 
 from data import cluster as dask_cluster
 from data.errors import ConfigError, DataError, Problem
-from embed.config import BackboneJob, EmbedConfig
+from data.store import BackboneItem
+from embed.config import EmbedConfig
 from embed.device import DeviceChoice, select_device
 from embed.runners import resolve_runner
 from embed.units import WorkUnit
@@ -66,7 +67,7 @@ class InProcessExecutor:
     def default_prefetch(self, choice: DeviceChoice) -> int | None:
         return None  # embed.config.default_prefetch
 
-    def planning_model(self, cfg: EmbedConfig, job: BackboneJob):
+    def planning_model(self, cfg: EmbedConfig, job: BackboneItem):
         """The model the coordinator plans with: here the one the units then run."""
         return self.cache.extractor(cfg, job)
 
@@ -158,7 +159,7 @@ class DaskExecutor:
         cores from their models), 3 on GPU workers."""
         return 0 if choice.device.type == "cpu" else 3
 
-    def planning_model(self, cfg: EmbedConfig, job: BackboneJob):
+    def planning_model(self, cfg: EmbedConfig, job: BackboneItem):
         """The model the coordinator plans with (weights checked, feature widths, runner),
         built here once and dropped: the workers build their own. A coordinator without
         the workers' GPU builds it on its CPU, with the workers' dtype and runner."""

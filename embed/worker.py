@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,12 @@ import torch
 
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
-from data.store import slide_writer
+from data.store import BackboneItem, slide_writer
 from embed.backbones import Backbone, get_backbone
-from embed.config import BackboneJob, EmbedConfig
+from embed.config import EmbedConfig
 from embed.device import select_device
-from embed.extract import FeatureExtractor, preprocess
+from embed.extract import FeatureExtractor, Pending
+from embed.feed import UnitChunks, can_start_readers, reader_failures, unit_groups
 from embed.reading import prefetch
 from embed.stain import MacenkoFit, fit_macenko
 from embed.units import WorkUnit
@@ -66,7 +66,7 @@ class ProcessCache:
         self._files: dict[tuple, CanonicalH5] = {}
         self._stains: dict[tuple, MacenkoFit] = {}
 
-    def extractor(self, cfg: EmbedConfig, job: BackboneJob) -> tuple[FeatureExtractor,
+    def extractor(self, cfg: EmbedConfig, job: BackboneItem) -> tuple[FeatureExtractor,
                                                                      WeightsInfo]:
         """The extractor of ``job`` under ``cfg`` (device, precision, runner, TTA, batch),
         built at the first call. ``cfg.runner`` may be the one asked for ("auto") or the
@@ -121,97 +121,95 @@ class ProcessCache:
 WORKER_CACHE = ProcessCache(max_models=2)
 
 
-def _chunk_reader(h5_path: str, h5: CanonicalH5 | None, unit: WorkUnit, cfg: EmbedConfig,
-                  backbone: Backbone, stain: MacenkoFit | None = None
-                  ) -> Callable[[int], list]:
-    """``read(i)``: the model batches of the unit's ``i``-th chunk, as
-    (chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop side
-    (:attr:`WorkUnit.sides`)]), the patches stain-normalised by ``stain`` when given.
-
-    With ``h5`` the reads go through it (one reader thread); without, each calling thread
-    opens the file once for itself (several reader threads: slide images keep caches that
-    are not shared between threads)."""
-    local = threading.local()
-    files: list[CanonicalH5] = []
-
-    def croppers() -> list[PatchCropper]:
-        if not hasattr(local, "croppers"):
-            f = h5
-            if f is None:
-                f = CanonicalH5(h5_path)
-                files.append(f)
-            local.croppers = [PatchCropper(f, unit.slide, c, cfg.pad_mode,
-                                           out_px=backbone.input_size) for c in unit.sides]
-        return local.croppers
-
-    def read(i: int) -> list:
-        rows = slice(i * cfg.chunk_spots, min((i + 1) * cfg.chunk_spots, unit.n_spots))
-        patches = [cr.crop(unit.x[rows], unit.y[rows]) for cr in croppers()]
-        if stain is not None:
-            patches = [stain.apply(p) for p in patches]
-        n = len(patches[0])
-        return [(unit.first_chunk + i, s + cfg.batch_spots >= n,
-                 [preprocess(p[s:s + cfg.batch_spots], backbone) for p in patches])
-                for s in range(0, n, cfg.batch_spots)]
-
-    read.files = files  # type: ignore[attr-defined]  # closed by unit_batches
-    return read
+def group_chunks(cfg: EmbedConfig) -> int:
+    """Chunks read at once: 1 while a model batch fits in a chunk (batches never span two
+    chunks, as ever); else as many whole chunks as a batch holds (a GPU's bigger batches)."""
+    return max(1, cfg.batch_spots // cfg.chunk_spots)
 
 
 def unit_batches(h5: CanonicalH5, unit: WorkUnit, cfg: EmbedConfig, backbone: Backbone,
-                 readers: int = 1, stain: MacenkoFit | None = None
-                 ) -> Iterator[tuple[int, bool, list[torch.Tensor]]]:
-    """(chunk, last batch of the chunk?, [preprocessed float32 (b, 3, in, in) per crop
-    side]), chunk after chunk in order; ``stain``: the slide's Macenko fit (``+macenko``),
-    applied to every uint8 patch before preprocessing.
+                 readers: int = 0, stain: MacenkoFit | None = None, pin: bool = False
+                 ) -> Iterator[tuple[int, int, bool, list[torch.Tensor]]]:
+    """(first chunk of the group, chunks in the group, last batch of the group?, [uint8
+    (b, s, s, 3) per crop side]), in order; ``stain``: the slide's Macenko fit
+    (``+macenko``), applied to every patch where it is read.
 
-    The patches of each chunk (``cfg.chunk_spots`` spots) are cropped with one window
-    read (from the coarsest pyramid level that keeps the model's input resolution) and
-    handed out in model batches of ``cfg.batch_spots``. ``readers`` > 1: that many threads
-    read chunks ahead at once (a GPU outruns one reader), still handed out in order."""
-    read = _chunk_reader(str(h5.path), h5 if readers <= 1 else None, unit, cfg, backbone,
-                         stain)
-    try:
-        if readers <= 1:
-            for i in range(unit.n_chunks):
-                yield from read(i)
+    Each group of :func:`group_chunks` chunks is cropped with one window read per band
+    (from the coarsest pyramid level that keeps the model's input resolution) by
+    ``readers`` reader processes (0: in this process, through ``h5``;
+    :func:`embed.feed.unit_groups`), and handed out in model batches of
+    ``cfg.batch_spots``; ``pin``: in pinned memory (a GPU copies from it without waiting)."""
+    data = UnitChunks(str(h5.path), unit, cfg.chunk_spots, group_chunks(cfg), cfg.pad_mode,
+                      backbone.input_size, stain)
+    for group in unit_groups(data, h5, readers, pin):
+        n = len(group.patches[0])
+        for s in range(0, n, cfg.batch_spots):
+            yield (group.first_chunk, group.n_chunks, s + cfg.batch_spots >= n,
+                   [p[s:s + cfg.batch_spots] for p in group.patches])
+
+
+class ChunkSink:
+    """The features of a group's batches, kept until the group's last batch, then written
+    chunk by chunk (each marked done after its rows: :meth:`SlideWriter.write_chunk`)."""
+
+    def __init__(self, writer, unit: WorkUnit, chunk_spots: int,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.writer, self.unit, self.chunk_spots, self.progress = (
+            writer, unit, chunk_spots, progress)
+        self.pending: list[dict[str, np.ndarray]] = []
+
+    def add(self, where: tuple[int, int, bool], launched: list[Pending]) -> None:
+        """Collect one batch's features (one launched forward per crop side) and write
+        its group once ``where`` = (first chunk, chunks, last batch?) says it is whole."""
+        first, count, last = where
+        feats = [FeatureExtractor.collect(p) for p in launched]
+        arrays = {name: feats[i][layer] for layer in feats[0]
+                  for name, i in self.unit.array_names(layer)}
+        self.pending.append(arrays)
+        if self.progress:
+            self.progress(len(next(iter(feats[0].values()))))
+        if not last:
             return
-        with ThreadPoolExecutor(readers, thread_name_prefix="chunk-reader") as pool:
-            ahead: deque = deque()
-            for i in range(unit.n_chunks):
-                ahead.append(pool.submit(read, i))
-                if len(ahead) > 2 * readers:
-                    yield from ahead.popleft().result()
-            while ahead:
-                yield from ahead.popleft().result()
-    finally:
-        for f in read.files:
-            f.close()
+        rows = {k: np.concatenate([a[k] for a in self.pending]) for k in self.pending[0]}
+        self.pending = []
+        for c in range(count):
+            part = slice(c * self.chunk_spots, (c + 1) * self.chunk_spots)
+            self.writer.write_chunk(first + c, {k: v[part] for k, v in rows.items()})
 
 
 def run_unit(unit: WorkUnit, cfg: EmbedConfig, cache: ProcessCache | None = None,
              progress: Callable[[int], None] | None = None) -> int:
     """Compute ``unit`` and write its chunks (each marked done after its rows); returns
     the spots written. ``cfg`` is the coordinator's, with device, precision, runner and
-    batch size already resolved; ``progress(n)`` is called after every model batch."""
+    batch size already resolved; ``progress(n)`` is called after every model batch.
+
+    Each batch is launched before the previous one is collected: on a GPU its patches are
+    copied and preprocessed and its forward queued while the previous one runs, so the
+    device does not wait for the host (on a CPU the two steps are one)."""
     cache = WORKER_CACHE if cache is None else cache
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     extractor, _ = cache.extractor(cfg, unit.job)
-    backbone = extractor.backbone
-    writer = slide_writer(cfg.store, unit.job.key, unit.slide)
-    pending: list[dict[str, np.ndarray]] = []
-    batches = unit_batches(cache.h5(cfg.h5), unit, cfg, backbone, cfg.readers,
-                           cache.stain(cfg, unit))
-    for chunk, last, batch in prefetch(batches, cfg.prefetch):
-        feats = [extractor(x) for x in batch]  # one forward per crop side
-        arrays = {name: feats[i][layer] for layer in feats[0]
-                  for name, i in unit.array_names(layer)}
-        pending.append(arrays)
-        if progress:
-            progress(len(batch[0]))
-        if last:
-            writer.write_chunk(chunk, {k: np.concatenate([a[k] for a in pending])
-                                       for k in pending[0]})
-            pending = []
+    sink = ChunkSink(slide_writer(cfg.store, unit.job.key, unit.slide), unit,
+                     cfg.chunk_spots, progress)
+    in_process = cfg.readers <= 0 or not can_start_readers()
+    batches = unit_batches(cache.h5(cfg.h5), unit, cfg, extractor.backbone, cfg.readers,
+                           cache.stain(cfg, unit), extractor.choice.device.type == "cuda")
+    pending = None  # launched, not yet collected
+    with reader_failures(cfg.h5, unit), closing(batches):  # closing: readers stop at once
+        try:
+            for first, count, last, patches in prefetch(batches, cfg.prefetch if in_process
+                                                        else 0):
+                launched = ((first, count, last),
+                            [extractor.launch(extractor.prepare(p)) for p in patches])
+                done, pending = pending, None
+                if done is not None:
+                    sink.add(*done)
+                pending = launched
+        except BaseException:
+            if pending is not None:  # launched before the failure, and whole: kept
+                sink.add(*pending)
+            raise
+        if pending is not None:
+            sink.add(*pending)
     return unit.n_spots

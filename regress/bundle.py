@@ -20,7 +20,6 @@ of a newer format, or with a file missing or altered, is refused before anything
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +30,13 @@ import numpy as np
 from data.atomic import atomic_dir
 from data.checksum import sha256_file
 from data.errors import DataError, Problem
+from regress.bundle_checks import REQUIRED_ARRAYS, array_problem, checked_tree_text, read_npz
+from regress.bundle_meta import KINDS, MODEL_JSON, StructureError, check_structure
+
+__all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "SavedEstimator", "check_writable",
+           "export_estimator", "load_bundle", "read_meta", "write_bundle"]
 
 BUNDLE_FORMAT = 2  # 2: abundance model, OOD reference, model card
-MODEL_JSON = "model.json"
-KINDS = ("constant", "ridge", "lgbm")
-COMBINES = ("single", "rank_mean")
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # ids and file names: no paths
-# arrays each kind needs (beyond the optional scaler_* and pca_* pairs)
-REQUIRED_ARRAYS = {"constant": ("mean",), "ridge": ("coef", "intercept"), "lgbm": ()}
 
 
 def export_estimator(est: Any, kind: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -76,6 +74,7 @@ class SavedEstimator:
     kind: str
     arrays: Mapping[str, np.ndarray]
     boosters: Sequence[Any] = ()
+    n_inputs: int | None = None  # features it takes (None: any, the constant)
 
     def _prep(self, X: np.ndarray) -> np.ndarray:
         Z = np.array(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else float)
@@ -161,76 +160,32 @@ def _refuse(folder: Path, field: str, expected: str, found: str, fix: str) -> Da
     return DataError(Problem(str(folder), "", field, expected, found, fix))
 
 
-def needed_files(meta: dict[str, Any]) -> list[str]:
-    """The files the estimators of model.json read (each must be listed with a checksum)."""
-    names = []
-    for entry in [*meta["models"], *meta.get("layers", [])]:
-        names.append(f"{entry['id']}.npz")
-        if entry["kind"] == "lgbm":
-            names += [f"{entry['id']}.tree{j}.txt" for j in range(len(meta["cell_types"]))]
-    abundance = meta.get("abundance") or {}
-    return list(dict.fromkeys([*names, *abundance.get("files", [])]))
-
-
-def check_structure(folder: Path, meta: dict[str, Any]) -> None:
-    """model.json's shape: cell types, models and layers (safe ids, known kinds, weights
-    >= 0 with a positive sum, features they read), feature parts, and a checksum for every
-    file the estimators read.
-
-    Raises:
-        DataError: naming the first field that is not as ``hespot fit`` writes it.
-    """
-    fix = "fit the model again (hespot fit); model.json was edited or damaged"
-
-    def need(ok: bool, field: str, expected: str, found: Any) -> None:
-        if not ok:
-            raise _refuse(folder, f"{MODEL_JSON}: {field}", expected, repr(found)[:200], fix)
-
-    types, models = meta.get("cell_types"), meta.get("models")
-    need(isinstance(types, list) and len(types) > 0 and all(isinstance(t, str) for t in types),
-         "cell_types", "a list of cell-type names", types)
-    need(isinstance(models, list) and len(models) > 0, "models", "a list of models", models)
-    need(meta.get("combine") in COMBINES, "combine", f"one of {COMBINES}", meta.get("combine"))
-    features = meta.get("features")
-    need(isinstance(features, list) and len(features) > 0 and all(
-        isinstance(f, dict) and SAFE_NAME.fullmatch(str(f.get("backbone"))) and
-        isinstance(f.get("settings"), dict) and isinstance(f.get("identity"), dict)
-        for f in features), "features",
-        "feature parts with a backbone name, its stage-1 settings and identity", features)
-    specs = {f.get("spec") for f in features}
-    for k, e in enumerate([*models, *meta.get("layers", [])]):
-        need(isinstance(e, dict) and SAFE_NAME.fullmatch(str(e.get("id"))) is not None,
-             f"models[{k}].id", "a model id (letters, digits, _ . + -)", e)
-        need(e.get("kind") in KINDS, f"{e['id']}.kind", f"one of {KINDS}", e.get("kind"))
-        need(isinstance(e.get("weight"), (int, float)) and e["weight"] >= 0,
-             f"{e['id']}.weight", "a weight >= 0", e.get("weight"))
-        need(isinstance(e.get("recipe"), dict) and set(e["recipe"].get("features", [])) <= specs
-             and len(e["recipe"].get("features", [])) > 0, f"{e['id']}.recipe",
-             f"a recipe reading feature parts of {sorted(map(str, specs))}", e.get("recipe"))
-    need(sum(e["weight"] for e in models) > 0, "models[].weight", "a positive sum",
-         [e["weight"] for e in models])
-    layers = [x.get("id") for x in meta.get("layers", []) if x.get("name") == "per_type"]
-    need(meta.get("orders_from") in (None, *layers), "orders_from",
-         f"None or the per-type layer's model {layers}", meta.get("orders_from"))
-    files = meta.get("files")
-    need(isinstance(files, dict) and all(SAFE_NAME.fullmatch(str(n)) for n in files), "files",
-         "file names (no paths) with their sha256", files)
-    missing = [n for n in needed_files(meta) if n not in files]
-    need(not missing, "files", "a checksum for every file the models read", missing)
-
-
 def check_arrays(folder: Path, model_id: str, kind: str, arrays: Mapping[str, np.ndarray],
-                 n_types: int) -> None:
-    """The arrays of one estimator: the ones its kind needs, numeric, ``n_types`` outputs."""
-    required = REQUIRED_ARRAYS[kind]
-    outputs = {"mean": arrays.get("mean"), "coef": arrays.get("coef")}
-    width = next((a.shape[-1] for a in outputs.values() if a is not None), n_types)
-    ok = (all(k in arrays for k in required) and width == n_types
-          and all(a.dtype.kind in "fiu" for a in arrays.values()))
-    if not ok:
-        raise _refuse(folder, f"{model_id}.npz", f"arrays {list(required)} with {n_types} "
-                      "outputs", f"arrays {sorted(arrays)} with {width} outputs",
-                      "fit the model again (hespot fit)")
+                 n_types: int) -> tuple[int | None, int | None]:
+    """The arrays of one estimator (:func:`regress.bundle_checks.array_problem`); returns
+    the features it takes and those its regressor sees (None where unknown)."""
+    why, n_inputs, n_seen = array_problem(kind, arrays, n_types)
+    if why:
+        raise _refuse(folder, f"{model_id}.npz", f"arrays {list(REQUIRED_ARRAYS[kind])} "
+                      f"(and scaler, PCA) of matching shapes, finite, with {n_types} outputs",
+                      f"{why} (arrays {sorted(arrays)})", "fit the model again (hespot fit)")
+    return n_inputs, n_seen
+
+
+def load_boosters(folder: Path, model_id: str, n_types: int, n_inputs: int | None) -> list:
+    """The LightGBM boosters of one lgbm estimator, each text model checked first."""
+    import lightgbm as lgb
+
+    boosters = []
+    for j in range(n_types):
+        name = f"{model_id}.tree{j}.txt"
+        try:
+            text = checked_tree_text((folder / name).read_bytes(), n_inputs)
+            boosters.append(lgb.Booster(model_str=text))
+        except (lgb.basic.LightGBMError, ValueError) as exc:
+            raise _refuse(folder, name, "a LightGBM text model as hespot fit writes it",
+                          str(exc)[:200], "fit the model again (hespot fit)") from exc
+    return boosters
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -247,13 +202,18 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
                       "no model.json", "run `make fit` (hespot fit) or pass --model")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # not UTF-8 text, not JSON
         raise _refuse(folder, MODEL_JSON, "JSON", f"unreadable ({exc})", fix) from exc
     found = meta.get("format") if isinstance(meta, dict) else None
     if not isinstance(found, int) or not 1 <= found <= BUNDLE_FORMAT:
         raise _refuse(folder, "format", f"model folder format 1..{BUNDLE_FORMAT}",
                       repr(found), "upgrade hespot, or fit the model with this version")
-    check_structure(folder, meta)
+    try:
+        check_structure(meta)
+    except StructureError as exc:
+        raise _refuse(folder, f"{MODEL_JSON}: {exc.field}", exc.expected, exc.found,
+                      "fit the model again (hespot fit); model.json was edited or "
+                      "damaged") from exc
     for name, digest in meta["files"].items():
         if not (folder / name).is_file():
             raise _refuse(folder, name, "a file listed in model.json", "missing", fix)
@@ -273,18 +233,13 @@ def load_bundle(folder: str | Path) -> Bundle:
         if model_id in estimators:
             continue
         try:
-            with np.load(folder / f"{model_id}.npz", allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except ValueError as exc:  # an object array: it would need pickle, never loaded
+            arrays = read_npz(folder / f"{model_id}.npz")
+        except ValueError as exc:  # an object array would need pickle: never loaded
             raise _refuse(folder, f"{model_id}.npz", "numeric arrays (no pickle)",
                           f"refused: {exc}", "fit the model again with hespot fit") from exc
-        boosters = []
-        if kind == "lgbm":
-            import lightgbm as lgb
-
-            n = len(meta["cell_types"])
-            boosters = [lgb.Booster(model_str=(folder / f"{model_id}.tree{j}.txt").read_text())
-                        for j in range(n)]
-        check_arrays(folder, model_id, kind, arrays, len(meta["cell_types"]))
-        estimators[model_id] = SavedEstimator(kind, arrays, boosters)
+        n_types = len(meta["cell_types"])
+        n_inputs, n_seen = check_arrays(folder, model_id, kind, arrays, n_types)
+        boosters = load_boosters(folder, model_id, n_types, n_seen) if kind == "lgbm" \
+            else []
+        estimators[model_id] = SavedEstimator(kind, arrays, boosters, n_inputs)
     return Bundle(folder, meta, estimators)

@@ -206,7 +206,29 @@ def read_oof(out: Path, h5_path: str, models: Sequence[str], layer: str | None
     per_type = read_predictions(Path(out), layer, "oof") if layer else None
     with CanonicalH5(h5_path) as h5:
         truth = {s: h5.spots(s).Y for s in h5.train_slides}
+        cell_types = list(h5.cell_types)
+    for m, frame in zip([*models, layer], [*frames, per_type], strict=False):
+        if frame is not None:
+            _check_oof(Path(out) / "predictions" / m / "oof.csv", frame, truth, cell_types)
     return frames, per_type, truth
+
+
+def _check_oof(path: Path, frame: pd.DataFrame, truth: dict[str, np.ndarray],
+               cell_types: list[str]) -> None:
+    """An oof.csv holds, for each slide it names, one row per spot of that train slide
+    (rows 0..n-1) and every cell type of the file."""
+    missing = [c for c in cell_types if c not in frame]
+    bad = f"no columns {missing[:3]}" if missing else ""
+    for slide, rows in frame.groupby(frame["slide"].astype(str))["row"]:
+        if bad:
+            break
+        n = len(truth[slide]) if slide in truth else None
+        if n is None or sorted(rows) != list(range(n)):
+            bad = f"slide {slide}: {len(rows)} rows for {n} spots of the train slide"
+    if bad:
+        raise DataError(Problem(str(path), "", "rows", "one row per spot of each held-out "
+                                "train slide, every cell type", bad,
+                                "run `make regress` again on this file"))
 
 
 def learned_weights(weighting: str, given: bool, oof: tuple, cell_types: list[str]

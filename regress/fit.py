@@ -36,6 +36,7 @@ from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
 from data.store import FeatureSpec, open_store
+from data.version import hespot_version
 from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
 from regress.bundle_maps import fit_maps
 from regress.card import card_summary, render_card, slide_sources
@@ -182,8 +183,8 @@ def run(cfg: FitConfig, command: str = "hespot fit") -> Path:
             "orders_from": layer if layer and cfg.orders else None,
             "features": [read_spec(cfg.store, FeatureSpec.parse(f), data.train)
                          for f in specs],
-            "versions": {p: version(p) for p in ("hespot", "numpy", "scikit-learn",
-                                                 "lightgbm")},
+            "versions": {"hespot": hespot_version(),
+                         **{p: version(p) for p in ("numpy", "scikit-learn", "lightgbm")}},
             "fit_config": config_dict(cfg),
             "abundance": _abundance(cfg, report, data, saved)}
     meta["card_summary"] = card_summary(meta)

@@ -115,8 +115,16 @@ def model_predictions(bundle: Bundle, data: SlideSet, entry: dict) -> dict[str, 
     """slide -> float (n_spots, n_types): one model of the folder with its recipe's levers
     (as its test.csv was made)."""
     prepared, post = prepare(data, Recipe.from_dict(entry["recipe"]))
-    return predict_slides(bundle.estimators[entry["id"]], prepared, post, data.test,
-                          entry["kind"])
+    est = bundle.estimators[entry["id"]]
+    for slide in data.test:
+        width = prepared.X[slide].shape[1]
+        if est.n_inputs not in (None, width):
+            raise DataError(Problem(str(bundle.folder), slide, f"{entry['id']}.recipe",
+                                    f"{est.n_inputs} features (the model's arrays)",
+                                    f"{width} from its recipe and the stored features",
+                                    "fit the model again (hespot fit), or predict into a "
+                                    "new --store"))
+    return predict_slides(est, prepared, post, data.test, entry["kind"])
 
 
 def apply_models(bundle: Bundle, data: SlideSet) -> dict[str, np.ndarray]:

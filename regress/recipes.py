@@ -13,7 +13,8 @@ sample (see the README's ablation table).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import math
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -21,7 +22,13 @@ from data.cli import lists_as_tuples
 from data.errors import ConfigError
 from data.store import FeatureSpec
 from regress.features import assemble
-from regress.levers import gaussian_smooth, position_features, shrink_to_slide, um_per_px
+from regress.levers import (
+    POSITIONS,
+    gaussian_smooth,
+    position_features,
+    shrink_to_slide,
+    um_per_px,
+)
 from regress.spatial import SpatialContext, center_per_slide, smooth_predictions
 
 
@@ -48,6 +55,42 @@ class Recipe:
     def from_dict(cls, values: dict) -> Recipe:
         """The recipe of :meth:`as_dict` (as report.json and model.json store it)."""
         return cls(**lists_as_tuples(values))
+
+
+#: the levers' ranges (as ``hespot regress`` checks its flags): field -> (low, high)
+RANGES = {"context_k": (0, math.inf), "smooth_k": (0, math.inf), "smooth_w": (0, 1),
+          "shrink": (0, 1), "smooth_um": (0, math.inf), "slide_gain": (1e-300, math.inf)}
+
+
+def _typed(kind: str, value: object) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "tuple[str, ...]":
+        return isinstance(value, list | tuple) and len(value) > 0 and all(
+            isinstance(v, str) and v.strip() for v in value)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and (kind == "float" or isinstance(value, int))
+
+
+def recipe_problem(values: object) -> str:
+    """What keeps ``values`` (a recipe as report.json and model.json store it) from being
+    a :class:`Recipe`, or "": known fields, each of its type (features: a non-empty list
+    of names), levers in the ranges ``hespot regress`` accepts."""
+    if not isinstance(values, dict):
+        return f"not an object: {type(values).__name__}"
+    kinds = {f.name: str(f.type) for f in fields(Recipe)}
+    unknown = sorted(set(values) - set(kinds))
+    if unknown or not {"name", "features"} <= set(values):
+        return f"fields {sorted(values)[:12]}"
+    for key, value in values.items():
+        low, high = RANGES.get(key, (-math.inf, math.inf))
+        if not _typed(kinds[key], value) or (key in RANGES and not low <= value <= high):
+            return f"{key} = {value!r}"[:100]
+    if values.get("position", "") not in POSITIONS:
+        return f"position = {values['position']!r}"[:100]
+    return ""
 
 
 LITE0 = "efficientnet_lite0"

@@ -101,15 +101,74 @@ def read_predictions(out: Path, model_id: str, which: str) -> pd.DataFrame:
         raise DataError(Problem(str(path), "", model_id, f"predictions of a model in {have}",
                                 "no such file", "run `make regress` (or make finetune), or "
                                 "pick a model that exists"))
-    return pd.read_csv(path, dtype={"spot_id": str, "slide": str})
+    try:
+        frame = pd.read_csv(path, dtype={"spot_id": str, "slide": str})
+    except (OSError, ValueError) as exc:  # not text, not a table, an empty file
+        frame, why = None, f"unreadable ({exc})"
+    else:
+        why = _predictions_problem(frame)
+    if why:
+        raise DataError(Problem(str(path), "", which, "predictions as make regress writes "
+                                f"them ({', '.join(META_COLUMNS)}, then finite values)", why,
+                                "run `make regress` again (it rewrites the file)"))
+    return frame
+
+
+def _predictions_problem(frame: pd.DataFrame) -> str:
+    missing = [c for c in META_COLUMNS if c not in frame]
+    values = frame.drop(columns=[c for c in ("slide", "row", "spot_id") if c in frame])
+    typed = len(frame) > 0  # an empty table's columns have no type to check
+    text = [c for c in values if typed and values[c].dtype.kind not in "fiu"]
+    if missing or frame.columns.duplicated().any() or \
+            (typed and frame["row"].dtype.kind not in "iu"):
+        return f"columns {list(frame.columns)[:8]} (rows numbered by whole numbers)"
+    if text or values.shape[1] <= 2:
+        return f"non-numeric columns {text[:3]}" if text else "no cell-type columns"
+    if not np.isfinite(values.to_numpy(float)).all():
+        return "values that are not finite"
+    return ""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _report_problem(report: Any) -> str:
+    """What keeps report.json from being what ``make regress`` writes (the fields submit
+    and fit read), or ""."""
+    if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
+        return "no object of models"
+    for m, e in report["models"].items():
+        scores = [e.get("mean")] + list(e.get("per_slide", {}).values()) \
+            if isinstance(e, dict) and isinstance(e.get("per_slide", {}), dict) else [None]
+        if not (isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("kind",
+                                                                                 "target"))):
+            return f"models.{m}: no kind or target"
+        if not all(isinstance(v, dict) and _number(v.get("spot")) and _number(v.get("type"))
+                   for v in scores):
+            return f"models.{m}: scores that are not numbers"
+    return ""
 
 
 def load_report(out: Path) -> dict[str, Any]:
-    """report.json of ``out`` as a dict, or ``{"models": {}}`` when there is none."""
+    """report.json of ``out`` as a dict, or ``{"models": {}}`` when there is none.
+
+    Raises:
+        DataError: a report.json that is not JSON, or not as ``make regress`` writes it.
+    """
     path = Path(out) / "report.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"models": {}}
+    if not path.is_file():
+        return {"models": {}}
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        report, why = None, f"unreadable ({exc})"
+    else:
+        why = _report_problem(report)
+    if why:
+        raise DataError(Problem(str(path), "", "", "the LOSO report of make regress", why,
+                                "run `make regress` again, or move the file away"))
+    return report
 
 
 def update_report(out: Path, entries: Mapping[str, dict], **top: Any) -> dict[str, Any]:

@@ -1,30 +1,26 @@
 """The stage-1 spec of a model's feature parts: read from the store when the model is fitted
-(:func:`read_spec`), honoured when it predicts (:func:`embed_argv`, :func:`embed_as_spec`)
+(:func:`read_spec`), replayed when it predicts (:func:`stage1_config`, :func:`embed_as_spec`)
 and checked against what stage 1 then stored (:func:`check_stored`).
 
-Stage 1 runs as its own process (``python -m embed.run``), as ``make`` runs it, so stage 2
-never imports torch.
+Stage 1 runs as its own process (``python -m embed.run``, :mod:`data.child`), as ``make``
+runs it, so stage 2 never imports torch.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import logging
-import os
 import shlex
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from data.checksum import sha256_file
+from data.child import run_module, user_error
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
-from data.store import FeatureSpec, open_store
+from data.store import BackboneItem, FeatureSpec, open_store
 
 log = logging.getLogger("hespot")
 
@@ -89,27 +85,26 @@ def backbone_parts(features: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
-def embed_argv(part: dict, h5: str, store: str, slides: Sequence[str],
-               weights: str | None = None, device: str = "auto",
-               threads: int | None = None) -> list[str]:
-    """``embed.run`` arguments that remake a backbone's training run on ``slides``: the
-    same views, crops (px and µm), stages, batch and chunk sizes, padding and patch size.
-    The item names the store group (``efficientnet_lite0-macenko``: its stain levers)."""
+def stage1_config(part: dict, h5: str, store: str, slides: Sequence[str],
+                  weights: str | None = None, device: str = "auto",
+                  threads: int | None = None) -> dict[str, Any]:
+    """The settings (``embed.run``'s EmbedConfig fields, as JSON) that remake a backbone's
+    training run on ``slides``, as the model's spec recorded the run: the item (the store
+    group with its stain levers, stages, crops in px and in µm: :class:`BackboneItem`), the
+    TTA views, the patch (in µm where the run gave it in µm, else in px), the padding, the
+    spots per batch and per chunk. Only the files (``h5``, ``store``, ``slides``) and the
+    run-time choices are this run's: the device (and with it the precision and the runner),
+    the weights file where the backbone came from one, the threads."""
     s = part["settings"]
-    item = part["backbone"] + ("+stages" if s["stage_indices"] else "") + "".join(
-        f"+{c}" for c in s["crops_px"][1:]) + "".join(
-        f"+{um:g}um" for um in part["identity"].get("contexts_um", []))
-    argv = ["--h5", h5, "--store", store, "--backbones", item, "--slides", ",".join(slides),
-            "--tta", str(s["tta_views"]), "--batch-spots", str(s["batch_spots"]),
-            "--chunk-spots", str(s["chunk_spots"]), "--pad-mode", s["pad_mode"],
-            "--device", device, "--quiet"]
-    argv += (["--patch-um", str(part["patch_um"])] if part.get("patch_um")
-             else ["--patch-px", str(s["crops_px"][0])])
-    if weights and part.get("weights_source") == "file":
-        argv += ["--weights", weights]
-    if threads:
-        argv += ["--threads", str(threads)]
-    return argv
+    item = BackboneItem.of_group(part["backbone"], bool(s["stage_indices"]), s["crops_px"][1:],
+                                 part["identity"].get("contexts_um", ()))
+    patch = {"patch_um": part["patch_um"]} if part.get("patch_um") else \
+        {"patch_px": s["crops_px"][0]}
+    return {"h5": h5, "store": store, "backbones": [str(item)], "slides": list(slides),
+            "tta": s["tta_views"], **patch, "pad_mode": s["pad_mode"],
+            "batch_spots": s["batch_spots"], "chunk_spots": s["chunk_spots"],
+            "weights": weights if part.get("weights_source") == "file" else None,
+            "device": device, "threads": threads or None, "quiet": True}
 
 
 def stored_slides(store_path: str, backbone: str, part: dict, slides: Sequence[str],
@@ -132,30 +127,10 @@ def stored_slides(store_path: str, backbone: str, part: dict, slides: Sequence[s
     return found
 
 
-#: prctl's option: the signal a process gets when the thread that started it ends (Linux)
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` by which a child process is SIGKILLed when this process ends, however
-    it ends (Linux; None elsewhere): a killed ``predict`` leaves no stage 1 running on,
-    writing the store and holding its lock. Call it from the thread that starts the child.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-    parent = os.getpid()
-
-    def setup() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the line above took effect
-            os._exit(1)
-    return setup
-
-
 def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
-    """Run stage 1 for every backbone of the model on ``slides`` (a child process each,
-    ended with this one: :func:`die_with_parent`).
+    """Run stage 1 for every backbone of the model on ``slides``: a child process each
+    (``python -m embed.run --config -``, ended with this one: :mod:`data.child`), given the
+    settings of :func:`stage1_config` through the command's own config loading.
 
     Raises:
         DataError: stage 1 refused an input or setting (its message is passed on).
@@ -169,18 +144,18 @@ def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
         if not todo:
             log.info("stage 1: %s already stored for %s", name, ", ".join(slides))
             continue
-        argv = embed_argv(part, cfg.h5, store, todo, cfg.weights, cfg.device, cfg.threads)
-        log.info("stage 1: python -m embed.run %s", shlex.join(argv))
-        proc = subprocess.run([sys.executable, "-m", "embed.run", *argv], text=True,
-                              capture_output=True, preexec_fn=die_with_parent())
+        settings = json.dumps(stage1_config(part, cfg.h5, store, todo, cfg.weights,
+                                            cfg.device, cfg.threads))
+        log.info("stage 1: python -m embed.run --config - with %s", settings)
+        proc = run_module("embed.run", ["--config", "-"], stdin=settings)
         for line in proc.stderr.splitlines() if proc.returncode == 0 else ():
             log.warning("stage 1: %s", line)
-        if proc.returncode == 2:
-            message = proc.stderr.strip().splitlines()[-1].removeprefix("hespot: ")
+        message = user_error(proc)
+        if message is not None:
             raise DataError(Problem(cfg.h5, "", f"stage 1 of {name}",
                                     "embeddings as the model's spec says", message,
-                                    "see the message; `python -m embed.run "
-                                    f"{shlex.join(argv)}` reproduces it"))
+                                    f"see the message; `echo {shlex.quote(settings)} | "
+                                    "python -m embed.run --config -` reproduces it"))
         if proc.returncode != 0:
             raise RuntimeError(f"stage 1 of {name} failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-4000:]}")

@@ -30,7 +30,7 @@ from data.cli import (
 from data.cluster import CLUSTER_FLAGS, check_cluster, task_map
 from data.h5 import CanonicalH5
 from data.lock import output_lock
-from data.store import FeatureSpec, embed_item, open_store
+from data.store import FeatureSpec, open_store
 from regress.config import TuneConfig
 from regress.features import SlideSet, load_slides
 from regress.loso import run_loso
@@ -115,7 +115,7 @@ def stored(cfg: TuneConfig, recipes: list[Recipe]) -> list[Recipe]:
         if missing:
             log.warning("recipe %s left out: %s not in %s (hespot embed --backbones %s, or "
                         "make grid-embeddings)", r.name, ", ".join(missing), cfg.store,
-                        ",".join(embed_item(FeatureSpec.parse(f)) for f in missing))
+                        ",".join(str(FeatureSpec.parse(f).item) for f in missing))
         else:
             kept.append(r)
     if not kept:  # read one to raise its DataError, which names the array and the fix

@@ -1,4 +1,5 @@
-"""Shared fixtures: a synthetic canonical file (fast) and the imported her2st sample (slow)."""
+"""Shared fixtures: a synthetic canonical file (fast) and the imported her2st sample (slow);
+and the rule that leaves the whole fault suite (marker ``faults``) to ``make faults``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ from data.synthetic import SyntheticConfig, write_synthetic
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "her2st"
+
+
+def _named(item: pytest.Item, args: list[str]) -> bool:
+    """Whether the command line names ``item``'s file (or the item itself)."""
+    return any(Path(arg.split("::")[0]).resolve() == item.path for arg in args)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The whole fault suite (tests marked ``faults``, minutes long) runs only where asked
+    for: ``-m`` naming the marker (``make faults`` = ``pytest -m faults``) or its file on
+    the command line. ``pytest`` and ``pytest -m "not slow"`` leave it out (its fast part,
+    tests/system/test_faults.py, is unmarked and runs)."""
+    if "faults" in (config.getoption("markexpr") or ""):
+        return
+    left_out = [i for i in items if i.get_closest_marker("faults")
+                and not _named(i, config.args)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(left_out)
+        items[:] = [i for i in items if i not in dropped]
 
 
 @pytest.fixture(scope="session")

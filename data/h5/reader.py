@@ -32,14 +32,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from data.chunks import hash_stored
 from data.errors import DataError, Problem
+from data.h5.layout import H5_ERRORS, SPLITS, layout_problem, read_mask
 from data.spots import COORDS, SpotTable, cell_type_fields, decode_utf8
 from data.wsi.base import SlideImage
 from data.wsi.h5_image import H5Image
 from data.wsi.reference import MARK, ImageRef
 from data.wsi.tissue import TissueMask
 
-SPLITS = ("Train", "Test")
 #: rows of a spot table read at once (19 MB for x, y and 35 float64 cell types)
 SPOT_BLOCK = 65_536
 
@@ -62,18 +63,20 @@ class CanonicalH5:
                                     "check the path (make demo writes out/her2st.h5)"))
         try:
             self._f = h5py.File(self.path, "r", rdcc_nbytes=chunk_cache_mb * 2**20)
-        except OSError as exc:
+            where, found = layout_problem(self._f)
+        except H5_ERRORS as exc:  # its root group unreadable too
+            if hasattr(self, "_f"):
+                self._f.close()
             raise DataError(Problem(str(self.path), "", "", "a readable HDF5 file",
                                     f"unreadable ({exc})",
                                     "the file is truncated or corrupt: copy or import it again")
                             ) from exc
-        missing = [g for g in ("images", "spots") if g not in self._f]
-        if missing:
+        if where:
             self.close()
-            raise DataError(Problem(str(self.path), "", "/".join(missing),
+            raise DataError(Problem(str(self.path), "", where,
                                     "groups images/{Train,Test} and spots/{Train,Test}",
-                                    f"no group {', '.join(missing)}",
-                                    "write the file with one of the hespot import-* commands"))
+                                    found, "write the file with one of the hespot import-* "
+                                    "commands"))
 
     def close(self) -> None:
         for image in list(self._images.values()):
@@ -114,8 +117,7 @@ class CanonicalH5:
                                 "no such slide", "pass a slide name that is in the file"))
 
     def _image(self, slide: str) -> h5py.Dataset | h5py.Group:
-        split = self.split_of(slide)
-        key = f"images/{split}/{slide}"
+        key = f"images/{self.split_of(slide)}/{slide}"
         if key not in self._f:
             raise DataError(Problem(str(self.path), slide, key, "an image dataset", "none",
                                     "add the slide's image (re-run the importer)"))
@@ -169,7 +171,7 @@ class CanonicalH5:
     def tissue(self, slide: str) -> TissueMask | None:
         """The tissue mask recorded at import (slides laid out on a grid), else None."""
         key = f"tissue/{self.split_of(slide)}/{slide}"
-        return TissueMask.read(self._f[key]) if key in self._f else None
+        return read_mask(self._f[key], str(self.path), slide) if key in self._f else None
 
     def extra_fields(self, slide: str) -> tuple[str, ...]:
         raw = self._f[f"spots/{self.split_of(slide)}/{slide}"].attrs.get("extra_fields", [])
@@ -288,13 +290,5 @@ class CanonicalH5:
             return h.hexdigest()
         dset = self._image(slide)
         h.update(repr((dset.shape, str(dset.dtype))).encode())
-        if dset.chunks is not None:
-            dsid = dset.id
-            for i in range(dsid.get_num_chunks()):
-                offset = dsid.get_chunk_info(i).chunk_offset
-                h.update(dsid.read_direct_chunk(offset)[1])
-        else:
-            step = max(1, 2**24 // max(1, dset.shape[1] * 3))
-            for r in range(0, dset.shape[0], step):
-                h.update(dset[r:r + step].tobytes())
+        hash_stored(h, dset)
         return h.hexdigest()

@@ -88,3 +88,23 @@ def write_h5(path: str | Path, slides: Iterable[SlideRecord], compression_level:
                 tab.attrs["extra_fields"] = list(rec.extra_fields)
     return path
 
+
+
+def write_first_spots(src: str | Path, dst: str | Path, n_spots: int) -> Path:
+    """A copy of the canonical file ``src`` in which every slide keeps only its first
+    ``n_spots`` spots: the same slides (images, tissue masks and attributes copied as
+    stored, chunk by chunk, nothing decoded), a smaller workload (benchmarks). Written
+    atomically, like :func:`write_h5`."""
+    with atomic_path(dst, suffix=".tmp.h5") as tmp, h5py.File(src, "r") as a, \
+            h5py.File(tmp, "w") as b:
+        for key, value in a.attrs.items():
+            b.attrs[key] = value
+        for name in a:
+            if name != "spots":
+                a.copy(a[name], b, name=name)
+        for split in a.get("spots", {}):
+            for slide, table in a["spots"][split].items():
+                copy = b.create_dataset(f"spots/{split}/{slide}", data=table[:n_spots])
+                for key, value in table.attrs.items():
+                    copy.attrs[key] = value
+    return Path(dst)

@@ -23,7 +23,7 @@ from data.cli import check_name, config_parser, require_settings, resolve_config
 from data.config import IMAGE_MODES, ImportSettings
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import SlideRecord, write_h5
-from data.images import load_image
+from data.images import is_file, load_image
 from data.spots import make_spot_table
 from data.wsi.base import SlideImage
 from data.wsi.readers import READERS, open_image
@@ -72,8 +72,7 @@ class PendingSlide:
 
 def require_path(path: Path, what: str, fix: str, slide: str = "", is_dir: bool = False) -> Path:
     """Return ``path`` if it exists as a file (or folder), else raise a DataError."""
-    ok = path.is_dir() if is_dir else path.is_file()
-    if not ok:
+    if not is_file(path, folder=is_dir):
         raise DataError(Problem(str(path), slide, "", what, "no such " +
                                 ("folder" if is_dir else "file"), fix))
     return path
@@ -98,6 +97,19 @@ def read_table(path: Path, slide: str = "", required: Sequence[str] = (),
                                 f"columns {list(df.columns)[:12]}",
                                 "rename the columns (names are case-sensitive)"))
     return df
+
+
+def check_unique_slides(table: pd.DataFrame, path: Path) -> None:
+    """Refuse a manifest that names a slide twice (before any slide's files are read).
+
+    Raises:
+        DataError: naming the manifest, the first repeated slide and how many repeat.
+    """
+    names = table["slide"].astype(str)
+    if names.duplicated().any():
+        raise DataError(Problem(str(path), names[names.duplicated()].iloc[0], "slide",
+                                "unique slide names", f"{int(names.duplicated().sum())} repeated",
+                                "give each slide its own name"))
 
 
 def numeric_columns(df: pd.DataFrame, columns: Sequence[str], path: Path,

@@ -20,6 +20,7 @@ import numpy as np
 from data.cli import check_name, run_cli
 from data.config import DEFAULT_PIXEL_SIZE_UM, TIERS, ImportHer2stConfig
 from data.errors import DataError, Problem
+from data.images import is_file
 from data.importers.common import (
     PendingSlide,
     importer_parser,
@@ -38,7 +39,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")
 def _find_image(src: Path, section: str) -> Path:
     for suffix in IMAGE_SUFFIXES:
         path = src / "images" / f"{section}{suffix}"
-        if path.is_file():
+        if is_file(path):
             return path
     raise DataError(Problem(str(src / "images"), section, "image",
                             f"images/{section}.jpg (or .tif/.png)", "no image for the section",
@@ -58,7 +59,7 @@ def gather_section(src: Path, section: str, tier: str, pixel_size_um: float) -> 
                          extra={"spot_id": keys}, pixel_size_um=pixel_size_um,
                          source=f"her2st:{src.name}", spots_path=spots_path)
     prop_path = src / "proportions" / tier / f"{section}-proportion.tsv"
-    if not prop_path.is_file():
+    if not is_file(prop_path):
         return slide
     props = read_table(prop_path, section, index_col=0)
     props.index = props.index.astype(str).str.strip()

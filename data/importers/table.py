@@ -20,6 +20,7 @@ from data.config import ImportTableConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
+    check_unique_slides,
     import_slides,
     importer_parser,
     importer_settings,
@@ -28,6 +29,18 @@ from data.importers.common import (
 )
 
 MANIFEST_COLUMNS = ["slide", "image", "spots", "split"]
+
+
+def pixel_size(value: object, manifest: Path, slide: str) -> float | None:
+    """A row's ``pixel_size_um`` (None when empty); DataError unless a positive number."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    px = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if not (np.isfinite(px) and px > 0):
+        raise DataError(Problem(str(manifest), slide, "pixel_size_um",
+                                "a positive number of µm per pixel, or nothing",
+                                repr(value)[:60], "fix the manifest's pixel_size_um column"))
+    return float(px)
 
 
 def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
@@ -43,9 +56,9 @@ def gather_row(row: pd.Series, base: Path, manifest: Path) -> PendingSlide:
     if "spot_id" in df:
         extra["spot_id"] = df["spot_id"].astype(str).to_numpy()
     rest = [c for c in df.columns if c not in ("x", "y", "spot_id")]
-    px = row.get("pixel_size_um")
+    px = pixel_size(row.get("pixel_size_um"), manifest, slide)
     out = PendingSlide(slide, base / str(row["image"]), xy[:, 0], xy[:, 1], extra=extra,
-                       pixel_size_um=float(px) if px is not None and pd.notna(px) else None,
+                       pixel_size_um=px,
                        source=f"table:{spots_path}", spots_path=spots_path,
                        abundance_path=spots_path)
     if split == "Train":
@@ -73,6 +86,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                             manifest="the manifest CSV")
     path = Path(cfg.manifest)
     manifest = read_table(path, required=MANIFEST_COLUMNS)
+    check_unique_slides(manifest, path)  # before any slide's table or image is read
     return import_slides([gather_row(r, path.parent, path) for _, r in manifest.iterrows()],
                          cfg, str(path))
 

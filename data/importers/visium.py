@@ -27,6 +27,7 @@ from data.config import ImportVisiumConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
     PendingSlide,
+    check_unique_slides,
     import_slides,
     importer_parser,
     importer_settings,
@@ -93,6 +94,10 @@ def gather_slide(slide: str, outs: Path, image: Path, abundances: Path | None) -
         return out
     table = read_table(abundances, slide, index_col=0)
     table.index = table.index.astype(str)
+    if table.index.duplicated().any():
+        dup = table.index[table.index.duplicated()][0]
+        raise DataError(Problem(str(abundances), slide, "barcode", "one row per barcode",
+                                f"{dup!r} repeated", "remove the duplicated rows"))
     have = np.isin(barcodes, table.index)
     if not have.any():
         raise DataError(Problem(str(abundances), slide, "barcode", "rows keyed by the "
@@ -116,6 +121,7 @@ def _groups(cfg: ImportVisiumConfig) -> list[tuple[str, Path, Path, Path | None]
         manifest = Path(cfg.manifest)
         df = read_table(manifest, required=["slide", "outs", "image"])
         base = manifest.parent
+        check_unique_slides(df, manifest)  # before any slide's files are read
         return [(str(r.slide), base / str(r.outs), base / str(r.image),
                  base / str(r.abundances) if "abundances" in df and pd.notna(r.abundances)
                  else None) for r in df.itertuples()]

@@ -77,9 +77,8 @@ def spots_from_grid(slide: PendingSlide, spec: GridSpec, min_tissue: float) -> N
                                 f"grid spots with >= {min_tissue:.0%} of their disc on tissue",
                                 f"none of {len(grid)} (tissue share {tissue.share:.1%})",
                                 "lower --min-tissue, use a finer --grid, or pass --spots"))
-    log.info("slide %s: %s grid, %d of %d spots on tissue (tissue %.1f%% of the slide, "
-             "saturation threshold %.3f)", slide.name, spec.kind, len(kept), len(grid),
-             100 * tissue.share, tissue.threshold)
+    log.info("slide %s: %s grid, %d of %d spots on tissue (tissue %.1f%% of the slide: %s)",
+             slide.name, spec.kind, len(kept), len(grid), 100 * tissue.share, tissue.rule)
     slide.x, slide.y, slide.tissue = kept.x, kept.y, tissue
     slide.pixel_size_um = pixel
     slide.extra = {"spot_id": kept.spot_ids, "array_row": kept.array_row,

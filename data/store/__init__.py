@@ -1,6 +1,6 @@
-"""The embeddings store: the one hand-over from stage 1 to stage 2 (its format, writer and
-reader). No torch here: stage 1 writes through :func:`open_slide`, stage 2 and the report
-read through :func:`read_array`.
+"""The embeddings store: the one hand-over from stage 1 to stage 2 (its format, the names of
+its items, groups and arrays, writer and reader). No torch here: stage 1 writes through
+:func:`open_slide`, stage 2 and the report read through :func:`read_array`.
 
 Layout (Zarr)::
 
@@ -13,7 +13,8 @@ Arrays are ``features`` (pooled, primary crop), ``stages`` (mean+std of intermed
 stages) and the same at other crop sizes (``features_448px``...; ``features_110um`` for a
 crop given in µm, whatever its px on each slide). A ``<backbone>`` group of a stain
 variant is named ``<backbone>-macenko``, ``<backbone>-hed`` or ``<backbone>-macenko-hed``
-(stage 2: ``efficientnet_lite0-macenko:features_220um``). A slide group's
+(stage 2: ``efficientnet_lite0-macenko:features_220um``); these names are read and
+written by :mod:`data.store.items` alone (:class:`BackboneItem`). A slide group's
 attributes hold ``settings`` (everything that determines the values: compared on resume),
 ``info`` (provenance: weights file, device, versions) and ``arrays`` (name -> layer and
 crop size). A chunk's ``done`` flag is set only after its rows are written, so a run
@@ -36,15 +37,21 @@ from data.store.format import (
     CODECS,
     FORMAT_ATTR,
     STORE_FORMAT,
-    FeatureSpec,
-    array_name,
     bad_chunks,
     exists,
     is_url,
 )
+from data.store.items import (
+    STAIN_OPTIONS,
+    BackboneItem,
+    Crop,
+    FeatureSpec,
+    array_name,
+    parse_crop,
+    split_group,
+)
 from data.store.reader import (
     backbones,
-    embed_item,
     open_store,
     read_array,
     read_features,
@@ -52,6 +59,7 @@ from data.store.reader import (
 )
 from data.store.writer import SlideWriter, open_slide, slide_writer
 
-__all__ = ["BOOKKEEPING", "CODECS", "FORMAT_ATTR", "STORE_FORMAT", "FeatureSpec", "SlideWriter",
-           "array_name", "backbones", "embed_item", "bad_chunks", "exists", "is_url", "open_slide",
-           "open_store", "read_array", "read_features", "slide_attrs", "slide_writer"]
+__all__ = ["BOOKKEEPING", "CODECS", "FORMAT_ATTR", "STAIN_OPTIONS", "STORE_FORMAT", "BackboneItem",
+           "Crop", "FeatureSpec", "SlideWriter", "array_name", "backbones", "bad_chunks", "exists",
+           "is_url", "open_slide", "open_store", "parse_crop", "read_array", "read_features",
+           "slide_attrs", "slide_writer", "split_group"]

@@ -1,9 +1,9 @@
-"""The embeddings store's format: its constants, names of arrays, the URL/path of a root,
-the format check and the checksum scan of chunks. Layout: :mod:`data.store`."""
+"""The embeddings store's format: its constants, the URL/path of a root, the format check
+and the checksum scan of chunks. Layout: :mod:`data.store`; names of groups and arrays:
+:mod:`data.store.items`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -33,35 +33,6 @@ def exists(root: str | Path) -> bool:
         return Path(root).exists()
     fs, path = fsspec.core.url_to_fs(str(root))
     return fs.exists(path)
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One array of the store: ``backbone`` and array name (``features``, ``stages``,
-    ``features_448px``...). Written ``backbone`` or ``backbone:array`` on the command line."""
-
-    backbone: str
-    array: str = "features"
-
-    @classmethod
-    def parse(cls, text: str) -> FeatureSpec:
-        backbone, _, array = text.partition(":")
-        return cls(backbone.strip(), array.strip() or "features")
-
-    def __str__(self) -> str:
-        return self.backbone if self.array == "features" else f"{self.backbone}:{self.array}"
-
-
-def array_name(layer: str, crop_px: int, primary_px: int, crop_um: float | None = None
-               ) -> str:
-    """Name of a feature array: ``features``/``stages`` for the primary crop, else
-    ``features_448px``/``stages_448px``; a crop given in µm (``crop_um``, whatever its
-    pixels on a slide) ``features_110um``/``stages_110um`` (the µm value formatted ``:g``)."""
-    base = "features" if layer == "pooled" else layer
-    if crop_um is not None:
-        return f"{base}_{crop_um:g}um"
-    return base if crop_px == primary_px else f"{base}_{crop_px}px"
-
 
 
 def bad_chunks(array: zarr.Array, chunk_spots: int, among: np.ndarray | None = None

@@ -4,7 +4,7 @@ coordinator, written chunk by chunk by tasks."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,23 @@ def covers(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
                for k in _CROP_KEYS)
 
 
+def _damaged(group: zarr.Group, n_spots: int, wanted: Sequence[str]) -> bool:
+    """Whether a slide's group can be neither resumed nor kept: no ``done`` flags, or an
+    array (those it holds, and ``wanted``) missing, or of other rows or chunks than its
+    ``done`` flags count."""
+    try:
+        done = group["done"]
+        names = {k for k in group.array_keys() if k not in BOOKKEEPING} | set(wanted)
+        arrays = [group[k] for k in names]
+    except KeyError:
+        return True
+    if not isinstance(done, zarr.Array) or len(done.shape) != 1:
+        return True
+    return not all(isinstance(a, zarr.Array) and len(a.shape) == 2 and a.shape[0] == n_spots
+                   and a.chunks[0] > 0 and -(-n_spots // a.chunks[0]) == done.shape[0]
+                   for a in arrays)
+
+
 def _complete(group: zarr.Group) -> bool:
     return "done" in group and bool(np.all(group["done"][:]))
 
@@ -136,13 +153,15 @@ def open_slide(root: str | Path, backbone: str, slide: str, n_spots: int,
     key = f"{backbone}/{slide}"
     settings = _canon(settings)
     if key in store:
-        old = dict(store[key].attrs.get("settings", {}))
-        if not overwrite and (old == settings
-                              or (covers(old, settings) and _complete(store[key]))):
+        old = store[key].attrs.get("settings", {})
+        old = dict(old) if isinstance(old, dict) else {}
+        intact = not _damaged(store[key], n_spots, dims if old == settings else ())
+        if not overwrite and intact and (old == settings
+                                         or (covers(old, settings) and _complete(store[key]))):
             return SlideWriter(store[key], chunk_spots, n_spots)
         # a request for more crops replaces the group: every stored array is computed again,
         # with the same settings, beside the new ones (nothing is lost)
-        if not overwrite and _any_done(store[key]) and not covers(settings, old):
+        if not overwrite and intact and _any_done(store[key]) and not covers(settings, old):
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {settings.get(k)!r}"
                                for k in diff[:4])
@@ -171,5 +190,6 @@ def slide_writer(root: str | Path, backbone: str, slide: str) -> SlideWriter:
     group = zarr.open_group(str(root), path=f"{backbone}/{slide}", mode="r+")
     name = next(k for k in group.array_keys() if k not in BOOKKEEPING)
     return SlideWriter(group, group[name].chunks[0], group[name].shape[0])
+
 
 

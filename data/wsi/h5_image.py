@@ -5,8 +5,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from data.chunks import ChunkWindows
+from data.chunks import DECODE_ERRORS, ChunkWindows
 from data.chunks import supports as chunk_windows_support
+from data.errors import DataError, Problem
 from data.wsi.base import Level, SlideImage
 
 
@@ -29,6 +30,12 @@ class H5Image(SlideImage):
             else None
 
     def read_level(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        if self._windows is None:
-            return self._dset[y0:y1, x0:x1]
-        return self._windows.read(y0, y1, x0, x1)
+        try:
+            if self._windows is None:
+                return self._dset[y0:y1, x0:x1]
+            return self._windows.read(y0, y1, x0, x1)
+        except DECODE_ERRORS as exc:  # a damaged chunk (HDF5's or the inflater's error)
+            raise DataError(Problem(self.path, self.slide, "image", "chunks that decode",
+                                    f"rows {y0}:{y1}, columns {x0}:{x1}: {exc}"[:300],
+                                    "the file is damaged or truncated: import the slide "
+                                    "again")) from exc

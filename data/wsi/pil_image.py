@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from data.errors import DataError, Problem
-from data.images import load_image, open_pil
+from data.images import READ_ERRORS, load_image, open_pil
 from data.wsi import pixel_size
 from data.wsi.base import Level, SlideImage
 
@@ -24,7 +24,7 @@ class PilImage(SlideImage):
         try:
             with open_pil(path) as im:  # the size is checked here, from the header
                 w, h = im.size
-        except (OSError, ValueError) as exc:
+        except READ_ERRORS as exc:
             raise DataError(Problem(self.path, slide, "image", "a readable JPEG or PNG",
                                     f"error: {exc}", "the file is truncated or not an "
                                     "image; export it again")) from exc

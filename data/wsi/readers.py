@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data.errors import ConfigError, DataError, Problem
-from data.images import PIL_SUFFIXES, TIFF_SUFFIXES
+from data.images import PIL_SUFFIXES, TIFF_SUFFIXES, is_file
 from data.wsi.base import SlideImage
 from data.wsi.openslide_image import OpenSlideImage, detect
 from data.wsi.pil_image import PilImage
@@ -36,7 +36,7 @@ def choose_reader(path: str | Path, slide: str = "") -> str:
         DataError: no such file, or a suffix no reader handles.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise DataError(Problem(str(path), slide, "image", "an image file", "no such file",
                                 "check the image path"))
     name = path.name.lower()
@@ -72,6 +72,6 @@ def open_image(path: str | Path, slide: str = "", reader: str = "auto",
     elif reader not in READERS:
         raise ConfigError(f"unknown image reader {reader!r}; choose auto or one of "
                           f"{sorted(READERS)}")
-    elif not Path(path).is_file():
+    elif not is_file(path):
         choose_reader(path, slide)  # raises the missing-file problem
     return READERS[reader](str(path), slide, mpp)

@@ -18,6 +18,7 @@ import h5py
 
 from data.checksum import sha256_file
 from data.errors import DataError, Problem
+from data.images import is_file
 from data.wsi.base import SlideImage
 from data.wsi.readers import open_image
 
@@ -81,7 +82,7 @@ class ImageRef:
             candidates.append(Path(h5_path).resolve().parent / self.image_relpath)
         candidates.append(Path(self.image_path))
         for c in candidates:
-            if c.is_file():
+            if is_file(c):
                 return c.resolve()
         raise DataError(Problem(str(h5_path), slide, "image_path",
                                 f"the slide image {self.image_path}", "no such file",

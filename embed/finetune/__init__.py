@@ -22,9 +22,10 @@ Modules, each importing only those above it:
 - :mod:`~embed.finetune.loop`: one fold's training loop, checkpoints and resume;
 - :mod:`~embed.finetune.fold`: one LOSO fold end to end (train, predict, cache);
 - :mod:`~embed.finetune.run`: the run over the folds, the report entry, the command
-  (``python -m embed.finetune``, ``hespot finetune``);
-- :mod:`~embed.finetune.bench`: training throughput, fp32 vs bf16
-  (``python -m embed.finetune.bench``, ``hespot bench-finetune``).
+  (``python -m embed.finetune``, ``hespot finetune``).
+
+Its benchmark (training throughput, fp32 vs bf16) is :mod:`embed.bench.finetune`
+(``hespot bench-finetune``).
 
 Importing the package does no work and imports none of them.
 """

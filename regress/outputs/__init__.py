@@ -11,6 +11,9 @@ only when a file is written). What stage 2 and ``embed.finetune`` hand each othe
 - :mod:`~regress.outputs.spatialdata`: ``predictions.zarr``, a SpatialData store (the
   ``spatial`` extra).
 - :mod:`~regress.outputs.markdown`: ``report.md``, the LOSO report as markdown.
+- :mod:`~regress.outputs.geojson`: ``<slide>.geojson``, the spots as QuPath detections
+  (one per spot: an outline in level-0 pixels, a measurement per cell type and interval
+  bound, the most abundant type as its class); it takes arrays, not the frame.
 
 Every writer takes the prediction frame (one row per spot: ``slide, row, spot_id, x, y``
 and maybe ``ID``; :func:`regress.results.predictions_frame`), the values float
@@ -25,6 +28,7 @@ from regress.outputs.anndata import (
     write_anndata,
 )
 from regress.outputs.csv import csv_text, defuse, defused, write_safe_csv
+from regress.outputs.geojson import write_geojson
 from regress.outputs.markdown import loso_markdown, render_markdown
 from regress.outputs.spatialdata import element_name, require_spatialdata, write_spatialdata
 
@@ -41,6 +45,7 @@ __all__ = [
     "spot_spacing",
     "thumbnail",
     "write_anndata",
+    "write_geojson",
     "write_safe_csv",
     "write_spatialdata",
 ]

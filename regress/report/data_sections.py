@@ -13,7 +13,7 @@ from scipy.stats import rankdata
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
-from data.check import background_share
+from data.check import off_tissue_share
 from data.store import FeatureSpec, backbones, open_store, read_array
 from regress.report import plots
 from regress.report.inputs import Absent, Inputs, Section
@@ -22,7 +22,7 @@ from regress.tables import Table, to_html
 
 
 def section_slides(ctx: Inputs) -> str:
-    """A thumbnail of every slide with its spots outlined."""
+    """A thumbnail of every slide with its spots and the outline of its tissue."""
     h5 = ctx.need_h5()
     figs = []
     for split in ("Train", "Test"):
@@ -31,13 +31,15 @@ def section_slides(ctx: Inputs) -> str:
             thumb, extent = ctx.thumb(slide)
             H, W = h5.image_shape(slide)[:2]
             px = h5.pixel_size_um(slide)
-            mask, caption = h5.tissue(slide), f"{slide}: {W} x {H} px"
-            caption += f", {px:g} µm/px" if px else ""
+            caption = f"{slide}: {W} x {H} px" + (f", {px:g} µm/px" if px else "")
+            mask = ctx.tissue(slide)
             tissue = None
-            if mask is not None:  # spots laid out on a grid over the tissue (import-wsi)
+            if mask is not None:
                 tissue = (mask.mask, mask.extent)
-                caption += (f"; grid spots over the tissue (green outline: {mask.share:.0%} "
-                            f"of the slide, saturation > {mask.threshold:.3f})")
+                caption += (f"; orange outline: the tissue, {mask.share:.0%} of the slide "
+                            f"({mask.rule})")
+            if h5.tissue(slide) is not None:
+                caption += "; grid spots laid over the tissue"
             if h5.image_ref(slide) is not None:
                 caption += "; image read in place"
             fig = plots.fig_overlay(thumb, extent, t.x, t.y, f"{slide} ({split}, {len(t)} spots)",
@@ -47,15 +49,16 @@ def section_slides(ctx: Inputs) -> str:
 
 
 def section_background(ctx: Inputs) -> str:
-    """A table: the share of each slide's spots off the tissue (data.check)."""
+    """A table: the share of each slide's spots off the tissue (as data.check reports it)."""
     h5 = ctx.need_h5()
     rows = []
     for slide in h5.train_slides + h5.test_slides:
-        share = background_share(h5, slide)
-        rows.append([slide, h5.split_of(slide), str(len(ctx.table(slide))), f"{share:.1%}"])
+        t = ctx.table(slide)
+        share = off_tissue_share(ctx.tissue(slide), t.x, t.y)
+        rows.append([slide, h5.split_of(slide), str(len(t)), f"{share:.1%}"])
     table = Table.of(["slide", "split", "spots", "on background"], rows)
-    return ("<p>Spots whose centre is off the tissue (the tissue mask of data.wsi.tissue, "
-            "as data.check reports it).</p>"
+    return ("<p>Spots whose centre is off the tissue (the orange outline of the slides' "
+            "thumbnails: data.wsi.tissue's mask, as data.check reports it).</p>"
             + to_html(table))
 
 

@@ -14,9 +14,11 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
+from data.check import slide_tissue
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.spots import SpotTable
+from data.wsi.tissue import TissueMask
 from regress.report import plots
 from regress.report.config import ReportConfig
 from regress.results import rank_models
@@ -52,6 +54,7 @@ class Inputs:
         self.written: list[Path] = []
         self._tables: dict[str, SpotTable] = {}
         self._thumbs: dict[str, tuple[np.ndarray, plots.Extent]] = {}
+        self._tissue: dict[str, TissueMask | None] = {}
         self.models = self._models()
         self.types = self._types()
 
@@ -91,6 +94,12 @@ class Inputs:
         if slide not in self._thumbs:
             self._thumbs[slide] = plots.thumbnail(self.need_h5(), slide, self.cfg.thumb_px)
         return self._thumbs[slide]
+
+    def tissue(self, slide: str) -> TissueMask | None:
+        """The tissue of ``slide`` as ``hespot check`` sees it (cached; None: no tissue)."""
+        if slide not in self._tissue:
+            self._tissue[slide] = slide_tissue(self.need_h5(), slide)
+        return self._tissue[slide]
 
     def figure(self, fig: Figure, name: str, alt: str, caption: str = "") -> str:
         """Save ``fig`` as img/<n>_<name>.png; the HTML that shows it."""

@@ -102,7 +102,7 @@ def fig_overlay(thumb: np.ndarray, extent: Extent, x: np.ndarray, y: np.ndarray,
     _frame(ax, thumb, extent, x, y, 0, whole=True)
     if tissue is not None and tissue[0].any() and not tissue[0].all():
         ax.contour(tissue[0].astype(float), levels=[0.5], extent=tissue[1], origin="upper",
-                   colors="#00a050", linewidths=0.8)
+                   colors="#ff8f00", linewidths=1.2)
     _spots(ax, x, y, SPOT_FILL * spot_spacing(x, y))
     ax.set_title(title, fontsize=9)
     return fig
