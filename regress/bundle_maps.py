@@ -25,6 +25,7 @@ from data.errors import DataError, Problem
 from data.store import FeatureSpec
 from regress.abundance import (
     ABUNDANCE_MODELS,
+    TRANSFORMS,
     SavedAbundance,
     export_abundance,
     make_abundance_model,
@@ -41,8 +42,9 @@ from regress.recipes import Recipe, predict_slides, prepare
 log = logging.getLogger("hespot")
 
 OOD_FILE = "ood"   # ood.npz
-OLD_FOLDER = ("model folder {folder} was made before abundances: the maps hold rank scores "
-              "only; abundances, intervals and OOD warnings need `hespot fit` again")
+OLD_FOLDER = ("model folder {folder} has no abundance model (made before abundances, or from "
+              "a run without them): the maps hold rank scores only; abundances, intervals and "
+              "OOD warnings need `hespot fit` again")
 
 
 def _stage1(data: SlideSet, features: list[str]) -> SlideSet:
@@ -82,14 +84,30 @@ def fit_maps(data: SlideSet, section: dict[str, Any]
     return meta, {model_id: export_abundance(est), OOD_FILE: ref.as_arrays()}, test
 
 
-def _arrays(folder: Path, name: str) -> dict[str, np.ndarray]:
-    """A checked model folder's npz (numeric arrays only, never unpickled)."""
+REQUIRED = {"abundance": ("scaler_mean", "scaler_scale", "coef", "intercept", "mean", "total",
+                          "quantiles", "simplex"),
+            "ood": ("mean", "scale", "centre", "components", "variances", "residual")}
+
+
+def _arrays(folder: Path, name: str, kind: str) -> dict[str, np.ndarray]:
+    """A checked model folder's npz of ``kind`` (:data:`REQUIRED`): the arrays it needs,
+    numeric only, never unpickled.
+
+    Raises:
+        DataError: an array missing, or one that would need pickle.
+    """
+    fix = "fit the model again (hespot fit)"
     try:
         with np.load(folder / name, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+            arrays = {k: npz[k] for k in npz.files}
     except ValueError as exc:
         raise DataError(Problem(str(folder), "", name, "numeric arrays (no pickle)",
-                                f"refused: {exc}", "fit the model again (hespot fit)")) from exc
+                                f"refused: {exc}", fix)) from exc
+    missing = [k for k in REQUIRED[kind] if k not in arrays]
+    if missing or any(a.dtype.kind not in "fiub" for a in arrays.values()):
+        raise DataError(Problem(str(folder), "", name, f"numeric arrays {list(REQUIRED[kind])}",
+                                f"{sorted(arrays)} (missing {missing})", fix))
+    return arrays
 
 
 def ood_verdicts(section: dict, reference: OODReference, data: SlideSet
@@ -111,12 +129,17 @@ def predict_maps(bundle, data: SlideSet, frame: pd.DataFrame, rank_score: np.nda
     if not section:
         log.warning(OLD_FOLDER.format(folder=bundle.folder))
         return Maps(frame, cell_types, rank_score, per_type=per_type)
-    est = SavedAbundance(section["transform"], _arrays(bundle.folder, section["files"][0]))
+    if section.get("transform") not in TRANSFORMS:
+        raise DataError(Problem(str(bundle.folder), "", "model.json: abundance.transform",
+                                f"one of {TRANSFORMS}", repr(section.get("transform")),
+                                "fit the model again (hespot fit)"))
+    est = SavedAbundance(section["transform"],
+                         _arrays(bundle.folder, section["files"][0], "abundance"))
     prepared, post = prepare(data, Recipe.from_dict(section["recipe"]))
     pred = predict_slides(est, prepared, post, data.test, "abundance")
     A = np.concatenate([pred[s] for s in data.test])
     lower, upper = intervals(A, Calibration.from_dict(section["calibration"]))
-    reference = OODReference.from_arrays(_arrays(bundle.folder, section["files"][1]))
+    reference = OODReference.from_arrays(_arrays(bundle.folder, section["files"][1], "ood"))
     scores, slides = ood_verdicts(section, reference, data)
     warn_flagged(slides)
     return Maps(frame, cell_types, rank_score, A, lower, upper, per_type,

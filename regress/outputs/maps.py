@@ -35,8 +35,8 @@ LAYERS = {
     "lower": "abundance: lower end of the 90 % interval (calibrated on held-out slides)",
     "upper": "abundance: upper end of the 90 % interval",
 }
-NO_ABUNDANCE = ("rank scores (this model has no abundance model: fit it again with this "
-                "hespot to get abundances)")
+NO_ABUNDANCE = ("rank scores (this model has no abundance model: abundances need "
+                "`hespot fit` again)")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """What the maps hold (regress.outputs.maps) as ``submit``, ``fit`` and ``predict`` write
 them on the synthetic fixture: abundances in X and predictions.csv, the submitted rank
 scores in layer rank_score and rank_scores.csv, intervals, OOD verdicts, the model card,
-folders made before abundances, and a hue-turned H&E-only slide flagged."""
+folders made before abundances, and an H&E-only slide in a stain unlike the training
+slides' flagged."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 
 import regress.fit
@@ -133,16 +133,12 @@ def test_a_folder_made_before_abundances_predicts_rank_scores(synthetic_h5, fitt
         "units"]
 
 
-def turn_hue(image: np.ndarray, turn: float = 0.5) -> np.ndarray:
-    """uint8 (h, w, 3) with every pixel's hue turned by ``turn`` of a full circle."""
-    hsv = rgb_to_hsv(image / 255.0)
-    hsv[..., 0] = (hsv[..., 0] + turn) % 1.0
-    return np.round(hsv_to_rgb(hsv) * 255).astype(np.uint8)
-
-
-def test_a_hue_turned_h_and_e_only_slide_is_flagged(synthetic_h5, fitted, tmp_path, caplog):
+def test_a_slide_in_another_stain_is_flagged(synthetic_h5, fitted, tmp_path, caplog):
     """The test slide's image (like the training slides) as an H&E-only slide is not
-    flagged; the same image with its hue turned half a circle is, with one warning line."""
+    flagged; the same image darkened to 40 % (a stain unlike any training slide's) is,
+    with one warning line. (The hue turn is tested on the real sample, with a real
+    backbone: the fixture's random palette covers every hue, and tiny_random's random
+    filters barely see a hue turn of it.)"""
     from data.importers.wsi import main as import_wsi
 
     with CanonicalH5(synthetic_h5) as h5:
@@ -152,7 +148,7 @@ def test_a_hue_turned_h_and_e_only_slide_is_flagged(synthetic_h5, fitted, tmp_pa
         image, table = img.read_window(0, h, 0, w), h5.spots(slide)
     pd.DataFrame({"x": table.x, "y": table.y}).to_csv(tmp_path / "spots.csv", index=False)
     verdicts = {}
-    for name, pixels in (("like", image), ("turned", turn_hue(image))):
+    for name, pixels in (("like", image), ("dark", (image * 0.4).astype(np.uint8))):
         Image.fromarray(pixels).save(tmp_path / f"{name}.png")
         h5_path = tmp_path / f"{name}.h5"
         assert import_wsi(["--slide", str(tmp_path / f"{name}.png"), "--spots",
@@ -165,7 +161,7 @@ def test_a_hue_turned_h_and_e_only_slide_is_flagged(synthetic_h5, fitted, tmp_pa
         verdicts[name] = adata.uns["hespot"]["slides"][name]
         warned = [r.getMessage() for r in caplog.records if "unlike the training" in
                   r.getMessage()]
-        assert len(warned) == (1 if name == "turned" else 0), warned
+        assert len(warned) == (1 if name == "dark" else 0), warned
+        assert all(name in line and "threshold" in line for line in warned)
     assert not verdicts["like"]["ood_flagged"]
-    assert verdicts["turned"]["ood_flagged"]
-    assert verdicts["turned"]["ood_score"] > 2 * verdicts["like"]["ood_score"]
+    assert verdicts["dark"]["ood_flagged"] and verdicts["dark"]["flagged_spots"] > 0
