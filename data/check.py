@@ -80,6 +80,7 @@ def _check_slide(h5: CanonicalH5, split: str, slide: str) -> list[Problem]:
         return [Problem(file, slide, key, "an image for every spot table", "no image",
                         "add the image or remove the spot table")]
     problems = validate.check_name(file, slide, "slide name", slide)
+    problems += validate.check_pixel_size(file, slide, f[key].attrs.get("pixel_size_um"))
     if h5.image_ref(slide) is not None:
         shape, dtype, chunks = h5.image_shape(slide), np.dtype(np.uint8), None
         problems += validate.check_image(file, slide, shape, dtype)

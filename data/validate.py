@@ -74,6 +74,18 @@ def check_image(file: str, slide: str, shape: tuple[int, ...], dtype: np.dtype,
     return out
 
 
+def check_pixel_size(file: str, slide: str, value: object) -> list[Problem]:
+    """An image's ``pixel_size_um`` attribute: absent, or one positive finite number."""
+    if value is None:
+        return []
+    number = np.asarray(value)
+    if number.shape == () and number.dtype.kind in "fiu" and np.isfinite(number) and \
+            number > 0:
+        return []
+    return [Problem(file, slide, "pixel_size_um", "a positive number of µm per pixel",
+                    repr(value)[:60], "import the slide again (or give --pixel-size)")]
+
+
 def check_stored(file: str, slide: str, field: str, shape: tuple[int, ...], itemsize: int,
                  stored: int, chunks: tuple[int, ...] | None = None) -> list[Problem]:
     """A dataset's declared size must be backed by the file (at most

@@ -92,11 +92,11 @@ class TiffImage(SlideImage):
         samples = [shape[a.index(c)] for a, shape in zip(self._axes, shapes, strict=True)
                    for c in RGB_AXES if c in a]
         if any("Y" not in a or "X" not in a for a in self._axes) or \
-                any(n not in (1, 3, 4) for n in samples):
+                any(n not in (1, 3, 4) for n in samples) or any(0 in sh for sh in shapes):
             self.close()
             raise DataError(Problem(self.path, slide, "image axes", "Y and X axes, 1, 3 or "
-                                    "4 samples", f"axes {self._axes[0]!r} of shape "
-                                    f"{shapes[0]}", "save the image as RGB"))
+                                    "4 samples, no side of 0 px", f"axes {self._axes[0]!r} "
+                                    f"of shape {shapes[0]}", "save the image as RGB"))
         h0, w0 = self._hw(0, shapes[0])
         levels = []
         for i, shape in enumerate(shapes):

@@ -238,13 +238,32 @@ def test_pixels_taken_for_lzw_are_refused_not_a_crash(tmp_path):
     """Was: a segmentation fault in imagecodecs' LZW decoder (a strip TIFF's Compression
     tag rewritten from none to LZW). Run in a child: a regression would end the process."""
     path = tmp_path / "s.tif"
-    rng = np.random.default_rng(0)
-    tifffile.imwrite(path, rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
-                     photometric="rgb")
+    tifffile.imwrite(path, np.full((96, 128, 3), 235, np.uint8), photometric="rgb")
     _patch_tag(path, 0, 259, 5)
+    with tifffile.TiffFile(path) as tif:
+        start = tif.pages[0].dataoffsets[0]
+    with open(path, "r+b") as f:  # 0x00 then 0xeb...: what the fuzzer's case held
+        f.seek(start)
+        f.write(b"\0")
     code = ("import sys\nfrom data.errors import DataError\nfrom data.wsi.tiff_image import "
             "TiffImage\ntry:\n    TiffImage(sys.argv[1]).verify()\nexcept DataError as e:\n"
             "    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                           text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0 and "readable TIFF" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_pixel_size_of_the_wrong_type_is_named(h5):
+    """Was: TypeError converting a list attribute to float while measuring background."""
+    with h5py.File(h5, "r+") as f:
+        f["images/Train/S_3"].attrs["pixel_size_um"] = ["a", "\x07"]
+    assert ("S_3", "pixel_size_um") in _errors(h5)
+
+
+def test_a_tiff_level_of_no_rows_is_refused(tmp_path, capsys):
+    """Was: ZeroDivisionError computing the level's downsample (ImageLength removed)."""
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.full((60, 80, 3), 200, np.uint8), photometric="rgb")
+    _patch_tag(path, 0, 257, 65000, "code")
+    with pytest.raises(DataError, match=str(path)):
+        TiffImage(str(path), "S")

@@ -77,6 +77,7 @@ class Outcome:
     stderr: str
     seconds: float
     rss_growth_mb: float = 0.0
+    cpu_s: float = 0.0  # the child's user + system time (making the input included)
 
 
 @dataclass
@@ -201,7 +202,8 @@ def poll(run: Running) -> Outcome | None:
     left = survivors(run.pid)
     if left:
         err += f"\nfuzz: {len(left)} processes of the command ran on after it ended\n"
-    return Outcome(rc, out, err, elapsed, usage.ru_maxrss / 1024 - run.rss_mb)
+    return Outcome(rc, out, err, elapsed, usage.ru_maxrss / 1024 - run.rss_mb,
+                   usage.ru_utime + usage.ru_stime)
 
 
 def survivors(pgid: int) -> list[int]:
