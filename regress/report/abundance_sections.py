@@ -70,6 +70,6 @@ def section_ood(ctx: Inputs) -> str:
 
 
 ABUNDANCE_SECTIONS: tuple[Section, ...] = (
-    Section("Results", "abundance", "Abundances: LOSO", section_abundance),
+    Section("Results", "abundance-loso", "Abundances: LOSO", section_abundance),
     Section("Results", "ood", "Out-of-distribution scores", section_ood),
 )

@@ -62,7 +62,8 @@ SMOOTH_ROW = ("<tr><td>smooth</td><td>spot_rank</td><td>tiny_random</td><td>0</t
               "<td>k4 w0.5</td><td>False</td><td>False</td><td>-</td><td>0.0</td>"
               "<td>1.0</td><td>0.550 / 0.220</td><td>0.470 / 0.180</td><td>0.530 / 0.200</td>"
               "<td>0.517</td><td>0.200</td><td>2/3 vs plain</td></tr>")
-N_IMAGES = 4 + 1 + 3 + 1 + 1 + 1 + 3 + 1   # slides, abundance, maps, corr, pca, per-type, oof, test
+# slides, abundance, maps, corr, pca, per-type, OOD maps (3 held out + 1 test), oof, test
+N_IMAGES = 4 + 1 + 3 + 1 + 1 + 1 + 4 + 3 + 1
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,21 @@ def test_tables_and_choices(page, synthetic_h5, regressed):
     assert f"cell types {', '.join(top)}." in page.read_text()
     assert "model(s) ridge-spot_rank;" in page.read_text()
     assert len(_images(sections["oof"])) == 3 and len(_images(sections["test"])) == 1
+
+
+def test_abundance_sections(page, regressed):
+    """The abundance tables (every candidate beside the training mean), the OOD scores
+    with a map per slide, and maps that say abundance or rank score."""
+    sections = _sections(page.read_text())
+    section = json.loads((regressed / "report.json").read_text())["abundance"]
+    tables = sections["abundance-loso"]
+    assert "<td>training mean</td>" in tables and f"<b>{section['chosen']}</b>" in tables
+    for title in ("total-variation", "Pearson", "coverage", "width"):
+        assert title in tables, title
+    ood = sections["ood"]
+    assert f"{section['ood']['threshold']['slide']:.2f}" in ood
+    assert len(_images(ood)) == 4 and "<td>S_4</td>" in ood
+    assert "predicted abundance" in sections["oof"] and "rank scores" in sections["oof"]
 
 
 def test_opens_in_headless_chromium(page):
