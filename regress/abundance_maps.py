@@ -14,6 +14,7 @@ import pandas as pd
 
 from data.errors import DataError, Problem
 from regress.abundance_run import OOD_ID, abundance_id
+from regress.bundle_meta import SAFE_NAME, StructureError, check_calibration
 from regress.intervals import Calibration, intervals
 from regress.ood import warning_line
 from regress.outputs.maps import Maps
@@ -40,10 +41,17 @@ def aligned(out: Path, model_id: str, frame: pd.DataFrame, columns: Sequence[str
     """
     found = read_predictions(out, model_id, "test")
     found["slide"] = found["slide"].astype(str)
+    label = str(out / "predictions" / model_id / "test.csv")
+    missing = [c for c in columns if c not in found.columns]
+    if missing or found.duplicated(["slide", "row"]).any():
+        raise DataError(Problem(label, "", "columns" if missing else "rows",
+                                f"columns slide, row, {', '.join(columns)[:200]}, one row a spot",
+                                f"missing {missing[:5]}" if missing else "repeated spots",
+                                "run `make regress` again"))
     keys = frame[["slide", "row"]].astype({"slide": str})
     merged = keys.merge(found, on=["slide", "row"], how="left")
     if merged[list(columns)].isna().any().any():
-        raise DataError(Problem(str(out / "predictions" / model_id / "test.csv"), "",
+        raise DataError(Problem(label, "",
                                 "rows", f"every test spot ({len(frame)})",
                                 f"{int(merged[list(columns)[0]].isna().sum())} missing",
                                 "run `make regress` again"))
@@ -57,6 +65,39 @@ def warn_flagged(slides: Mapping[str, Mapping]) -> None:
             log.warning(warning_line(slide, result))
 
 
+def _verdict(v: object) -> bool:
+    """One slide's OOD verdict as :func:`regress.ood.verdict` makes it."""
+    def number(x: object) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x)
+    return isinstance(v, dict) and number(v.get("ood_score")) and number(
+        v.get("ood_threshold")) and isinstance(v.get("ood_flagged"), bool) and isinstance(
+        v.get("flagged_spots"), int) and not isinstance(v.get("flagged_spots"), bool)
+
+
+def check_section(out: Path, section: object, n_types: int) -> None:
+    """``report.json``'s abundance section as ``hespot regress`` writes it: the chosen
+    model, the calibration (bins x cell types), simplex, the test slides' OOD verdicts.
+
+    Raises:
+        DataError: naming report.json and the first field that is not.
+    """
+    try:
+        if not isinstance(section, dict):
+            raise StructureError("abundance", "an object", section)
+        chosen, test = section.get("chosen"), (section.get("ood") or {}).get("test") \
+            if isinstance(section.get("ood"), dict) else None
+        if not (isinstance(chosen, str) and SAFE_NAME.fullmatch(chosen)):
+            raise StructureError("abundance.chosen", "a model name", chosen)
+        if not isinstance(section.get("simplex"), bool):
+            raise StructureError("abundance.simplex", "true or false", section.get("simplex"))
+        check_calibration(section.get("calibration"), n_types)
+        if not (isinstance(test, dict) and all(_verdict(v) for v in test.values())):
+            raise StructureError("abundance.ood.test", "each test slide's OOD verdict", test)
+    except StructureError as exc:
+        raise DataError(Problem(str(out / "report.json"), "", exc.field, exc.expected,
+                                exc.found, "run `hespot regress` again")) from exc
+
+
 def run_maps(out: Path, report: Mapping, frame: pd.DataFrame, rank_score: np.ndarray,
              cell_types: Sequence[str], per_type: np.ndarray | None = None) -> Maps:
     """The maps of the test spots in ``frame``'s rows (slide, row, ...): abundances of
@@ -67,6 +108,7 @@ def run_maps(out: Path, report: Mapping, frame: pd.DataFrame, rank_score: np.nda
         log.info("report.json has no abundance model: the maps hold rank scores only (run "
                  "`hespot regress` again for abundances)")
         return Maps(frame, cell_types, rank_score, per_type=per_type)
+    check_section(out, section, len(cell_types))
     A = aligned(out, abundance_id(section["chosen"]), frame, cell_types)
     lower, upper = intervals(A, Calibration.from_dict(section["calibration"]))
     ood = aligned(out, OOD_ID, frame, ["ood_score"])[:, 0]

@@ -32,6 +32,7 @@ from regress.abundance import (
 )
 from regress.abundance_maps import units, warn_flagged
 from regress.abundance_run import abundance_id
+from regress.bundle_checks import read_npz
 from regress.features import SlideSet, assemble
 from regress.intervals import Calibration, intervals
 from regress.loso import stack
@@ -98,8 +99,7 @@ def _arrays(folder: Path, name: str, kind: str) -> dict[str, np.ndarray]:
     """
     fix = "fit the model again (hespot fit)"
     try:
-        with np.load(folder / name, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = read_npz(folder / name)
     except ValueError as exc:
         raise DataError(Problem(str(folder), "", name, "numeric arrays (no pickle)",
                                 f"refused: {exc}", fix)) from exc

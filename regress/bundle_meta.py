@@ -129,5 +129,71 @@ def check_structure(meta: dict[str, Any]) -> None:
     _need(isinstance(files, dict) and all(SAFE_NAME.fullmatch(str(n)) and isinstance(d, str)
                                           for n, d in files.items()), "files",
           "file names (no paths) with their sha256", files)
+    if meta.get("abundance"):
+        check_abundance(meta, specs)
     missing = [n for n in needed_files(meta) if n not in files]
     _need(not missing, "files", "a checksum for every file the models read", missing)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _grid(v: Any, rows: int | None, cols: int) -> bool:
+    """A list of ``rows`` (any number if None) lists of ``cols`` finite numbers."""
+    return isinstance(v, list) and (rows is None or len(v) == rows) and all(
+        isinstance(r, list) and len(r) == cols and all(map(_number, r)) for r in v)
+
+
+def check_calibration(c: Any, n_types: int, field: str = "abundance.calibration") -> None:
+    """An interval calibration (:class:`regress.intervals.Calibration` as a dict)."""
+    _need(isinstance(c, dict), field, "an object", c)
+    level, scale = c.get("level"), c.get("scale_c")
+    _need(_positive(level) and level < 1, f"{field}.level", "a level in (0, 1)", level)
+    _need(_positive(scale), f"{field}.scale_c", "a positive number", scale)
+    lo = c.get("lo")
+    _need(_grid(lo, None, n_types) and len(lo) > 0, f"{field}.lo",
+          f"bins x {n_types} cell types of numbers", lo)
+    _need(_grid(c.get("hi"), len(lo), n_types), f"{field}.hi",
+          f"{len(lo)} bins x {n_types} cell types of numbers", c.get("hi"))
+    _need(_grid(c.get("edges"), len(lo) - 1, n_types), f"{field}.edges",
+          f"{len(lo) - 1} bin edges x {n_types} cell types of numbers", c.get("edges"))
+    bound = c.get("upper_bound")
+    _need(bound is None or _positive(bound), f"{field}.upper_bound", "None or a positive "
+          "number", bound)
+
+
+def check_abundance(meta: dict[str, Any], specs: set[str]) -> None:
+    """The abundance model's section (``hespot fit`` since format 2): its transform, two
+    safe file names, recipe, calibration (bins x cell types), OOD features and thresholds.
+
+    Raises:
+        StructureError: naming the first field that is not as ``hespot fit`` writes it.
+    """
+    from regress.abundance import TRANSFORMS
+
+    a = meta["abundance"]
+    _need(isinstance(a, dict), "abundance", "an object", a)
+    _need(a.get("transform") in TRANSFORMS, "abundance.transform", f"one of {TRANSFORMS}",
+          a.get("transform"))
+    files = a.get("files")
+    _need(isinstance(files, list) and len(files) == 2 and all(
+        isinstance(f, str) and SAFE_NAME.fullmatch(f) for f in files), "abundance.files",
+        "the abundance model's and the OOD reference's file names", files)
+    why = recipe_problem(a.get("recipe"))
+    _need(not why, "abundance.recipe", "a recipe as hespot fit writes it", why)
+    _need(set(a["recipe"]["features"]) <= specs, "abundance.recipe",
+          f"a recipe reading feature parts of {sorted(specs)}", a["recipe"]["features"])
+    _need(isinstance(a.get("simplex"), bool), "abundance.simplex", "true or false",
+          a.get("simplex"))
+    check_calibration(a.get("calibration"), len(meta["cell_types"]))
+    ood = a.get("ood")
+    _need(isinstance(ood, dict), "abundance.ood", "an object", ood)
+    feats = ood.get("features")
+    _need(isinstance(feats, list) and len(feats) > 0 and set(feats) <= specs,
+          "abundance.ood.features", f"a non-empty list of feature parts of {sorted(specs)}",
+          feats)
+    t = ood.get("threshold")
+    _need(isinstance(t, dict) and set(t) == {"slide", "spot"} and all(
+        _number(v) and v >= 0 for v in t.values()), "abundance.ood.threshold",
+        "{'slide': number >= 0, 'spot': number >= 0}", t)

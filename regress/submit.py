@@ -229,10 +229,10 @@ def submit(args: SubmitConfig) -> int:
               "nested": learned["nested"] if learned else None}
     log.info("LOSO of the submitted values (out-of-fold): per-spot %.3f, per-type %.3f",
              record["oof"]["mean"]["spot"], record["oof"]["mean"]["type"])
+    maps = run_maps(out, report, frames[0], values, cell_types,  # read before any write
+                    per_type[cell_types].to_numpy(float) if layer else None)
     write_safe_csv(path, sub)
     atomic_write_json(path.with_suffix(".json"), record)
-    maps = run_maps(out, report, frames[0], values, cell_types,
-                    per_type[cell_types].to_numpy(float) if layer else None)
     h5ad = Path(args.h5ad or out / "predictions.h5ad")
     write_maps(h5ad.parent, maps, args.h5, h5ad)
     if args.spatialdata:

@@ -224,3 +224,77 @@ def test_damaged_predictions_are_refused_by_submit(out, synthetic_h5, capsys, da
 def test_a_report_that_is_not_the_loso_report_is_refused(out, synthetic_h5, capsys):
     (out / "report.json").write_text(json.dumps({"models": {"ridge-spot_rank": [1, 2]}}))
     _refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--quiet"], "report.json")
+
+
+# ---- the abundance model (issue 25) --------------------------------------------------------
+def _drop_hi(a):
+    del a["calibration"]["hi"]                             # was: KeyError: 'hi'
+
+
+def _ragged_edges(a):
+    a["calibration"]["edges"][0] = [1e29, [1.0]]           # was: ValueError (inhomogeneous)
+
+
+def _shrink_list(a):
+    a["recipe"]["shrink"] = [None]                         # was: TypeError int - tuple
+
+
+def _no_ood_features(a):
+    a["ood"]["features"] = []                              # was: need at least one array
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_drop_hi, "abundance.calibration.hi"), (_ragged_edges, "abundance.calibration.edges"),
+    (_shrink_list, "abundance.recipe"), (_no_ood_features, "abundance.ood.features")])
+def test_a_damaged_abundance_section_is_refused(copy, edit, field):
+    meta = json.loads((copy / "model.json").read_text())
+    edit(meta["abundance"])
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=re.escape(field)):
+        load_bundle(copy)
+
+
+def test_a_damaged_ood_archive_is_refused_in_one_line(copy, synthetic_h5, tiny_store, tmp_path,
+                                                       capsys):
+    """Was: zipfile.BadZipFile from the OOD reference (bytes duplicated, re-signed)."""
+    name = json.loads((copy / "model.json").read_text())["abundance"]["files"][1]
+    data = (copy / name).read_bytes()
+    (copy / name).write_bytes(data[:200] + data[100:])
+    _resign(copy, name)
+    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
+                      "--out", tmp_path / "pred", "--quiet"], str(copy), name)
+    assert not (tmp_path / "pred").exists()
+
+
+def _ood_cell(out: Path) -> Path:
+    path = out / "predictions" / "ood" / "test.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0] + ",'"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _ood_verdict(out: Path) -> Path:
+    report = json.loads((out / "report.json").read_text())
+    report["abundance"]["ood"]["test"] = -1                # was: AttributeError
+    (out / "report.json").write_text(json.dumps(report))
+    return out / "report.json"
+
+
+def _renamed_column(out: Path) -> Path:
+    report = json.loads((out / "report.json").read_text())
+    path = out / "predictions" / f"abundance-{report['abundance']['chosen']}" / "test.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    header[-1] = header[-2]                                # was: KeyError not in index
+    path.write_text("\n".join([",".join(header), *lines[1:]]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("damage", [_ood_cell, _ood_verdict, _renamed_column])
+def test_damaged_abundance_outputs_are_refused_before_submit_writes(out, synthetic_h5, capsys,
+                                                                    damage):
+    """Was: a traceback, or submission.csv written before the refusal."""
+    path = damage(out)
+    _refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--quiet"], str(path))
+    assert not (out / "submission.csv").exists() and not (out / "submission.json").exists()

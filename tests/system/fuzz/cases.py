@@ -236,7 +236,8 @@ def outputs_case(rng: random.Random, b: Bases, folder: Path) -> tuple[Spec, list
         else:
             path = pick(rng, csvs)
             muts.append(f"{path.parent.name}/{safely(csv_mutation, rng, path)}")
-    outs = ("out/submission.csv", "out/submission.json", "out/predictions.h5ad")
+    outs = ("out/submission.csv", "out/submission.json", "out/predictions.h5ad",
+            "out/predictions.csv", "out/rank_scores.csv")
     return Spec(("submit", "--h5", f"{C}/in.h5", "--out", f"{C}/out", "--quiet"), outs,
                 "submit"), muts
 
