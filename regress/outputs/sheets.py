@@ -115,8 +115,9 @@ def type_file_names(cell_types: Sequence[str]) -> list[str]:
     return out
 
 
-def _title(text: str, width: int = TITLE_CHARS) -> str:
-    return "\n".join(textwrap.wrap(text, width)) or text
+def _title(text: str, width: int = TITLE_CHARS, lines: int = 2) -> str:
+    """``text`` wrapped at ``width`` characters, cut to ``lines`` lines (ending in …)."""
+    return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder=" …")) or text
 
 
 def save_png(fig: Figure, path: Path) -> Path:
@@ -162,7 +163,7 @@ def fig_sheet(canvas: MapCanvas, panels: Sequence[Panel], title: str,
         bottom = H - top - (k // ncols + 1) * cell_h + 0.05
         ax = fig.add_axes((left / W, bottom / H, pw / W, ph / H))
         cax = fig.add_axes(((left + pw + 0.06) / W, bottom / H, 0.12 / W, ph / H))
-        fig.colorbar(draw_map(ax, canvas, values, norm, cmap, 0.5, interpolation)[1], cax=cax)
+        fig.colorbar(draw_map(ax, canvas, values, norm, cmap, 0.8, interpolation)[1], cax=cax)
         cax.tick_params(labelsize=7)
         ax.set_title(_title(label, int(pw * 14)), fontsize=8)
     fig.suptitle("\n".join(lines), fontsize=11, y=1 - 0.1 / H, va="top")
@@ -184,7 +185,7 @@ def write_singles(folder: Path, canvas: MapCanvas, panels: Sequence[Panel],
     written = []
     for (label, values, norm, cmap), name in zip(panels, names, strict=True):
         if image is None or bar is None:
-            image, mappable = draw_map(ax, canvas, values, norm, cmap, 0.8, "nearest")
+            image, mappable = draw_map(ax, canvas, values, norm, cmap, 1.2, "nearest")
             bar = fig.colorbar(mappable, cax=cax)
         else:
             image.set_data(canvas.rgb(values, norm, cmap))
