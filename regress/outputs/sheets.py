@@ -9,6 +9,9 @@
 - ``ood.png``: each spot's OOD score, the slide's score against its threshold in the
   title; written only when the model gives OOD scores.
 
+Pictures of an earlier run in the folder that this run does not write (another model's
+cell types, an OOD map this model cannot draw) are removed.
+
 Colour scales and what each map shows: :mod:`regress.outputs.map_panels`. Without
 abundances (an old model) the rank scores are drawn, and the titles say so.
 
@@ -67,7 +70,8 @@ PNG_LEVEL = 3
 TITLE_CHARS = 34
 #: longest stem of a per-type file name
 MAX_STEM = 60
-
+#: the pictures a slide's folder may hold (others are an earlier run's: removed)
+PICTURES = ("maps.png", "uncertainty.png", "ood.png", "type_*.png")
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,18 @@ def _slide_rows(maps: Maps, slide: str) -> np.ndarray:
     return rows
 
 
+def remove_stale(folder: Path, written: Sequence[Path]) -> None:
+    """Remove the pictures of an earlier run (:data:`PICTURES`) that this run did not
+    write: another model's cell types, or an uncertainty or OOD map that this model cannot
+    draw (they would pass for this run's)."""
+    keep = {p.name for p in written}
+    for pattern in PICTURES:
+        for path in folder.glob(pattern):
+            if path.name not in keep and path.is_file():
+                path.unlink()
+                log.info("removed %s of an earlier run", path)
+
+
 def slide_thumbnail(h5: CanonicalH5 | None, slide: str, thumb_px: int = THUMB_PX
                     ) -> tuple[np.ndarray | None, Extent | None, list[np.ndarray]]:
     """The slide's thumbnail (uint8 (h, w, 3)), its level-0 extent and the outline of its
@@ -272,6 +288,7 @@ def write_slide_pictures(folder: str | Path, slide: str, maps: Maps, h5: Canonic
                                   panel_in=BIG_PANEL_IN),
                         out / "uncertainty.png") if unc else None
     ood_path = write_ood(out, slide, maps, rows, large)
+    remove_stale(out, [sheet, *singles, *(p for p in (unc_path, ood_path) if p)])
     log.info("pictures of %s: %d maps of %d spots in %.1f s", slide,
              len(panels) + len(unc) + (ood_path is not None), len(rows),
              time.perf_counter() - start)

@@ -100,11 +100,14 @@ def test_a_model_without_abundances_draws_rank_scores(synthetic_h5, test_slide, 
     maps = make_maps(slide, x, y, ["C1", "C2", "C3"], abundance=False, ood=False)
     panels, quantity = type_panels(maps, np.arange(len(x)))
     assert quantity == "rank score" and all("rank score" in p[0] for p in panels)
+    earlier = make_maps(slide, x, y, ["C1", "Other"])           # a run with abundances
+    sheets.write_slide_pictures(tmp_path, slide, earlier, None)
+    (tmp_path / slide / "notes.txt").write_text("the user's")
     with CanonicalH5(synthetic_h5) as h5:
         pics = sheets.write_slide_pictures(tmp_path, slide, maps, h5)
     assert pics.quantity == "rank score" and pics.uncertainty is None and pics.ood is None
     assert sorted(p.name for p in (tmp_path / slide).iterdir()) == sorted(
-        ["maps.png", "type_C1.png", "type_C2.png", "type_C3.png"])
+        ["maps.png", "type_C1.png", "type_C2.png", "type_C3.png", "notes.txt"])
     assert set(pics.files()) == {"contact sheet"}
 
 
