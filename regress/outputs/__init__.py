@@ -14,6 +14,13 @@ only when a file is written). What stage 2 and ``embed.finetune`` hand each othe
 - :mod:`~regress.outputs.geojson`: ``<slide>.geojson``, the spots as QuPath detections
   (one per spot: an outline in level-0 pixels, a measurement per cell type and interval
   bound, the most abundant type as its class); it takes arrays, not the frame.
+- :mod:`~regress.outputs.sheets`: ``<slide>/maps.png`` (the contact sheet), one PNG per
+  cell type, ``uncertainty.png`` and ``ood.png`` of ``hespot map``
+  (:func:`~regress.outputs.sheets.write_slide_pictures`; drawing in
+  :mod:`~regress.outputs.map_canvas`, values and scales in
+  :mod:`~regress.outputs.map_panels`); not imported here (matplotlib).
+- :mod:`~regress.outputs.index_page`: ``index.html`` of a map run
+  (:func:`~regress.outputs.index_page.write_index`); not imported here.
 
 Every writer takes the prediction frame (one row per spot: ``slide, row, spot_id, x, y``
 and maybe ``ID``; :func:`regress.results.predictions_frame`), the values float
