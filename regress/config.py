@@ -10,9 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.cli import DEFAULT_H5, DEFAULT_OUT, DEFAULT_STORE
+from data.config import MIN_TISSUE
 from regress.abundance import ABUNDANCE_MODELS
 from regress.ensemble import WEIGHTINGS
 from regress.recipes import TUNE_GRID
+
+#: the model ``hespot map`` uses unless told (shipped in the package: regress.catalog)
+READY_MODEL = "her2st-breast"
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ class PredictConfig:
     weights: str | None = None          # weights file of a backbone the model took from one
     device: str = "auto"
     threads: int | None = None
+    workers: int = 0                    # stage 1 on a Dask cluster of N local workers
+    threads_per_worker: int | None = None
+    scheduler: str | None = None        # stage 1 on an existing Dask cluster
+    stage1_log: bool = False            # show stage 1's log and progress bars (hespot map)
     spatialdata: bool = False
     quiet: bool = False
 
@@ -114,3 +122,26 @@ class SubmitConfig:
     orders: bool = True                     # rows: the submitted order; columns: the
                                             # per-type model's (regress.orders)
     quiet: bool = False
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """Settings of ``hespot map`` (defaults < --config JSON < flags)."""
+
+    slides: tuple[str, ...] = ()        # H&E slide images (at least one)
+    out: str | None = None              # output folder (required)
+    model: str = READY_MODEL            # a shipped model's name or a model folder
+    grid: str = "visium"                # visium or square:<pitch µm>, over the tissue
+    spots: tuple[str, ...] = ()         # spots CSVs (x, y in level-0 px), one per slide
+    name: tuple[str, ...] = ()          # slide names (default: the files' stems)
+    mpp: float | None = None            # µm per pixel (overrides the files')
+    min_tissue: float = MIN_TISSUE      # share of a grid spot's disc on tissue
+    reader: str = "auto"                # image reader (data.wsi.readers)
+    device: str = "auto"
+    threads: int | None = None
+    workers: int = 0
+    threads_per_worker: int | None = None
+    scheduler: str | None = None
+    spatialdata: bool = False
+    quiet: bool = False
+

@@ -50,7 +50,7 @@ from regress.ensemble import combine
 from regress.features import SlideSet
 from regress.orders import combine_by_slide
 from regress.outputs import element_name, require_spatialdata, write_spatialdata
-from regress.outputs.maps import write_maps
+from regress.outputs.maps import Maps, write_maps
 from regress.recipes import Recipe, predict_slides, prepare
 from regress.results import predictions_frame
 from regress.stage1_spec import check_stored, embed_as_spec, require_weights
@@ -146,8 +146,8 @@ def apply_layers(bundle: Bundle, data: SlideSet) -> dict[str, np.ndarray]:
     return layers
 
 
-def run(cfg: PredictConfig) -> Path:
-    """Predict the slides; returns the output folder."""
+def run(cfg: PredictConfig) -> Maps:
+    """Predict the slides into ``cfg.out``; returns what the files hold."""
     t0 = time.perf_counter()
     bundle = load_bundle(cfg.model)
     if cfg.spatialdata:
@@ -182,12 +182,13 @@ def run(cfg: PredictConfig) -> Path:
     log.info("predicted %d spots of %d slides in %.1f s (checks %.1f s, stage 1 %.1f s, "
              "stage 2 and writing %.1f s) -> %s", len(frame), len(slides),
              time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2, out)
-    return out
+    return maps
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = config_parser("python -m regress.predict", __doc__, PredictConfig,
-                      common=("h5", "store", "device", "threads", "quiet"))
+                      common=("h5", "store", "device", "threads", "workers",
+                              "threads_per_worker", "scheduler", "quiet"))
     p.add_argument("--model", help=f"model folder of hespot fit (default {DEFAULT_OUT}/model)")
     p.add_argument("--slides", type=parse_list,
                    help="comma-separated slides (default: the test slides, all if none)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from data.checksum import sha256_file
-from data.child import run_module, user_error
+from data.child import run_module, run_module_echoed, user_error
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.store import BackboneItem, FeatureSpec, open_store
@@ -87,14 +87,17 @@ def backbone_parts(features: Sequence[dict]) -> dict[str, dict]:
 
 def stage1_config(part: dict, h5: str, store: str, slides: Sequence[str],
                   weights: str | None = None, device: str = "auto",
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, quiet: bool = True,
+                  cluster: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings (``embed.run``'s EmbedConfig fields, as JSON) that remake a backbone's
     training run on ``slides``, as the model's spec recorded the run: the item (the store
     group with its stain levers, stages, crops in px and in µm: :class:`BackboneItem`), the
     TTA views, the patch (in µm where the run gave it in µm, else in px), the padding, the
     spots per batch and per chunk. Only the files (``h5``, ``store``, ``slides``) and the
     run-time choices are this run's: the device (and with it the precision and the runner),
-    the weights file where the backbone came from one, the threads."""
+    the weights file where the backbone came from one, the threads, the log (``quiet``)
+    and the Dask cluster (``cluster``: ``workers``, ``threads_per_worker``, ``scheduler``
+    where set)."""
     s = part["settings"]
     item = BackboneItem.of_group(part["backbone"], bool(s["stage_indices"]), s["crops_px"][1:],
                                  part["identity"].get("contexts_um", ()))
@@ -104,7 +107,8 @@ def stage1_config(part: dict, h5: str, store: str, slides: Sequence[str],
             "tta": s["tta_views"], **patch, "pad_mode": s["pad_mode"],
             "batch_spots": s["batch_spots"], "chunk_spots": s["chunk_spots"],
             "weights": weights if part.get("weights_source") == "file" else None,
-            "device": device, "threads": threads or None, "quiet": True}
+            "device": device, "threads": threads or None, "quiet": quiet,
+            **{k: v for k, v in (cluster or {}).items() if v}}
 
 
 def stored_slides(store_path: str, backbone: str, part: dict, slides: Sequence[str],
@@ -144,11 +148,15 @@ def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
         if not todo:
             log.info("stage 1: %s already stored for %s", name, ", ".join(slides))
             continue
+        shown = getattr(cfg, "stage1_log", False) and not cfg.quiet  # its log, progress bars
+        cluster = {k: getattr(cfg, k, None) for k in ("workers", "threads_per_worker",
+                                                      "scheduler")}
         settings = json.dumps(stage1_config(part, cfg.h5, store, todo, cfg.weights,
-                                            cfg.device, cfg.threads))
+                                            cfg.device, cfg.threads, not shown, cluster))
         log.info("stage 1: python -m embed.run --config - with %s", settings)
-        proc = run_module("embed.run", ["--config", "-"], stdin=settings)
-        for line in proc.stderr.splitlines() if proc.returncode == 0 else ():
+        proc = (run_module_echoed if shown else run_module)("embed.run", ["--config", "-"],
+                                                           stdin=settings)
+        for line in proc.stderr.splitlines() if proc.returncode == 0 and not shown else ():
             log.warning("stage 1: %s", line)
         message = user_error(proc)
         if message is not None:

@@ -80,3 +80,16 @@ def tiny_regressed(synthetic_h5, tiny_store, tmp_path_factory) -> Path:
                              "--models", "ridge,lgbm", "--targets", "spot_rank",
                              "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def fitted(synthetic_h5, tiny_store, tiny_regressed, tmp_path_factory) -> Path:
+    """The model folder of ``hespot fit`` on ``tiny_regressed`` (what submit would submit,
+    the abundance model, the OOD reference, the card); read-only."""
+    import regress.fit
+
+    folder = tmp_path_factory.mktemp("fit") / "model"
+    assert regress.fit.main(["--h5", str(synthetic_h5), "--store", str(tiny_store), "--out",
+                             str(tiny_regressed), "--model-dir", str(folder), "--quiet"]) == 0
+    return folder
+

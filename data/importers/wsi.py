@@ -85,7 +85,8 @@ def spots_from_grid(slide: PendingSlide, spec: GridSpec, min_tissue: float) -> N
                    "array_col": kept.array_col}
 
 
-def _names(cfg: ImportWsiConfig) -> list[str]:
+def slide_names(cfg: ImportWsiConfig) -> list[str]:
+    """The slides' names: ``--name`` each, or the files' stems."""
     names = list(cfg.name) or [Path(s).name.split(".")[0] for s in cfg.slide]
     if len(names) != len(cfg.slide):
         raise ConfigError(f"give one --name per --slide ({len(cfg.slide)} slides, "
@@ -102,7 +103,7 @@ def gather(cfg: ImportWsiConfig) -> list[PendingSlide]:
     spec = GridSpec.parse(cfg.grid)
     mpp = check_override(cfg.mpp)
     slides = []
-    for i, (path, name) in enumerate(zip(map(Path, cfg.slide), _names(cfg), strict=True)):
+    for i, (path, name) in enumerate(zip(map(Path, cfg.slide), slide_names(cfg), strict=True)):
         slide = PendingSlide(name, path, np.zeros(0), np.zeros(0), pixel_size_um=mpp,
                              source=f"wsi:{path}", image_mode=cfg.images, reader=cfg.reader)
         if spots:

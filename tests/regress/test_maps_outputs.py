@@ -17,20 +17,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import regress.fit
 import regress.predict
 import regress.submit
 from data.h5 import CanonicalH5
 
 pytestmark = pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
-
-
-@pytest.fixture(scope="module")
-def fitted(synthetic_h5, tiny_store, tiny_regressed, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fit") / "model"
-    assert regress.fit.main(["--h5", str(synthetic_h5), "--store", str(tiny_store), "--out",
-                             str(tiny_regressed), "--model-dir", str(folder), "--quiet"]) == 0
-    return folder
 
 
 @pytest.fixture(scope="module")
