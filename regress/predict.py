@@ -207,6 +207,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(PredictConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
     log.info("config: %s", config_dict(cfg))
+    resolve_model(cfg.model)  # an unknown name: refused before the output folder is made
     with output_lock(cfg.out, "output folder"):
         run(cfg)
     return 0
