@@ -26,7 +26,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
 	grid-embeddings \
 	fit predict import-wsi big-slide c2-grid bench-read faults fuzz \
-	bench-embed bench-scale report chromium
+	bench-embed bench-scale report chromium ready-model
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
@@ -79,6 +79,28 @@ submit: $(VENV)/.installed
 FIT_ARGS ?=
 fit: $(VENV)/.installed
 	$(HESPOT) fit --h5 $(H5) --store $(STORE) --out $(OUT) $(FIT_ARGS)
+
+# the model shipped in the package (hespot models; --model her2st-breast), rebuilt from the
+# bundled sample: import, stage 1 pinned to the CPU in fp32 (the same features on CPUs with
+# and without bf16, and on a GPU machine), the default recipe with ridge rank models and
+# the abundance candidates, fit on the five training sections, written over the package's
+# folder (atomically). tests/regress/test_ready_model.py refits it and compares.
+READY ?= her2st-breast
+READY_DIR ?= regress/ready/$(READY)
+READY_OUT ?= $(OUT)/ready
+READY_BACKBONES := mobilenet_v2,efficientnet_lite0+stages+448
+READY_EMBED_ARGS := --device cpu --precision fp32 --tta 8 --patch-px 224 --quiet
+READY_REGRESS_ARGS := --recipe pos_fourier --models ridge --targets spot_rank,type_rank --quiet
+$(READY_OUT)/her2st.h5: | $(VENV)/.installed
+	$(HESPOT) import-her2st --src data/samples/her2st --tier subset --out $@ --quiet
+ready-model: $(VENV)/.installed $(READY_OUT)/her2st.h5
+	$(HESPOT) embed --h5 $(READY_OUT)/her2st.h5 --store $(READY_OUT)/embeddings.zarr \
+		--backbones $(READY_BACKBONES) $(READY_EMBED_ARGS)
+	$(HESPOT) regress --h5 $(READY_OUT)/her2st.h5 --store $(READY_OUT)/embeddings.zarr \
+		--out $(READY_OUT) $(READY_REGRESS_ARGS)
+	$(HESPOT) fit --h5 $(READY_OUT)/her2st.h5 --store $(READY_OUT)/embeddings.zarr \
+		--out $(READY_OUT) --model-dir $(READY_DIR) --quiet
+	$(HESPOT) models $(READY_DIR)
 
 # a model folder applied to H5's test slides (PREDICT_ARGS="--slides ..." for others),
 # stage 1 run as the model's spec says: OUT/predict/predictions.{csv,h5ad}

@@ -1,7 +1,8 @@
-"""Apply a model folder to slides: ``hespot predict --model DIR --h5 FILE [--slides ...]
---out DIR`` (``python -m regress.predict``).
+"""Apply a model folder to slides: ``hespot predict --model DIR|NAME --h5 FILE [--slides
+...] --out DIR`` (``python -m regress.predict``).
 
-1. The model folder is read and checked (format, checksums; :mod:`regress.bundle`), and
+1. The model folder (or the shipped model of that name: :mod:`regress.catalog`,
+   ``hespot models``) is read and checked (format, checksums; :mod:`regress.bundle`), and
    so is everything it needs of the slides: their names, a pixel size where the model's
    patches are in µm, a weights file where a backbone came from one, the cell types.
 2. Stage 1 runs as the model's spec says (backbone, weights, TTA views, crops, stages),
@@ -45,6 +46,7 @@ from data.lock import output_lock
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
 from regress.bundle_maps import predict_maps
+from regress.catalog import resolve_model, shipped_models
 from regress.config import PredictConfig
 from regress.ensemble import combine
 from regress.features import SlideSet
@@ -149,7 +151,7 @@ def apply_layers(bundle: Bundle, data: SlideSet) -> dict[str, np.ndarray]:
 def run(cfg: PredictConfig) -> Maps:
     """Predict the slides into ``cfg.out``; returns what the files hold."""
     t0 = time.perf_counter()
-    bundle = load_bundle(cfg.model)
+    bundle = load_bundle(resolve_model(cfg.model))
     if cfg.spatialdata:
         require_spatialdata()
     store = cfg.store or str(Path(cfg.out) / "embeddings.zarr")
@@ -189,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_parser("python -m regress.predict", __doc__, PredictConfig,
                       common=("h5", "store", "device", "threads", "workers",
                               "threads_per_worker", "scheduler", "quiet"))
-    p.add_argument("--model", help=f"model folder of hespot fit (default {DEFAULT_OUT}/model)")
+    p.add_argument("--model", help="model folder of hespot fit, or the name of a model "
+                   f"shipped with hespot ({', '.join(shipped_models()) or 'none'}; hespot "
+                   f"models lists them) (default {DEFAULT_OUT}/model)")
     p.add_argument("--slides", type=parse_list,
                    help="comma-separated slides (default: the test slides, all if none)")
     p.add_argument("--out", help=f"output folder (default {DEFAULT_OUT}/predict)")
@@ -204,6 +208,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(PredictConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
     log.info("config: %s", config_dict(cfg))
+    resolve_model(cfg.model)  # an unknown name: refused before the output folder is made
     with output_lock(cfg.out, "output folder"):
         run(cfg)
     return 0
