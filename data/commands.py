@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("regress.submit", "submission.csv and predictions.h5ad from chosen models"),
     "fit": ("regress.fit", "save the chosen models, fitted on all train slides, as a folder"),
     "predict": ("regress.predict", "apply a model folder to slides: embeds them as its spec says"),
+    "map": ("regress.map", "H&E slides to cell-type maps in one command: grid, stage 1, "
+            "prediction, QuPath GeoJSON, pictures, a page"),
     "models": ("regress.catalog", "the models shipped with hespot and any model folder given, "
                "one line each"),
     "report": ("regress.report.page", "one HTML page of the data and results"),
