@@ -64,6 +64,11 @@ class DataError(Exception):
         return (type(self), (self.problems,))
 
 
+class InterruptedRun(DataError):
+    """A run stopped by something outside its inputs (a reader process killed or out of
+    memory): what it finished is kept, so the same command resumes."""
+
+
 def raise_errors(problems: Sequence[Problem]) -> None:
     """Log warnings among ``problems`` and raise :class:`DataError` if any is an error."""
     for p in problems:

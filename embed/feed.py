@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.errors import DataError, Problem
+from data.errors import InterruptedRun, Problem
 from data.h5 import CanonicalH5
 from data.patches import PatchCropper
 from embed.stain import MacenkoFit
@@ -148,7 +148,7 @@ def reader_failures(h5_path: str, unit: WorkUnit) -> Iterator[None]:
             raise
         pids = found.group(1).strip(" ,")
         last = unit.first_chunk + unit.n_chunks - 1
-        raise DataError(Problem(
+        raise InterruptedRun(Problem(
             h5_path, unit.slide, f"{unit.job.key}, chunks {unit.first_chunk}..{last}",
             "reader processes that finish", f"reader process {pids} ended: "
             f"{str(exc).splitlines()[0].strip()}", "see why it ended (memory? killed?) "

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data.check import preflight
 from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
 from data.cluster import CLUSTER_FLAGS
-from data.errors import ConfigError, DataError
+from data.errors import ConfigError, DataError, InterruptedRun
 from data.lock import output_lock
 from data.store import BackboneItem, is_url, parse_crop
 from data.version import hespot_version
@@ -78,8 +78,10 @@ def run(cfg: EmbedConfig, timing: dict | None = None) -> dict[str, dict[str, str
                 return _run(cfg, jobs, executor, {} if timing is None else timing, clock)
             finally:
                 executor.close()
-        except (DataError, ConfigError):  # refused midway (a damaged image chunk or tile)
-            if created:  # nothing is left under the name of a store this run created
+        except (DataError, ConfigError) as exc:  # refused midway (a damaged image chunk)
+            # nothing is left under the name of a store this run created, unless the run
+            # was interrupted from outside (a killed reader): its finished chunks resume
+            if created and not isinstance(exc, InterruptedRun):
                 shutil.rmtree(cfg.store, ignore_errors=True)
             raise
 
