@@ -125,13 +125,21 @@ def same_report(a: Path, b: Path) -> bool:
 
 
 def same_model(a: Path, b: Path) -> bool:
-    """Every file of the model folder byte for byte; model.json but its creation time and
-    OUT's path."""
+    """Every file of the model folder byte for byte; model.json and the model card
+    (README.md) but their creation time and OUT's path."""
     def meta(out: Path) -> object:
-        return _drop(json.loads(_text(out / "model" / "model.json", out)), {"created"})
+        found = _drop(json.loads(_text(out / "model" / "model.json", out)), {"created"})
+        found.get("files", {}).pop("README.md", None)  # its checksum covers the time
+        return found
+
+    def card(out: Path) -> str:
+        created = json.loads((out / "model" / "model.json").read_text())["created"]
+        return _text(out / "model" / "README.md", out).replace(created, "CREATED")
     names = sorted(p.name for p in (a / "model").iterdir())
+    texts = ("model.json", "README.md")
     return (names == sorted(p.name for p in (b / "model").iterdir()) and meta(a) == meta(b)
-            and same_bytes(a / "model", b / "model", *(n for n in names if n != "model.json")))
+            and card(a) == card(b)
+            and same_bytes(a / "model", b / "model", *(n for n in names if n not in texts)))
 
 
 def same_predict(a: Path, b: Path) -> bool:
