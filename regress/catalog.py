@@ -53,9 +53,10 @@ def resolve_model(name_or_dir: str | Path, root: Path | None = None) -> Path:
     if path.exists():
         return path
     names = ", ".join(shipped) or "none (this installation ships no model)"
-    raise ConfigError(f"--model {text!r} is neither a model folder nor a shipped model; "
-                      f"shipped: {names} (hespot models lists them); or run `make fit` "
-                      "(hespot fit) and pass its folder")
+    raise ConfigError(f"--model {text!r} is neither a model folder (model.json and its "
+                      f"files, as hespot fit writes them) nor a shipped model; shipped: "
+                      f"{names} (hespot models lists them); or run `make fit` and pass "
+                      "its folder")
 
 
 def _mean(entry: Mapping[str, Any] | None, key: str, digits: int = 3) -> str:
