@@ -25,7 +25,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint install import check summary clean embeddings regress submit pipeline tune \
 	grid-embeddings \
-	fit predict import-wsi big-slide c2-grid bench-read faults fuzz \
+	fit predict map import-wsi big-slide c2-grid bench-read faults fuzz \
 	bench-embed bench-scale report chromium ready-model
 
 $(VENV)/.installed: pyproject.toml
@@ -82,14 +82,15 @@ fit: $(VENV)/.installed
 
 # the model shipped in the package (hespot models; --model her2st-breast), rebuilt from the
 # bundled sample: import, stage 1 pinned to the CPU in fp32 (the same features on CPUs with
-# and without bf16, and on a GPU machine), the default recipe with ridge rank models and
+# and without bf16, and on a GPU machine), one view per patch (no TTA: a whole slide's
+# stage 1 costs 3 forward passes a spot, not 24), the default recipe with ridge rank models and
 # the abundance candidates, fit on the five training sections, written over the package's
 # folder (atomically). tests/regress/test_ready_model.py refits it and compares.
 READY ?= her2st-breast
 READY_DIR ?= regress/ready/$(READY)
 READY_OUT ?= $(OUT)/ready
 READY_BACKBONES := mobilenet_v2,efficientnet_lite0+stages+448
-READY_EMBED_ARGS := --device cpu --precision fp32 --tta 8 --patch-px 224 --quiet
+READY_EMBED_ARGS := --device cpu --precision fp32 --tta 1 --patch-px 224 --quiet
 READY_REGRESS_ARGS := --recipe pos_fourier --models ridge --targets spot_rank,type_rank --quiet
 $(READY_OUT)/her2st.h5: | $(VENV)/.installed
 	$(HESPOT) import-her2st --src data/samples/her2st --tier subset --out $@ --quiet
@@ -101,6 +102,13 @@ ready-model: $(VENV)/.installed $(READY_OUT)/her2st.h5
 	$(HESPOT) fit --h5 $(READY_OUT)/her2st.h5 --store $(READY_OUT)/embeddings.zarr \
 		--out $(READY_OUT) --model-dir $(READY_DIR) --quiet
 	$(HESPOT) models $(READY_DIR)
+
+# H&E slides to cell-type maps with the shipped model (make map SLIDE=path/to/slide.svs
+# [MAP_ARGS="--mpp 0.25 --model DIR"]): OUT/map/index.html, <slide>.geojson, <slide>/maps.png
+MAP_ARGS ?=
+map: $(VENV)/.installed
+	@test -n "$(SLIDE)" || { echo "give SLIDE=path/to/slide (SVS, NDPI, MRXS, TIFF, ...)"; exit 2; }
+	$(HESPOT) map $(SLIDE) --out $(OUT)/map $(MAP_ARGS)
 
 # a model folder applied to H5's test slides (PREDICT_ARGS="--slides ..." for others),
 # stage 1 run as the model's spec says: OUT/predict/predictions.{csv,h5ad}

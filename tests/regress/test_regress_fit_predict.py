@@ -219,7 +219,7 @@ def test_edited_model_json_is_refused_not_crashed_on(synthetic_h5, copy, tmp_pat
         (lambda m: m.pop("models"), "models"),
         (lambda m: m["models"][0].update(kind="constant"), ".npz"),
         (lambda m: m["models"][0].update(weight=0), "positive sum"),
-        (lambda m: m["cell_types"].pop(), "outputs"),
+        (lambda m: m["cell_types"].pop(), "cell types"),
         (lambda m: m["files"].clear(), "checksum"),
         (lambda m: m.update(format=0), "format"),
         (lambda m: m["features"][0].update(backbone="x; touch /tmp/p"), "features"),
