@@ -143,8 +143,10 @@ def run(cfg: MapConfig) -> Path:
     if steps.get("import") is None or not h5.is_file():
         import_run(cfg, h5)
         steps["import"] = round(time.perf_counter() - t0, 2)
+        imported = f"{steps['import']} s"
         map_folder.save(out, record)
     else:
+        imported = "skipped"
         log.info("import: %s already holds %s, skipped", h5, ", ".join(names))
     t1 = time.perf_counter()
     maps = predict(PredictConfig(model=str(model_dir), h5=str(h5), slides=tuple(names),
@@ -164,8 +166,8 @@ def run(cfg: MapConfig) -> Path:
     steps.update({"stage 1 and prediction": round(t2 - t1, 2),
                   "maps": round(time.perf_counter() - t2, 2)})
     map_folder.save(out, {**record, "slides": names, "files": _relative(out, slides)})
-    log.info("mapped %s in %.1f s (import %s s, stage 1 and prediction %.1f s, maps %.1f s) "
-             "-> %s", ", ".join(names), time.perf_counter() - t0, steps["import"], t2 - t1,
+    log.info("mapped %s in %.1f s (import %s, stage 1 and prediction %.1f s, maps %.1f s) "
+             "-> %s", ", ".join(names), time.perf_counter() - t0, imported, t2 - t1,
              time.perf_counter() - t2, out / "index.html")
     return out
 

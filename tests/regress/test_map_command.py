@@ -113,3 +113,13 @@ def test_bad_slides_and_models_are_refused_before_any_work(slide, model, tmp_pat
     _refused(capsys, code, "--mpp")
     for name in ("out3",):
         assert not (tmp_path / name).exists()
+
+
+def test_the_page_of_a_run_loads_in_headless_chromium(mapped, tmp_path):
+    from regress.report.browser import check_in_browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (not on PATH), so the page cannot be opened "
+                    "headless: `make chromium` installs it (Debian: apt-get install chromium)")
+    loaded, total = check_in_browser(mapped / "index.html", tmp_path / "shot.png", height=2000)
+    assert total >= 1 and loaded == total, (loaded, total)
