@@ -107,6 +107,10 @@ def _arrays(folder: Path, name: str, kind: str) -> dict[str, np.ndarray]:
     if missing or any(a.dtype.kind not in "fiub" for a in arrays.values()):
         raise DataError(Problem(str(folder), "", name, f"numeric arrays {list(REQUIRED[kind])}",
                                 f"{sorted(arrays)} (missing {missing})", fix))
+    odd = [k for k, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if odd:
+        raise DataError(Problem(str(folder), "", f"{name}: {odd[0]}", "finite numbers",
+                                "NaN or infinite values", fix))
     return arrays
 
 

@@ -298,3 +298,17 @@ def test_damaged_abundance_outputs_are_refused_before_submit_writes(out, synthet
     path = damage(out)
     _refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--quiet"], str(path))
     assert not (out / "submission.csv").exists() and not (out / "submission.json").exists()
+
+
+def test_an_abundance_archive_with_nan_is_refused(copy, synthetic_h5, tiny_store, tmp_path,
+                                                  capsys):
+    """Was: predictions.csv written with NaN abundances (scaler_scale NaN, re-signed)."""
+    name = json.loads((copy / "model.json").read_text())["abundance"]["files"][0]
+    with np.load(copy / name) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["scaler_scale"] = np.full_like(arrays["scaler_scale"], np.nan)
+    np.savez(copy / name, **arrays)
+    _resign(copy, name)
+    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
+                      "--out", tmp_path / "pred", "--quiet"], str(copy), "scaler_scale")
+    assert not (tmp_path / "pred").exists()
