@@ -140,8 +140,14 @@ def predict_maps(bundle, data: SlideSet, frame: pd.DataFrame, rank_score: np.nda
     est = SavedAbundance(section["transform"],
                          _arrays(bundle.folder, section["files"][0], "abundance"))
     prepared, post = prepare(data, Recipe.from_dict(section["recipe"]))
-    pred = predict_slides(est, prepared, post, data.test, "abundance")
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
+        pred = predict_slides(est, prepared, post, data.test, "abundance")
     A = np.concatenate([pred[s] for s in data.test])
+    if not np.isfinite(A).all():
+        raise DataError(Problem(str(bundle.folder), "", section["files"][0],
+                                "an abundance model whose predictions are finite",
+                                "NaN or infinite abundances from its arrays",
+                                "fit the model again (hespot fit)"))
     lower, upper = intervals(A, Calibration.from_dict(section["calibration"]))
     reference = OODReference.from_arrays(_arrays(bundle.folder, section["files"][1], "ood"))
     scores, slides = ood_verdicts(section, reference, data)

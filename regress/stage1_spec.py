@@ -124,9 +124,18 @@ def stored_slides(store_path: str, backbone: str, part: dict, slides: Sequence[s
         key = f"{backbone}/{slide}"
         if key not in store or "done" not in store[key]:
             continue
-        attrs = dict(store[key].attrs)
-        if (first_difference(part, attrs) is None and bool(store[key]["done"][:].all())
-                and attrs.get("settings", {}).get("input_fingerprint") == fingerprint(slide)):
+        try:
+            attrs = dict(store[key].attrs)
+            finished = first_difference(part, attrs) is None and bool(
+                store[key]["done"][:].all())
+            settings = attrs.get("settings", {})
+            same = finished and settings.get("input_fingerprint") == fingerprint(slide)
+        except (AttributeError, TypeError, KeyError, ValueError, RuntimeError) as exc:
+            raise DataError(Problem(store_path, slide, key, "a store group as stage 1 "
+                                    "writes it", f"unreadable ({type(exc).__name__}: "
+                                    f"{exc})"[:300], "remove the store (or this group) to "
+                                    "compute it again, or give another --store")) from exc
+        if same:
             found.add(slide)
     return found
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def read_pixel_size(outs: Path, slide: str) -> float:
         raise DataError(Problem(str(path), slide, "spot_diameter_fullres",
                                 "a positive number", f"error: {exc}",
                                 "use the scalefactors file Space Ranger wrote")) from exc
-    if diameter <= 0:
+    if not math.isfinite(diameter) or diameter <= 0:
         raise DataError(Problem(str(path), slide, "spot_diameter_fullres",
                                 "a positive number", str(diameter), "check the file"))
     return VISIUM_SPOT_UM / diameter

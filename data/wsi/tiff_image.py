@@ -144,7 +144,8 @@ class TiffImage(SlideImage):
             tags = page.tags
             xres, yres, unit = (tags.get(n) for n in
                                 ("XResolution", "YResolution", "ResolutionUnit"))
-            if xres is not None and unit is not None:
+            if xres is not None and isinstance(unit.value if unit is not None else None,
+                                               int):
                 got = pixel_size.from_resolution(
                     xres.value, yres.value if yres is not None else xres.value,
                     int(unit.value), "TIFF resolution tags", path)

@@ -267,3 +267,31 @@ def test_a_tiff_level_of_no_rows_is_refused(tmp_path, capsys):
     _patch_tag(path, 0, 257, 65000, "code")
     with pytest.raises(DataError, match=str(path)):
         TiffImage(str(path), "S")
+
+
+def test_a_visium_spot_diameter_of_nan_is_refused(tmp_path, capsys):
+    """Was: a pixel size of NaN written into the canonical file (make fuzz, seed 0)."""
+    spatial = tmp_path / "outs" / "spatial"
+    spatial.mkdir(parents=True)
+    pd.DataFrame({"barcode": ["A-1", "A-2"], "in_tissue": [1, 1], "array_row": [0, 1],
+                  "array_col": [0, 1], "pxl_row_in_fullres": [20, 30],
+                  "pxl_col_in_fullres": [20, 30]}).to_csv(spatial / "tissue_positions.csv",
+                                                         index=False)
+    (spatial / "scalefactors_json.json").write_text('{"spot_diameter_fullres": NaN}')
+    Image.fromarray(np.full((60, 60, 3), 200, np.uint8)).save(tmp_path / "s.png")
+    _refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
+                      tmp_path / "s.png", "--out", tmp_path / "o.h5", "--quiet"],
+             "spot_diameter_fullres", "nan")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_resolution_unit_of_two_values_is_no_pixel_size(tmp_path):
+    """Was: int() of a tuple (a ResolutionUnit tag whose count was flipped to 2)."""
+    path = _tiff(tmp_path)
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags[296].offset
+    with open(path, "r+b") as f:
+        f.seek(offset + 4)
+        f.write(struct.pack("<Q", 2))
+    with TiffImage(str(path), "slide") as image:
+        assert image.pixel_size_um is None

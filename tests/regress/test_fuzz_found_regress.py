@@ -312,3 +312,43 @@ def test_an_abundance_archive_with_nan_is_refused(copy, synthetic_h5, tiny_store
     _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
                       "--out", tmp_path / "pred", "--quiet"], str(copy), "scaler_scale")
     assert not (tmp_path / "pred").exists()
+
+
+def test_an_abundance_section_emptied_in_a_format_2_folder_is_refused(copy):
+    """Was: read as a folder made before abundances (make fuzz, seed 0)."""
+    meta = json.loads((copy / "model.json").read_text())
+    meta["abundance"] = {}
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="abundance"):
+        load_bundle(copy)
+
+
+def test_abundance_arrays_that_overflow_are_refused(copy, synthetic_h5, tiny_store, tmp_path,
+                                                    capsys):
+    """Was: predictions.csv of infinite abundances (coef 1e308, re-signed)."""
+    name = json.loads((copy / "model.json").read_text())["abundance"]["files"][0]
+    with np.load(copy / name) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["coef"] = np.full_like(arrays["coef"], 1e308)
+    np.savez(copy / name, **arrays)
+    _resign(copy, name)
+    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
+                      "--out", tmp_path / "pred", "--quiet"], "finite")
+    assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("damage", ["attrs", "done"])
+def test_an_unreadable_store_group_is_named_by_predict(copy, synthetic_h5, store, tmp_path,
+                                                       capsys, damage):
+    """Was: AttributeError (the group's info a string) or zstd's RuntimeError (a damaged
+    ``done`` chunk) while predict looked for finished slides (make fuzz, seed 0)."""
+    group = store / "tiny_random" / "S_4"
+    if damage == "attrs":
+        meta = json.loads((group / "zarr.json").read_text())
+        meta["attributes"]["info"]["config"] = "AAAA"
+        (group / "zarr.json").write_text(json.dumps(meta))
+    else:
+        chunk = group / "done" / "c" / "0"
+        chunk.write_bytes(b"\xff\xff" + chunk.read_bytes()[2:])
+    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", store,
+                      "--out", tmp_path / "pred", "--quiet"], str(store), "tiny_random/S_4")
