@@ -129,7 +129,7 @@ def check_structure(meta: dict[str, Any]) -> None:
     _need(isinstance(files, dict) and all(SAFE_NAME.fullmatch(str(n)) and isinstance(d, str)
                                           for n, d in files.items()), "files",
           "file names (no paths) with their sha256", files)
-    if meta.get("abundance") or meta.get("format", 1) >= 2:  # format 2: fit writes one
+    if meta.get("abundance") is not None:  # fit writes null without an abundance model
         check_abundance(meta, specs)
     missing = [n for n in needed_files(meta) if n not in files]
     _need(not missing, "files", "a checksum for every file the models read", missing)
@@ -173,8 +173,8 @@ def check_abundance(meta: dict[str, Any], specs: set[str]) -> None:
     from regress.abundance import TRANSFORMS
 
     a = meta.get("abundance")
-    _need(isinstance(a, dict) and len(a) > 0, "abundance", "the abundance model's section "
-          "(a folder of format 2 has one)", a)
+    _need(isinstance(a, dict) and len(a) > 0, "abundance", "the abundance model's section, "
+          "or null", a)
     _need(a.get("transform") in TRANSFORMS, "abundance.transform", f"one of {TRANSFORMS}",
           a.get("transform"))
     files = a.get("files")
