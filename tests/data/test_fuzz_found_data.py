@@ -218,16 +218,21 @@ def test_several_problems_are_one_line(tmp_path, capsys):
     assert last.count("error: ") >= 2
 
 
-def test_visium_abundances_with_a_repeated_barcode_are_refused(tmp_path, capsys):
-    """Was: a broadcast ValueError while writing the spot table."""
+def _visium_outs(tmp_path, diameter: str = "20") -> None:
+    """A two-spot Space Ranger outs folder (``tmp_path/outs``) and its image ``s.png``."""
     spatial = tmp_path / "outs" / "spatial"
     spatial.mkdir(parents=True)
     pd.DataFrame({"barcode": ["A-1", "A-2"], "in_tissue": [1, 1], "array_row": [0, 1],
                   "array_col": [0, 1], "pxl_row_in_fullres": [20, 30],
                   "pxl_col_in_fullres": [20, 30]}).to_csv(spatial / "tissue_positions.csv",
                                                          index=False)
-    (spatial / "scalefactors_json.json").write_text('{"spot_diameter_fullres": 20}')
+    (spatial / "scalefactors_json.json").write_text(f'{{"spot_diameter_fullres": {diameter}}}')
     Image.fromarray(np.full((60, 60, 3), 200, np.uint8)).save(tmp_path / "s.png")
+
+
+def test_visium_abundances_with_a_repeated_barcode_are_refused(tmp_path, capsys):
+    """Was: a broadcast ValueError while writing the spot table."""
+    _visium_outs(tmp_path)
     (tmp_path / "ab.csv").write_text(",T,B\nA-1,0.5,0.5\nA-2,0.2,0.8\nA-2,0.3,0.7\n")
     _refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
                       tmp_path / "s.png", "--abundances", tmp_path / "ab.csv", "--out",
@@ -271,14 +276,7 @@ def test_a_tiff_level_of_no_rows_is_refused(tmp_path, capsys):
 
 def test_a_visium_spot_diameter_of_nan_is_refused(tmp_path, capsys):
     """Was: a pixel size of NaN written into the canonical file (make fuzz, seed 0)."""
-    spatial = tmp_path / "outs" / "spatial"
-    spatial.mkdir(parents=True)
-    pd.DataFrame({"barcode": ["A-1", "A-2"], "in_tissue": [1, 1], "array_row": [0, 1],
-                  "array_col": [0, 1], "pxl_row_in_fullres": [20, 30],
-                  "pxl_col_in_fullres": [20, 30]}).to_csv(spatial / "tissue_positions.csv",
-                                                         index=False)
-    (spatial / "scalefactors_json.json").write_text('{"spot_diameter_fullres": NaN}')
-    Image.fromarray(np.full((60, 60, 3), 200, np.uint8)).save(tmp_path / "s.png")
+    _visium_outs(tmp_path, "NaN")
     _refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
                       tmp_path / "s.png", "--out", tmp_path / "o.h5", "--quiet"],
              "spot_diameter_fullres", "nan")
