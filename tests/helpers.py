@@ -12,3 +12,17 @@ def run_submit(h5: Path, out: Path, *args: str) -> int:
     import regress.submit
 
     return regress.submit.main(["--h5", str(h5), "--out", str(out), "--quiet", *args])
+
+
+def refused(capsys, argv: list, *words: str) -> str:
+    """Run ``hespot argv``: exit 2, the last stderr line one ``hespot:`` line holding
+    ``words``, no traceback; returns that line."""
+    from data import commands
+
+    rc = commands.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("hespot: ") and "Traceback" not in err, err
+    assert all(w in last for w in words), last
+    return last
+

@@ -27,16 +27,7 @@ from data.errors import DataError
 from data.h5 import CanonicalH5
 from data.wsi.pyramid import write_array_pyramid
 from data.wsi.tiff_image import TiffImage
-
-
-def _refused(capsys, argv: list[str], *words: str) -> str:
-    """Exit 2, the last stderr line one ``hespot:`` line holding ``words``, no traceback."""
-    rc = commands.main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert rc == 2 and last.startswith("hespot: ") and "Traceback" not in err, err
-    assert all(w in last for w in words), last
-    return last
+from tests.helpers import refused
 
 
 @pytest.fixture
@@ -158,7 +149,7 @@ def test_tiff_tags_that_lie_are_refused_at_open(tmp_path, capsys, address_space,
             f.write(struct.pack("<Q", 5))
     else:
         _patch_tag(path, page, code, value, *field)
-    _refused(capsys, ["import-wsi", "--slide", path, "--out", tmp_path / "o.h5", "--quiet"],
+    refused(capsys, ["import-wsi", "--slide", path, "--out", tmp_path / "o.h5", "--quiet"],
              words)
     assert not (tmp_path / "o.h5").exists()
 
@@ -188,7 +179,7 @@ def test_repeated_manifest_rows_are_refused_before_any_is_read(tmp_path, capsys)
     rows = manifest.read_text().splitlines()
     manifest.write_text("\n".join(rows + [rows[-1].replace("s.png", "gone.png")] * 3000))
     t0 = time.perf_counter()
-    _refused(capsys, ["import-table", "--manifest", manifest, "--out", tmp_path / "o.h5"],
+    refused(capsys, ["import-table", "--manifest", manifest, "--out", tmp_path / "o.h5"],
              "unique slide names")
     assert time.perf_counter() - t0 < 10
 
@@ -197,7 +188,7 @@ def test_repeated_manifest_rows_are_refused_before_any_is_read(tmp_path, capsys)
 def test_a_manifest_pixel_size_that_is_not_one_is_refused(tmp_path, capsys, value):
     """Was: float('..') ValueError."""
     manifest = _manifest(tmp_path, pixel_size_um=[1.0, value])
-    _refused(capsys, ["import-table", "--manifest", manifest, "--out", tmp_path / "o.h5"],
+    refused(capsys, ["import-table", "--manifest", manifest, "--out", tmp_path / "o.h5"],
              "pixel_size_um")
 
 
@@ -205,7 +196,7 @@ def test_a_path_no_file_can_have_is_missing(tmp_path, capsys):
     """Was: OSError (file name too long) from Path.is_file."""
     manifest = _manifest(tmp_path)
     manifest.write_text(manifest.read_text().replace("s.csv", "Z" * 5000, 1))
-    _refused(capsys, ["import-table", "--manifest", manifest, "--out", tmp_path / "o.h5"],
+    refused(capsys, ["import-table", "--manifest", manifest, "--out", tmp_path / "o.h5"],
              "no such file")
 
 
@@ -213,7 +204,7 @@ def test_several_problems_are_one_line(tmp_path, capsys):
     """Was: one line per problem, and parser messages spanning lines."""
     manifest = _manifest(tmp_path)
     (tmp_path / "s.csv").write_text("x,y,a,b\n10,20,-1,0.6\n10,20,0.7,nan\n")
-    last = _refused(capsys, ["import-table", "--manifest", manifest, "--out",
+    last = refused(capsys, ["import-table", "--manifest", manifest, "--out",
                              tmp_path / "o.h5"], "negative", " | ")
     assert last.count("error: ") >= 2
 
@@ -234,7 +225,7 @@ def test_visium_abundances_with_a_repeated_barcode_are_refused(tmp_path, capsys)
     """Was: a broadcast ValueError while writing the spot table."""
     _visium_outs(tmp_path)
     (tmp_path / "ab.csv").write_text(",T,B\nA-1,0.5,0.5\nA-2,0.2,0.8\nA-2,0.3,0.7\n")
-    _refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
+    refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
                       tmp_path / "s.png", "--abundances", tmp_path / "ab.csv", "--out",
                       tmp_path / "o.h5", "--quiet"], "one row per barcode")
 
@@ -277,7 +268,7 @@ def test_a_tiff_level_of_no_rows_is_refused(tmp_path, capsys):
 def test_a_visium_spot_diameter_of_nan_is_refused(tmp_path, capsys):
     """Was: a pixel size of NaN written into the canonical file (make fuzz, seed 0)."""
     _visium_outs(tmp_path, "NaN")
-    _refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
+    refused(capsys, ["import-visium", "--outs", tmp_path / "outs", "--image",
                       tmp_path / "s.png", "--out", tmp_path / "o.h5", "--quiet"],
              "spot_diameter_fullres", "nan")
     assert not (tmp_path / "o.h5").exists()

@@ -14,22 +14,15 @@ import numpy as np
 import pytest
 
 import regress.fit
-from data import commands
 from data.checksum import sha256_file
 from data.errors import DataError
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import load_bundle
+from tests.helpers import refused
 
 pytestmark = pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
 
 
-def _refused(capsys, argv: list, *words: str) -> str:
-    rc = commands.main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert rc == 2 and last.startswith("hespot: ") and "Traceback" not in err, err
-    assert all(w in last for w in words), last
-    return last
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +144,7 @@ def test_a_recipe_that_builds_other_features_than_the_arrays_take_is_refused(
     for entry in meta["models"]:
         entry["recipe"]["position"] = "" if entry["recipe"].get("position") else "radial"
     (copy / "model.json").write_text(json.dumps(meta))
-    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
+    refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
                       "--out", tmp_path / "pred", "--quiet"], str(copy), "features")
     assert not (tmp_path / "pred").exists()
 
@@ -216,14 +209,14 @@ def test_damaged_predictions_are_refused_by_submit(out, synthetic_h5, capsys, da
         lines += lines[1:]
     if damage != "bytes":
         oof.write_text("\n".join(lines) + "\n")
-    _refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--models",
+    refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--models",
                       "ridge-spot_rank,lgbm-spot_rank", "--quiet"], str(oof), words)
     assert not (out / "submission.csv").exists()
 
 
 def test_a_report_that_is_not_the_loso_report_is_refused(out, synthetic_h5, capsys):
     (out / "report.json").write_text(json.dumps({"models": {"ridge-spot_rank": [1, 2]}}))
-    _refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--quiet"], "report.json")
+    refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--quiet"], "report.json")
 
 
 # ---- the abundance model (issue 25) --------------------------------------------------------
@@ -261,7 +254,7 @@ def test_a_damaged_ood_archive_is_refused_in_one_line(copy, synthetic_h5, tiny_s
     data = (copy / name).read_bytes()
     (copy / name).write_bytes(data[:200] + data[100:])
     _resign(copy, name)
-    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
+    refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
                       "--out", tmp_path / "pred", "--quiet"], str(copy), name)
     assert not (tmp_path / "pred").exists()
 
@@ -296,7 +289,7 @@ def test_damaged_abundance_outputs_are_refused_before_submit_writes(out, synthet
                                                                     damage):
     """Was: a traceback, or submission.csv written before the refusal."""
     path = damage(out)
-    _refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--quiet"], str(path))
+    refused(capsys, ["submit", "--h5", synthetic_h5, "--out", out, "--quiet"], str(path))
     assert not (out / "submission.csv").exists() and not (out / "submission.json").exists()
 
 
@@ -309,7 +302,7 @@ def test_an_abundance_archive_with_nan_is_refused(copy, synthetic_h5, tiny_store
     arrays["scaler_scale"] = np.full_like(arrays["scaler_scale"], np.nan)
     np.savez(copy / name, **arrays)
     _resign(copy, name)
-    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
+    refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
                       "--out", tmp_path / "pred", "--quiet"], str(copy), "scaler_scale")
     assert not (tmp_path / "pred").exists()
 
@@ -332,7 +325,7 @@ def test_abundance_arrays_that_overflow_are_refused(copy, synthetic_h5, tiny_sto
     arrays["coef"] = np.full_like(arrays["coef"], 1e308)
     np.savez(copy / name, **arrays)
     _resign(copy, name)
-    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
+    refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", tiny_store,
                       "--out", tmp_path / "pred", "--quiet"], "finite")
     assert not (tmp_path / "pred").exists()
 
@@ -350,5 +343,5 @@ def test_an_unreadable_store_group_is_named_by_predict(copy, synthetic_h5, store
     else:
         chunk = group / "done" / "c" / "0"
         chunk.write_bytes(b"\xff\xff" + chunk.read_bytes()[2:])
-    _refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", store,
+    refused(capsys, ["predict", "--model", copy, "--h5", synthetic_h5, "--store", store,
                       "--out", tmp_path / "pred", "--quiet"], str(store), "tiny_random/S_4")
