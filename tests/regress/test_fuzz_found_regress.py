@@ -23,8 +23,6 @@ from tests.helpers import refused
 pytestmark = pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
 
 
-
-
 @pytest.fixture(scope="module")
 def model(synthetic_h5, tiny_store, tiny_regressed, tmp_path_factory) -> Path:
     """A model folder of the ridge and LightGBM models (an ensemble); read-only."""
