@@ -14,7 +14,7 @@ import pandas as pd
 
 from data.errors import DataError, Problem
 from regress.abundance_run import OOD_ID, abundance_id
-from regress.bundle_meta import SAFE_NAME, StructureError, check_calibration
+from regress.bundle_meta import SAFE_NAME, StructureError, check_calibration, finite_number
 from regress.intervals import Calibration, intervals
 from regress.ood import warning_line
 from regress.outputs.maps import Maps
@@ -67,9 +67,7 @@ def warn_flagged(slides: Mapping[str, Mapping]) -> None:
 
 def _verdict(v: object) -> bool:
     """One slide's OOD verdict as :func:`regress.ood.verdict` makes it."""
-    def number(x: object) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x)
-    return isinstance(v, dict) and number(v.get("ood_score")) and number(
+    return isinstance(v, dict) and finite_number(v.get("ood_score")) and finite_number(
         v.get("ood_threshold")) and isinstance(v.get("ood_flagged"), bool) and isinstance(
         v.get("flagged_spots"), int) and not isinstance(v.get("flagged_spots"), bool)
 
@@ -84,8 +82,8 @@ def check_section(out: Path, section: object, n_types: int) -> None:
     try:
         if not isinstance(section, dict):
             raise StructureError("abundance", "an object", section)
-        chosen, test = section.get("chosen"), (section.get("ood") or {}).get("test") \
-            if isinstance(section.get("ood"), dict) else None
+        chosen, ood = section.get("chosen"), section.get("ood")
+        test = ood.get("test") if isinstance(ood, dict) else None
         if not (isinstance(chosen, str) and SAFE_NAME.fullmatch(chosen)):
             raise StructureError("abundance.chosen", "a model name", chosen)
         if not isinstance(section.get("simplex"), bool):

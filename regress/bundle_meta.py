@@ -36,8 +36,13 @@ def _whole(v: Any, least: int = 0) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= least
 
 
+def finite_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _positive(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return finite_number(v) and v > 0
 
 
 def needed_files(meta: dict[str, Any]) -> list[str]:
@@ -135,14 +140,10 @@ def check_structure(meta: dict[str, Any]) -> None:
     _need(not missing, "files", "a checksum for every file the models read", missing)
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _grid(v: Any, rows: int | None, cols: int) -> bool:
     """A list of ``rows`` (any number if None) lists of ``cols`` finite numbers."""
     return isinstance(v, list) and (rows is None or len(v) == rows) and all(
-        isinstance(r, list) and len(r) == cols and all(map(_number, r)) for r in v)
+        isinstance(r, list) and len(r) == cols and all(map(finite_number, r)) for r in v)
 
 
 def check_calibration(c: Any, n_types: int, field: str = "abundance.calibration") -> None:
@@ -196,5 +197,5 @@ def check_abundance(meta: dict[str, Any], specs: set[str]) -> None:
           feats)
     t = ood.get("threshold")
     _need(isinstance(t, dict) and set(t) == {"slide", "spot"} and all(
-        _number(v) and v >= 0 for v in t.values()), "abundance.ood.threshold",
+        finite_number(v) and v >= 0 for v in t.values()), "abundance.ood.threshold",
         "{'slide': number >= 0, 'spot': number >= 0}", t)

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.cli import config_dict, config_parser, resolve_config, run_cli, setup_logging
+from data.cluster import CLUSTER_FLAGS
 from data.config import ImportWsiConfig
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
@@ -149,12 +150,11 @@ def run(cfg: MapConfig) -> Path:
         imported = "skipped"
         log.info("import: %s already holds %s, skipped", h5, ", ".join(names))
     t1 = time.perf_counter()
+    passed = {k: getattr(cfg, k) for k in ("device", "threads", *CLUSTER_FLAGS,
+                                           "spatialdata", "quiet")}
     maps = predict(PredictConfig(model=str(model_dir), h5=str(h5), slides=tuple(names),
-                                 out=str(out), store=str(out / STORE_NAME), device=cfg.device,
-                                 threads=cfg.threads, workers=cfg.workers,
-                                 threads_per_worker=cfg.threads_per_worker,
-                                 scheduler=cfg.scheduler, stage1_log=True,
-                                 spatialdata=cfg.spatialdata, quiet=cfg.quiet))
+                                 out=str(out), store=str(out / STORE_NAME), stage1_log=True,
+                                 **passed))
     t2 = time.perf_counter()
     slides = write_slide_files(cfg, out, h5, maps)
     run_files = {name: out / name for name in ("predictions.h5ad", "predictions.csv",
@@ -174,8 +174,7 @@ def run(cfg: MapConfig) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = config_parser("hespot map", __doc__, MapConfig,
-                      common=("device", "threads", "workers", "threads_per_worker",
-                              "scheduler", "quiet"))
+                      common=("device", "threads", *CLUSTER_FLAGS, "quiet"))
     p.add_argument("slides", nargs="*", help="H&E slide images (SVS, NDPI, MRXS, SCN, TIFF, "
                    "OME-TIFF, JPEG, PNG)")
     p.add_argument("--out", help="output folder (new, empty, or this same run's)")

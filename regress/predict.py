@@ -40,6 +40,7 @@ from data.cli import (
     run_cli,
     setup_logging,
 )
+from data.cluster import CLUSTER_FLAGS
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
 from data.lock import output_lock
@@ -189,8 +190,7 @@ def run(cfg: PredictConfig) -> Maps:
 
 def build_parser() -> argparse.ArgumentParser:
     p = config_parser("python -m regress.predict", __doc__, PredictConfig,
-                      common=("h5", "store", "device", "threads", "workers",
-                              "threads_per_worker", "scheduler", "quiet"))
+                      common=("h5", "store", "device", "threads", *CLUSTER_FLAGS, "quiet"))
     p.add_argument("--model", help="model folder of hespot fit, or the name of a model "
                    f"shipped with hespot ({', '.join(shipped_models()) or 'none'}; hespot "
                    f"models lists them) (default {DEFAULT_OUT}/model)")

@@ -18,9 +18,11 @@ from typing import Any
 
 from data.checksum import sha256_file
 from data.child import run_module, run_module_echoed, user_error
+from data.cluster import CLUSTER_FLAGS
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
 from data.store import BackboneItem, FeatureSpec, open_store
+from regress.config import PredictConfig
 
 log = logging.getLogger("hespot")
 
@@ -140,10 +142,11 @@ def stored_slides(store_path: str, backbone: str, part: dict, slides: Sequence[s
     return found
 
 
-def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
+def embed_as_spec(bundle, cfg: PredictConfig, store: str, slides: Sequence[str]) -> None:
     """Run stage 1 for every backbone of the model on ``slides``: a child process each
     (``python -m embed.run --config -``, ended with this one: :mod:`data.child`), given the
-    settings of :func:`stage1_config` through the command's own config loading.
+    settings of :func:`stage1_config` through the command's own config loading; its log
+    and progress bars shown with ``cfg.stage1_log``.
 
     Raises:
         DataError: stage 1 refused an input or setting (its message is passed on).
@@ -157,9 +160,8 @@ def embed_as_spec(bundle, cfg, store: str, slides: Sequence[str]) -> None:
         if not todo:
             log.info("stage 1: %s already stored for %s", name, ", ".join(slides))
             continue
-        shown = getattr(cfg, "stage1_log", False) and not cfg.quiet  # its log, progress bars
-        cluster = {k: getattr(cfg, k, None) for k in ("workers", "threads_per_worker",
-                                                      "scheduler")}
+        shown = cfg.stage1_log and not cfg.quiet
+        cluster = {k: getattr(cfg, k) for k in CLUSTER_FLAGS}
         settings = json.dumps(stage1_config(part, cfg.h5, store, todo, cfg.weights,
                                             cfg.device, cfg.threads, not shown, cluster))
         log.info("stage 1: python -m embed.run --config - with %s", settings)
