@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from data import validate
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import Parser, entry_point, setup_logging
 from data.errors import DataError, Problem, raise_errors
 from data.h5 import H5_ERRORS, SPLITS, CanonicalH5
 from data.spots import cell_type_fields, is_ascii
@@ -206,7 +206,8 @@ def preflight(path: str, slides: Sequence[str] | None = None) -> None:
     log.debug("%s checked in %.2f s", path, time.perf_counter() - t0)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="python -m data.check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="canonical HDF5 file (or the challenge's file)")
@@ -227,10 +228,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     n_warn = len(result.problems) - n_err
     out.write(f"{args.file}: {n_err} errors, {n_warn} warnings\n")
     return 0 if result.ok else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

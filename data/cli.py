@@ -4,13 +4,15 @@ the flags and default paths that every stage uses.
 
 A stage declares one frozen config dataclass, builds its parser with
 :func:`config_parser` and :func:`add_common`, and resolves it with
-:func:`resolve_config`; its ``main(argv)`` returns ``run_cli(_main, argv)``.
+:func:`resolve_config`; its ``main(argv)`` is decorated with :func:`entry_point` and, for a
+stage that writes an output folder, returns :func:`run_stage`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from data.errors import ConfigError, DataError, Problem
+from data.lock import output_lock
 
 log = logging.getLogger("hespot")
 
@@ -49,6 +52,10 @@ COMMON_FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "scheduler": (("--scheduler",), {"help": "run on an existing Dask cluster, e.g. "
                                      "tcp://10.0.0.5:8786 (dask-jobqueue, Kubernetes, or "
                                      "`dask scheduler` + `dask worker`)"}),
+    "spatialdata": (("--spatialdata",), {
+        "action": argparse.BooleanOptionalAction,
+        "help": "also write OUT/predictions.zarr, a SpatialData store (needs "
+                "pip install 'hespot[spatial]')"}),
     "quiet": (("--quiet",), {"action": argparse.BooleanOptionalAction,
                              "help": "warnings and errors only, no progress bars"}),
 }
@@ -74,6 +81,35 @@ def run_cli(main: Callable[[Sequence[str] | None], int],
         text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         sys.stderr.write(f"hespot: {text}\n")
         return EXIT_USER_ERROR
+
+
+def entry_point(body: Callable[[Sequence[str] | None], int]
+                ) -> Callable[[Sequence[str] | None], int]:
+    """Decorate a command's ``main(argv)`` so that it runs under :func:`run_cli`: a user
+    error is one line on stderr and exit code 2."""
+    @functools.wraps(body)
+    def main(argv: Sequence[str] | None = None) -> int:
+        return run_cli(body, argv)
+    return main
+
+
+def run_stage(cfg: C, run: Callable[[C], object], *,
+              check: Callable[[C], object] | None = None,
+              lock: str | None = "output folder") -> int:
+    """The body a stage's ``main`` shares once its config ``cfg`` is resolved
+    (:func:`resolve_config`): set up logging, log the settings, run ``check(cfg)`` (cheap
+    checks, before anything is locked or written), then ``run(cfg)`` holding the lock on
+    ``cfg.out`` (named ``lock`` in its messages; None: no lock). Returns exit code 0."""
+    setup_logging(cfg.quiet)
+    log.info("config: %s", json.dumps(config_dict(cfg)))
+    if check is not None:
+        check(cfg)
+    if lock is None:
+        run(cfg)
+    else:
+        with output_lock(cfg.out, lock):
+            run(cfg)
+    return 0
 
 
 class Parser(argparse.ArgumentParser):

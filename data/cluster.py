@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from typing import Any
 
 from data.errors import ConfigError, DataError, Problem
@@ -25,8 +26,24 @@ log = logging.getLogger("hespot")
 #: environment variables that fix a worker's BLAS and OpenMP thread pools
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where a stage that can use Dask runs; its config dataclass inherits these fields.
+
+    ``workers`` > 0: a cluster of that many worker processes started on this machine for
+    the run; ``threads_per_worker``: threads per worker (default: the in-process count);
+    ``scheduler``: the address of an existing cluster. Neither: everything in process.
+    """
+
+    workers: int = 0
+    threads_per_worker: int | None = None
+    scheduler: str | None = None
+
+
 #: the flags every stage that can use a cluster takes (data.cli.COMMON_FLAGS)
-CLUSTER_FLAGS = ("workers", "threads_per_worker", "scheduler")
+CLUSTER_FLAGS = tuple(f.name for f in fields(ClusterSettings))
 
 
 def check_cluster(workers: int, scheduler: str | None, threads_per_worker: int | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from data.cli import Parser, run_cli
+from data.cli import Parser, entry_point
 from data.h5 import CanonicalH5
 
 
@@ -38,16 +38,13 @@ def summarize(path: str) -> str:
     return "\n".join(lines)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="python -m data.summary", description=__doc__)
     p.add_argument("file")
     args = p.parse_args(argv)
     sys.stdout.write(summarize(args.file) + "\n")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from data.cli import DEFAULT_H5, DEFAULT_STORE
-from data.cluster import check_cluster, usable_cores
+from data.cluster import ClusterSettings, check_cluster, usable_cores
 from data.errors import ConfigError, DataError, Problem
 from data.patches import PAD_MODES
 from data.store import BackboneItem
@@ -23,7 +23,7 @@ from embed.tta import TTA_CHOICES
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
+class EmbedConfig(ClusterSettings):
     """Settings of a stage-1 run (defaults < --config JSON < flags)."""
 
     h5: str = DEFAULT_H5
@@ -51,9 +51,6 @@ class EmbedConfig:
                                           # process); None: 0 on a CPU, several on CUDA
     overwrite: bool = False
     verify: bool = True                   # check finished chunks' checksums on resume
-    workers: int = 0                      # >0: a Dask LocalCluster of this many processes
-    threads_per_worker: int | None = None # torch threads per worker (default: in-process)
-    scheduler: str | None = None          # an existing Dask cluster's scheduler address
     chunks_per_task: int = 8              # chunks per Dask task (x chunk_spots spots)
     quiet: bool = False
 

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from data.check import preflight
-from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.cli import config_dict, config_parser, entry_point, parse_list, resolve_config, run_stage
 from data.cluster import CLUSTER_FLAGS
 from data.errors import ConfigError, DataError, InterruptedRun
 from data.lock import output_lock
@@ -94,7 +94,7 @@ def _run(cfg: EmbedConfig, jobs: list[BackboneItem], executor, timing: dict,
     cfg = pinned(with_device_defaults(cfg, choice, executor.default_prefetch(choice)),
                  choice, executor.task_threads(cfg))
     log.info("device: %s; executor: %s", choice.describe(), executor.describe())
-    log.info("config: %s", json.dumps(config_dict(cfg)))
+    log.info("config with the device's defaults: %s", json.dumps(config_dict(cfg)))
     run_info = {"hespot_version": hespot_version(), "torch_version": torch.__version__,
                 "timm_version": version("timm"), "device": choice.describe(),
                 "config": config_dict(cfg), "h5": str(cfg.h5)}
@@ -184,17 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(EmbedConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    if not is_url(cfg.store):
-        Path(cfg.store).parent.mkdir(parents=True, exist_ok=True)
-    run(cfg)
-    return 0
-
-
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    # run() locks the store itself
+    return run_stage(resolve_config(EmbedConfig, build_parser().parse_args(argv)), run, lock=None)
 
 
 if __name__ == "__main__":

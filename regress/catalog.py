@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from data.cli import Parser, run_cli, setup_logging
+from data.cli import Parser, entry_point, setup_logging
 from data.errors import ConfigError, DataError
 from regress.bundle import read_meta
 from regress.bundle_meta import MODEL_JSON
@@ -108,17 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     lines, bad = list_models(args.folders)
     sys.stdout.write("".join(f"{line}\n" for line in lines))
     sys.stderr.write("".join(f"{line}\n" for line in bad))
     return 2 if bad else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

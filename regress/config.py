@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.cli import DEFAULT_H5, DEFAULT_OUT, DEFAULT_STORE
+from data.cluster import ClusterSettings
 from data.config import MIN_TISSUE
 from regress.abundance import ABUNDANCE_MODELS
 from regress.ensemble import WEIGHTINGS
@@ -20,7 +21,7 @@ READY_MODEL = "her2st-breast"
 
 
 @dataclass(frozen=True)
-class RegressConfig:
+class RegressConfig(ClusterSettings):
     """Settings of a stage-2 run (defaults < --config JSON < flags).
 
     ``recipe`` names the feature set and levers (regress.recipes); "auto" takes the one
@@ -49,14 +50,11 @@ class RegressConfig:
     lgbm_pca: int = 32
     lgbm_trees: int = 200
     abundance: tuple[str, ...] = tuple(ABUNDANCE_MODELS)  # candidates; () = none
-    workers: int = 0                      # >0: the folds on a local Dask cluster
-    threads_per_worker: int | None = None
-    scheduler: str | None = None          # or on an existing Dask cluster
     quiet: bool = False
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(ClusterSettings):
     """Settings of ``hespot tune`` (defaults < --config JSON < flags)."""
 
     h5: str = DEFAULT_H5
@@ -65,9 +63,6 @@ class TuneConfig:
     recipes: tuple[str, ...] = TUNE_GRID
     targets: tuple[str, ...] = ("spot_rank", "type_rank")
     alpha_max: float = 1e7
-    workers: int = 0                      # >0: the grid's rows on a local Dask cluster
-    threads_per_worker: int | None = None
-    scheduler: str | None = None          # or on an existing Dask cluster
     quiet: bool = False
 
 
@@ -88,7 +83,7 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(ClusterSettings):
     """Settings of ``hespot predict`` (defaults < --config JSON < flags)."""
 
     model: str = f"{DEFAULT_OUT}/model"
@@ -99,9 +94,6 @@ class PredictConfig:
     weights: str | None = None          # weights file of a backbone the model took from one
     device: str = "auto"
     threads: int | None = None
-    workers: int = 0                    # stage 1 on a Dask cluster of N local workers
-    threads_per_worker: int | None = None
-    scheduler: str | None = None        # stage 1 on an existing Dask cluster
     stage1_log: bool = False            # show stage 1's log and progress bars (hespot map)
     spatialdata: bool = False
     quiet: bool = False
@@ -125,7 +117,7 @@ class SubmitConfig:
 
 
 @dataclass(frozen=True)
-class MapConfig:
+class MapConfig(ClusterSettings):
     """Settings of ``hespot map`` (defaults < --config JSON < flags)."""
 
     slides: tuple[str, ...] = ()        # H&E slide images (at least one)
@@ -139,9 +131,6 @@ class MapConfig:
     reader: str = "auto"                # image reader (data.wsi.readers)
     device: str = "auto"
     threads: int | None = None
-    workers: int = 0
-    threads_per_worker: int | None = None
-    scheduler: str | None = None
     spatialdata: bool = False
     quiet: bool = False
 

@@ -26,15 +26,14 @@ import numpy as np
 from data.cli import (
     config_dict,
     config_parser,
+    entry_point,
     lists_as_tuples,
     parse_list,
     resolve_config,
-    run_cli,
-    setup_logging,
+    run_stage,
 )
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
-from data.lock import output_lock
 from data.store import FeatureSpec, open_store
 from data.version import hespot_version
 from regress.bundle import KINDS, check_writable, export_estimator, write_bundle
@@ -216,16 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(FitConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    with output_lock(cfg.out, "output folder"):
-        run(cfg, shlex.join(["hespot", "fit", *(sys.argv[1:] if argv is None else argv)]))
-    return 0
-
-
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    command = shlex.join(["hespot", "fit", *(sys.argv[1:] if argv is None else argv)])
+    return run_stage(resolve_config(FitConfig, build_parser().parse_args(argv)),
+                     lambda cfg: run(cfg, command))
 
 
 if __name__ == "__main__":

@@ -26,20 +26,18 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from data.cli import config_dict, config_parser, resolve_config, run_cli, setup_logging
+from data.cli import config_parser, entry_point, resolve_config, run_stage
 from data.cluster import CLUSTER_FLAGS
 from data.config import ImportWsiConfig
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
 from data.importers.common import import_slides
 from data.importers.wsi import gather, slide_names
-from data.lock import output_lock
 from data.wsi.grid import SPOT_RATIO, GridSpec
 from regress import map_folder
 from regress.bundle import load_bundle
@@ -174,7 +172,7 @@ def run(cfg: MapConfig) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = config_parser("hespot map", __doc__, MapConfig,
-                      common=("device", "threads", *CLUSTER_FLAGS, "quiet"))
+                      common=("device", "threads", *CLUSTER_FLAGS, "spatialdata", "quiet"))
     p.add_argument("slides", nargs="*", help="H&E slide images (SVS, NDPI, MRXS, SCN, TIFF, "
                    "OME-TIFF, JPEG, PNG)")
     p.add_argument("--out", help="output folder (new, empty, or this same run's)")
@@ -187,27 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, help="µm per pixel (overrides the files')")
     p.add_argument("--min-tissue", type=float, help="share of a grid spot's disc that must "
                    f"be tissue (default {MapConfig.min_tissue})")
-    p.add_argument("--spatialdata", action=argparse.BooleanOptionalAction,
-                   help="also write OUT/predictions.zarr (SpatialData)")
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "slides", None) == []:
-        del args.slides  # none on the command line: --config may give them
-    cfg = resolve_config(MapConfig, args)
-    cfg = replace(cfg, slides=tuple(map(str, cfg.slides)))
-    setup_logging(cfg.quiet)
-    log.info("config: %s", config_dict(cfg))
-    check_command(cfg)
-    with output_lock(cfg.out, "output folder"):
-        run(cfg)
-    return 0
-
-
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_stage(resolve_config(MapConfig, build_parser().parse_args(argv)), run,
+                     check=check_command)
 
 
 if __name__ == "__main__":

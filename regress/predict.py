@@ -31,19 +31,10 @@ import numpy as np
 import pandas as pd
 
 from data.check import preflight
-from data.cli import (
-    DEFAULT_OUT,
-    config_dict,
-    config_parser,
-    parse_list,
-    resolve_config,
-    run_cli,
-    setup_logging,
-)
+from data.cli import DEFAULT_OUT, config_parser, entry_point, parse_list, resolve_config, run_stage
 from data.cluster import CLUSTER_FLAGS
 from data.errors import DataError, Problem
 from data.h5 import CanonicalH5
-from data.lock import output_lock
 from data.store import FeatureSpec, open_store, read_array
 from regress.bundle import Bundle, load_bundle
 from regress.bundle_maps import predict_maps
@@ -190,7 +181,8 @@ def run(cfg: PredictConfig) -> Maps:
 
 def build_parser() -> argparse.ArgumentParser:
     p = config_parser("python -m regress.predict", __doc__, PredictConfig,
-                      common=("h5", "store", "device", "threads", *CLUSTER_FLAGS, "quiet"))
+                      common=("h5", "store", "device", "threads", *CLUSTER_FLAGS, "spatialdata",
+                              "quiet"))
     p.add_argument("--model", help="model folder of hespot fit, or the name of a model "
                    f"shipped with hespot ({', '.join(shipped_models()) or 'none'}; hespot "
                    f"models lists them) (default {DEFAULT_OUT}/model)")
@@ -199,23 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help=f"output folder (default {DEFAULT_OUT}/predict)")
     p.add_argument("--weights", help="the weights file of a backbone that the model took "
                    "from a local file (checked against its sha256)")
-    p.add_argument("--spatialdata", action=argparse.BooleanOptionalAction,
-                   help="also write OUT/predictions.zarr (SpatialData)")
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(PredictConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    log.info("config: %s", config_dict(cfg))
-    resolve_model(cfg.model)  # an unknown name: refused before the output folder is made
-    with output_lock(cfg.out, "output folder"):
-        run(cfg)
-    return 0
-
-
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    # an unknown model name is refused before the output folder is made
+    return run_stage(resolve_config(PredictConfig, build_parser().parse_args(argv)), run,
+                     check=lambda cfg: resolve_model(cfg.model))
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ from data.cli import (
     check_name,
     config_dict,
     config_parser,
+    entry_point,
     parse_list,
     resolve_config,
-    run_cli,
-    setup_logging,
+    run_stage,
 )
 from data.cluster import CLUSTER_FLAGS, TaskMap, check_cluster, task_map
 from data.errors import ConfigError, DataError, Problem
-from data.lock import output_lock
 from data.store import FeatureSpec
 from regress.abundance import ABUNDANCE_MODELS
 from regress.abundance_run import run_abundance
@@ -218,20 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(RegressConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    log.info("config: %s", json.dumps(config_dict(cfg)))
-    with output_lock(cfg.out, "output folder"):
-        report = run(cfg)
-    if not cfg.quiet:
-        log.info("LOSO table (per-spot / per-type):\n%s",
-                 loso_markdown(report, rank_models(report)))
-    return 0
+def run_and_show(cfg: RegressConfig) -> dict:
+    """:func:`run`, then the LOSO table in the log."""
+    report = run(cfg)
+    log.info("LOSO table (per-spot / per-type):\n%s", loso_markdown(report, rank_models(report)))
+    return report
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_stage(resolve_config(RegressConfig, build_parser().parse_args(argv)),
+                     run_and_show)
 
 
 if __name__ == "__main__":

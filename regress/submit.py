@@ -37,17 +37,9 @@ import pandas as pd
 
 from data.atomic import atomic_write_json
 from data.check import preflight
-from data.cli import (
-    config_dict,
-    config_parser,
-    parse_list,
-    resolve_config,
-    run_cli,
-    setup_logging,
-)
+from data.cli import config_parser, entry_point, parse_list, resolve_config, run_stage
 from data.errors import ConfigError, DataError, Problem
 from data.h5 import CanonicalH5
-from data.lock import output_lock
 from regress.abundance_maps import run_maps
 from regress.config import SubmitConfig
 from regress.ensemble import WEIGHTINGS, combine, ensemble_weights, learned_weights, read_oof
@@ -117,7 +109,7 @@ def best_model(report: dict) -> str:
 
 def build_parser():
     p = config_parser("python regress/submit.py", __doc__, SubmitConfig,
-                      common=("h5", "out", "quiet"))
+                      common=("h5", "out", "spatialdata", "quiet"))
     p.add_argument("--models", type=parse_list, help="model ids (default: best OOF)")
     p.add_argument("--weights", type=lambda s: parse_list(s, float),
                    help="ensemble weights (default: by --weighting)")
@@ -127,9 +119,6 @@ def build_parser():
                    "score (each model's OOF per-spot gain over the constant baseline)")
     p.add_argument("--submission", help="default OUT/submission.csv")
     p.add_argument("--h5ad", help="default OUT/predictions.h5ad")
-    p.add_argument("--spatialdata", action=argparse.BooleanOptionalAction,
-                   help="also write OUT/predictions.zarr, a SpatialData store (needs "
-                   "pip install 'hespot[spatial]')")
     p.add_argument("--orders", action=argparse.BooleanOptionalAction,
                    help="one prediction for both metrics (default on): each spot keeps the "
                    "submitted order of cell types, each cell type follows the best "
@@ -184,16 +173,8 @@ def read_test_frames(out: Path, models: Sequence[str], ids: Sequence[str],
     return frames
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = resolve_config(SubmitConfig, build_parser().parse_args(argv))
-    setup_logging(args.quiet)
-    with output_lock(args.out, "output folder"):
-        return submit(args)
-
-
 def submit(args: SubmitConfig) -> int:
     """Write the submission, its record and the AnnData of ``args``' chosen models."""
-    log.info("config: %s", config_dict(args))
     if args.spatialdata:
         require_spatialdata()
     out = Path(args.out)
@@ -244,8 +225,9 @@ def submit(args: SubmitConfig) -> int:
     return 0
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_stage(resolve_config(SubmitConfig, build_parser().parse_args(argv)), submit)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,13 @@ from data.cli import (
     check_name,
     config_dict,
     config_parser,
+    entry_point,
     parse_list,
     resolve_config,
-    run_cli,
-    setup_logging,
+    run_stage,
 )
 from data.cluster import CLUSTER_FLAGS, check_cluster, task_map
 from data.h5 import CanonicalH5
-from data.lock import output_lock
 from data.store import FeatureSpec, open_store
 from regress.config import TuneConfig
 from regress.features import SlideSet, load_slides
@@ -159,22 +158,15 @@ def run(cfg: TuneConfig) -> dict:
     return {"rows": rows, "chosen": chosen}
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     p = config_parser("python -m regress.tune", __doc__, TuneConfig,
                       common=("h5", "store", "out", *CLUSTER_FLAGS, "quiet"))
     p.add_argument("--recipes", type=parse_list, help="comma-separated recipe names")
     p.add_argument("--targets", type=parse_list,
                    help="comma-separated; the first one chooses the recipe")
     p.add_argument("--alpha-max", dest="alpha_max", type=float)
-    cfg = resolve_config(TuneConfig, p.parse_args(argv))
-    setup_logging(cfg.quiet)
-    with output_lock(cfg.out, "output folder"):
-        run(cfg)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return run_stage(resolve_config(TuneConfig, p.parse_args(argv)), run)
 
 
 if __name__ == "__main__":

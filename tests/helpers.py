@@ -4,7 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from data.wsi.base import Level, SlideImage
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class ArrayImage(SlideImage):
+    """A one-level slide held in memory: ``pixels`` (H, W, 3) uint8."""
+
+    reader = "array"
+
+    def __init__(self, pixels: np.ndarray, mpp: float | None = 1.0, name: str = "S1"):
+        self.pixels, self.path, self.slide = pixels, f"{name}.tif", name
+        self.levels = (Level(pixels.shape[0], pixels.shape[1], 1.0),)
+        self.pixel_size_um = mpp
+
+    def read_level(self, level, y0, y1, x0, x1):
+        return self.pixels[y0:y1, x0:x1]
 
 
 def run_submit(h5: Path, out: Path, *args: str) -> int:
@@ -12,6 +30,13 @@ def run_submit(h5: Path, out: Path, *args: str) -> int:
     import regress.submit
 
     return regress.submit.main(["--h5", str(h5), "--out", str(out), "--quiet", *args])
+
+
+def assert_slides(h5, train: list[str], test: list[str], types) -> None:
+    """The canonical file ``h5`` (open) holds these train and test slides and cell types."""
+    assert h5.train_slides == train
+    assert h5.test_slides == test
+    assert h5.cell_types == tuple(types)
 
 
 def refused(capsys, argv: list, *words: str) -> str:

@@ -99,6 +99,23 @@ def read_table(path: Path, slide: str = "", required: Sequence[str] = (),
     return df
 
 
+def read_keyed_table(path: Path, slide: str, key: str, expected: str) -> pd.DataFrame:
+    """A table whose first column keys its rows (spot keys, barcodes), the keys as
+    stripped strings.
+
+    Raises:
+        DataError: the file is unreadable, or a key repeats (naming the first repeated
+        one; ``key`` and ``expected`` name the field and what it should hold).
+    """
+    table = read_table(path, slide, index_col=0)
+    table.index = table.index.astype(str).str.strip()
+    if table.index.duplicated().any():
+        dup = table.index[table.index.duplicated()][0]
+        raise DataError(Problem(str(path), slide, key, expected, f"{dup!r} repeated",
+                                "remove the duplicated rows"))
+    return table
+
+
 def check_unique_slides(table: pd.DataFrame, path: Path) -> None:
     """Refuse a manifest that names a slide twice (before any slide's files are read).
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import check_name, run_cli
+from data.cli import check_name, entry_point
 from data.config import DEFAULT_PIXEL_SIZE_UM, TIERS, ImportHer2stConfig
 from data.errors import DataError, Problem
 from data.images import is_file
@@ -26,6 +26,7 @@ from data.importers.common import (
     importer_parser,
     importer_settings,
     numeric_columns,
+    read_keyed_table,
     read_table,
     require_path,
     write_slides,
@@ -61,13 +62,8 @@ def gather_section(src: Path, section: str, tier: str, pixel_size_um: float) -> 
     prop_path = src / "proportions" / tier / f"{section}-proportion.tsv"
     if not is_file(prop_path):
         return slide
-    props = read_table(prop_path, section, index_col=0)
-    props.index = props.index.astype(str).str.strip()
+    props = read_keyed_table(prop_path, section, "spot key", "unique spot keys")
     cell_types = [c for c in props.columns]
-    if props.index.duplicated().any():
-        dup = props.index[props.index.duplicated()][0]
-        raise DataError(Problem(str(prop_path), section, "spot key", "unique spot keys",
-                                f"{dup!r} repeated", "remove the duplicated rows"))
     have = np.isin(keys, props.index)
     if not have.all():
         log.warning("%s, slide %s: %d selected spots have no proportions row; dropped",
@@ -116,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     cfg = importer_settings(ImportHer2stConfig, build_parser(), argv)
     check_name("tier", cfg.tier, TIERS)
     t0 = time.perf_counter()
@@ -126,10 +123,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     log.info("imported %d sections (tier %s) in %.1f s", len(slides), cfg.tier,
              time.perf_counter() - t0)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import run_cli
+from data.cli import entry_point
 from data.config import ImportTableConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     cfg = importer_settings(ImportTableConfig, build_parser(), argv,
                             manifest="the manifest CSV")
     path = Path(cfg.manifest)
@@ -89,10 +90,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     check_unique_slides(manifest, path)  # before any slide's table or image is read
     return import_slides([gather_row(r, path.parent, path) for _, r in manifest.iterrows()],
                          cfg, str(path))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.cli import run_cli
+from data.cli import entry_point
 from data.config import ImportVisiumConfig
 from data.errors import DataError, Problem
 from data.importers.common import (
@@ -33,6 +33,7 @@ from data.importers.common import (
     importer_parser,
     importer_settings,
     numeric_columns,
+    read_keyed_table,
     read_table,
     require_path,
 )
@@ -93,12 +94,7 @@ def gather_slide(slide: str, outs: Path, image: Path, abundances: Path | None) -
                        source=f"visium:{outs}", spots_path=path)
     if abundances is None:
         return out
-    table = read_table(abundances, slide, index_col=0)
-    table.index = table.index.astype(str)
-    if table.index.duplicated().any():
-        dup = table.index[table.index.duplicated()][0]
-        raise DataError(Problem(str(abundances), slide, "barcode", "one row per barcode",
-                                f"{dup!r} repeated", "remove the duplicated rows"))
+    table = read_keyed_table(abundances, slide, "barcode", "one row per barcode")
     have = np.isin(barcodes, table.index)
     if not have.any():
         raise DataError(Problem(str(abundances), slide, "barcode", "rows keyed by the "
@@ -148,14 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     cfg = importer_settings(ImportVisiumConfig, build_parser(), argv)
     return import_slides([gather_slide(*g) for g in _groups(cfg)], cfg,
                          str(Path(cfg.manifest)) if cfg.manifest else "command line")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

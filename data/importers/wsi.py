@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import run_cli
+from data.cli import entry_point
 from data.config import MIN_TISSUE, ImportWsiConfig
 from data.errors import ConfigError, DataError, Problem
 from data.importers.common import (
@@ -129,13 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     cfg = importer_settings(ImportWsiConfig, build_parser(), argv, slide="a slide image")
     return import_slides(gather(cfg), cfg, "command line")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

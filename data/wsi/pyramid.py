@@ -21,9 +21,9 @@ from data.atomic import atomic_path
 from data.cli import (
     check_name,
     config_parser,
+    entry_point,
     require_settings,
     resolve_config,
-    run_cli,
     setup_logging,
 )
 from data.config import COMPRESSIONS, MakeWsiConfig
@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(MakeWsiConfig, build_parser().parse_args(argv))
     setup_logging(cfg.quiet)
     require_settings(cfg, image="the source image", out="the pyramidal TIFF to write")
@@ -150,10 +151,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     h, w = image.shape[0] * repeat[0], image.shape[1] * repeat[1]
     log.info("wrote %s: %d x %d px, %.0f MB", path, h, w, path.stat().st_size / 1e6)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import TextIO
 
 import torch
 
-from data.cli import DEFAULT_H5, Parser, add_common, run_cli, setup_logging
+from data.cli import DEFAULT_H5, Parser, add_common, entry_point, setup_logging
 from embed.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
 from embed.device import DeviceChoice, select_device
 from embed.extract import FeatureExtractor
@@ -107,14 +107,12 @@ def bench_main(measure: Callable[[argparse.Namespace, TextIO], str],
     """A benchmark's ``main(argv) -> int``: parse ``argv``, run ``measure(args, stdout)``
     (which writes what it measured, line by line) and print the summary line it returns,
     last; a bad setting or input is one line on stderr and exit code 2
-    (:func:`data.cli.run_cli`)."""
+    (:func:`data.cli.entry_point`)."""
     def body(argv: Sequence[str] | None) -> int:
         line = measure(build_parser().parse_args(argv), sys.stdout)
         sys.stdout.write(line + "\n")
         return 0
 
-    def main(argv: Sequence[str] | None = None) -> int:
-        return run_cli(body, argv)
-
+    main = entry_point(body)
     main.__doc__ = f"{build_parser().prog}: the figures, then the summary line."
     return main

@@ -39,10 +39,9 @@ import torch
 from torch import nn
 
 from data.check import preflight
-from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.cli import config_dict, config_parser, entry_point, parse_list, resolve_config, run_stage
 from data.errors import ConfigError
 from data.h5 import CanonicalH5
-from data.lock import output_lock
 from data.patches import PAD_MODES
 from embed.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
 from embed.device import DeviceChoice, select_device
@@ -268,18 +267,11 @@ def resolve(argv: Sequence[str] | None = None) -> FinetuneConfig:
     return replace(cfg, augment=check_augment(cfg.augment))
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve(argv)
-    setup_logging(cfg.quiet)
-    with output_lock(cfg.out, "output folder"):
-        run(cfg)
-    return 0
-
-
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m embed.finetune``; exit code 2 (one line on stderr) for a bad setting or
     input."""
-    return run_cli(_main, argv)
+    return run_stage(resolve(argv), run)
 
 
 if __name__ == "__main__":

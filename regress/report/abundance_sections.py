@@ -10,7 +10,7 @@ from html import escape
 import numpy as np
 
 from regress.report import plots
-from regress.report.inputs import Absent, Inputs, Section
+from regress.report.inputs import Absent, Inputs, section
 from regress.results import read_predictions
 from regress.tables import abundance_tables, ood_table, to_html
 
@@ -22,6 +22,7 @@ def _section(ctx: Inputs) -> dict:
     return section
 
 
+@section("Results", "abundance-loso", "Abundances: LOSO")
 def section_abundance(ctx: Inputs) -> str:
     """One table per abundance metric, every candidate and the training mean."""
     section = _section(ctx)
@@ -43,6 +44,7 @@ def _scores(ctx: Inputs, which: str) -> dict[str, np.ndarray]:
             for s, part in frame.groupby("slide", sort=False)}
 
 
+@section("Results", "ood", "Out-of-distribution scores")
 def section_ood(ctx: Inputs) -> str:
     """OOD score per slide (held out and test) and a map of each slide's spot scores, all
     on one colour scale (0 to twice the slide threshold)."""
@@ -67,9 +69,3 @@ def section_ood(ctx: Inputs) -> str:
             f"held-out slide is judged against the threshold of the other folds; spots "
             f"above {th['spot']:.2f} are counted.</p>" + to_html(ood_table(ood))
             + '<div class="grid">' + "".join(figs) + "</div>")
-
-
-ABUNDANCE_SECTIONS: tuple[Section, ...] = (
-    Section("Results", "abundance-loso", "Abundances: LOSO", section_abundance),
-    Section("Results", "ood", "Out-of-distribution scores", section_ood),
-)

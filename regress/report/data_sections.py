@@ -16,11 +16,12 @@ from tqdm import tqdm
 from data.check import off_tissue_share
 from data.store import FeatureSpec, backbones, open_store, read_array
 from regress.report import plots
-from regress.report.inputs import Absent, Inputs, Section
+from regress.report.inputs import Absent, Inputs, section
 from regress.results import rank_models
 from regress.tables import Table, to_html
 
 
+@section("Data", "slides", "Slides and spots")
 def section_slides(ctx: Inputs) -> str:
     """A thumbnail of every slide with its spots and the outline of its tissue."""
     h5 = ctx.need_h5()
@@ -48,6 +49,7 @@ def section_slides(ctx: Inputs) -> str:
     return '<div class="grid">' + "".join(figs) + "</div>"
 
 
+@section("Data", "background", "Spots on background")
 def section_background(ctx: Inputs) -> str:
     """A table: the share of each slide's spots off the tissue (as data.check reports it)."""
     h5 = ctx.need_h5()
@@ -70,6 +72,7 @@ def _train_Y(ctx: Inputs) -> dict[str, np.ndarray]:
     return {s: ctx.table(s).Y for s in slides}
 
 
+@section("Data", "abundance", "Abundance per cell type and slide")
 def section_abundance(ctx: Inputs) -> str:
     """Box plots of each cell type's abundance per train slide."""
     fig = plots.fig_abundance(_train_Y(ctx), ctx.h5.cell_types)
@@ -78,6 +81,7 @@ def section_abundance(ctx: Inputs) -> str:
                       "whiskers: 1.5 IQR).")
 
 
+@section("Data", "maps", "Spatial maps")
 def section_maps(ctx: Inputs) -> str:
     """Spatial maps of the mapped cell types on every train slide."""
     Ys, types = _train_Y(ctx), list(ctx.h5.cell_types)
@@ -92,6 +96,7 @@ def section_maps(ctx: Inputs) -> str:
             "(colour scale per panel).</p>" + "".join(figs))
 
 
+@section("Data", "correlation", "Correlation between cell types")
 def section_correlation(ctx: Inputs) -> str:
     """A heatmap of the Spearman correlation between cell types over the train spots."""
     Y = np.concatenate(list(_train_Y(ctx).values()))
@@ -118,6 +123,7 @@ def _embedding_spec(ctx: Inputs, held: Sequence[str]) -> FeatureSpec:
     return FeatureSpec(held[0])
 
 
+@section("Data", "pca", "PCA of the embeddings")
 def section_pca(ctx: Inputs) -> str:
     """PC1 vs PC2 of one backbone's embeddings, coloured by slide."""
     h5 = ctx.need_h5()
@@ -137,13 +143,3 @@ def section_pca(ctx: Inputs) -> str:
     return ctx.figure(fig, "pca", "PCA of the embeddings",
                       "Slides that separate here differ in staining or scanning (batch "
                       "effects) as much as in tissue.")
-
-
-DATA_SECTIONS: tuple[Section, ...] = (
-    Section("Data", "slides", "Slides and spots", section_slides),
-    Section("Data", "background", "Spots on background", section_background),
-    Section("Data", "abundance", "Abundance per cell type and slide", section_abundance),
-    Section("Data", "maps", "Spatial maps", section_maps),
-    Section("Data", "correlation", "Correlation between cell types", section_correlation),
-    Section("Data", "pca", "PCA of the embeddings", section_pca),
-)

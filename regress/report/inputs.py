@@ -147,3 +147,18 @@ class Section(NamedTuple):
     key: str
     title: str
     build: Callable[[Inputs], str]
+
+
+#: every section, by anchor (filled by :func:`section`); the page orders them
+SECTION_REGISTRY: dict[str, Section] = {}
+
+
+def section(group: str, key: str, title: str
+            ) -> Callable[[Callable[[Inputs], str]], Callable[[Inputs], str]]:
+    """Register the decorated builder as the section ``key`` under ``group``."""
+    def register(build: Callable[[Inputs], str]) -> Callable[[Inputs], str]:
+        if key in SECTION_REGISTRY:
+            raise ValueError(f"report section {key!r} registered twice")
+        SECTION_REGISTRY[key] = Section(group, key, title, build)
+        return build
+    return register

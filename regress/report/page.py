@@ -15,7 +15,6 @@ headless Chromium, checks that every image loaded and writes ``OUT/report/screen
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,19 +24,23 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.atomic import atomic_dir
-from data.cli import config_dict, config_parser, parse_list, resolve_config, run_cli, setup_logging
+from data.cli import config_parser, entry_point, parse_list, resolve_config, run_stage
 from data.errors import DataError, Problem
-from regress.report.abundance_sections import ABUNDANCE_SECTIONS
+from regress.report import (  # noqa: F401  (imported: their sections register themselves)
+    abundance_sections,
+    data_sections,
+    result_sections,
+)
 from regress.report.browser import BrowserError, check_in_browser
 from regress.report.config import ReportConfig
-from regress.report.data_sections import DATA_SECTIONS
-from regress.report.inputs import Absent, Inputs, Section
-from regress.report.result_sections import RESULT_SECTIONS
+from regress.report.inputs import SECTION_REGISTRY, Absent, Inputs, Section
 
 log = logging.getLogger("hespot")
 
-SECTIONS: tuple[Section, ...] = DATA_SECTIONS + RESULT_SECTIONS[:2] + ABUNDANCE_SECTIONS \
-    + RESULT_SECTIONS[2:]
+#: the page's sections in order, by anchor (their builders register them: inputs.section)
+PAGE_ORDER = ("slides", "background", "abundance", "maps", "correlation", "pca", "loso",
+              "per-type", "abundance-loso", "ood", "oof", "test", "ablation")
+SECTIONS: tuple[Section, ...] = tuple(SECTION_REGISTRY[key] for key in PAGE_ORDER)
 
 CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1400px;color:#222}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-top:.5em}
@@ -147,13 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    cfg = resolve_config(ReportConfig, build_parser().parse_args(argv))
-    setup_logging(cfg.quiet)
-    log.info("config: %s", json.dumps(config_dict(cfg)))
+def check_settings(cfg: ReportConfig) -> None:
+    """Raises DataError: a thumbnail size under 16 px."""
     if cfg.thumb_px < 16:
         raise DataError(Problem("command line", "", "--thumb-px", "at least 16",
                                 str(cfg.thumb_px), "pass a larger --thumb-px"))
+
+
+def write_and_check(cfg: ReportConfig) -> Path:
+    """Build the page; with ``cfg.screenshot``, load it in Chromium and check every image
+    loaded. Returns the page's path.
+
+    Raises:
+        BrowserError: an image did not load.
+    """
     index = build_report(cfg)
     if cfg.screenshot:
         shot = index.parent / "screenshot.png"
@@ -162,9 +172,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if loaded != total:
             raise BrowserError(f"{total - loaded} of {total} images did not load in {index}")
     log.info("report written: %s", index)
-    return 0
+    return index
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the report page; 0 on success, 2 (one line on stderr) on a user error."""
-    return run_cli(_main, argv)
+    return run_stage(resolve_config(ReportConfig, build_parser().parse_args(argv)),
+                     write_and_check, check=check_settings, lock=None)
+

@@ -151,11 +151,8 @@ def percentile_scale(values: np.ndarray) -> tuple[float, float]:
 def fig_abundance(Y_by_slide: Mapping[str, np.ndarray], cell_types: Sequence[str]) -> Figure:
     """Box plot per cell type (rows) and slide (colours) of the abundances (no outliers)."""
     slides = list(Y_by_slide)
-    n_types, n_sl = len(cell_types), max(1, len(slides))
-    fig = new_figure(8.0, max(3.0, 1.0 + 0.055 * n_types * n_sl))
-    ax = fig.add_subplot()
-    colours = _colours(n_sl)
-    width = 0.8 / n_sl
+    n_types = len(cell_types)
+    fig, ax, colours, width = _grouped_rows(cell_types, len(slides), 0.055)
     for k, slide in enumerate(slides):
         pos = np.arange(n_types) - 0.4 + width * (k + 0.5)
         bp = ax.boxplot([Y_by_slide[slide][:, j] for j in range(n_types)], positions=pos,
@@ -166,8 +163,6 @@ def fig_abundance(Y_by_slide: Mapping[str, np.ndarray], cell_types: Sequence[str
         for part in ("whiskers", "caps", "medians"):
             for line in bp[part]:
                 line.set(color="#333", linewidth=0.4)
-    ax.set_yticks(np.arange(n_types), labels=list(cell_types), fontsize=7)
-    ax.set_ylim(n_types - 0.5, -0.5)
     ax.set_xlabel("abundance")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(handles=[Patch(color=colours[k], label=s) for k, s in enumerate(slides)],
@@ -211,22 +206,30 @@ def fig_per_type(scores: Mapping[str, Mapping[str, float]], cell_types: Sequence
     models = list(scores)
     first = scores[models[0]]
     order = sorted(cell_types, key=lambda t: -first.get(t, 0.0))
-    n, m = len(order), max(1, len(models))
-    fig = new_figure(8.0, max(3.0, 1.0 + 0.07 * n * m))
-    ax = fig.add_subplot()
-    colours = _colours(m)
-    height = 0.8 / m
+    fig, ax, colours, height = _grouped_rows(order, len(models), 0.07)
     for k, model in enumerate(models):
-        pos = np.arange(n) - 0.4 + height * (k + 0.5)
+        pos = np.arange(len(order)) - 0.4 + height * (k + 0.5)
         ax.barh(pos, [scores[model].get(t, 0.0) for t in order], height=height,
                 color=colours[k], label=model)
-    ax.set_yticks(np.arange(n), labels=order, fontsize=7)
-    ax.set_ylim(n - 0.5, -0.5)
     ax.axvline(0, color="#333", linewidth=0.6)
     ax.set_xlabel("Spearman across spots (mean over held-out slides)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return fig
+
+
+def _grouped_rows(labels: Sequence[str], n_groups: int, row_inch: float
+                  ) -> tuple[Figure, object, list, float]:
+    """A figure of one labelled row per ``labels`` (top to bottom), each to hold
+    ``n_groups`` marks side by side (``row_inch`` inches of height per mark). Returns the
+    figure, its axes, one colour per group and a mark's thickness; group ``k``'s marks
+    stand at ``arange(len(labels)) - 0.4 + thickness * (k + 0.5)``."""
+    n, m = len(labels), max(1, n_groups)
+    fig = new_figure(8.0, max(3.0, 1.0 + row_inch * n * m))
+    ax = fig.add_subplot()
+    ax.set_yticks(np.arange(n), labels=list(labels), fontsize=7)
+    ax.set_ylim(n - 0.5, -0.5)
+    return fig, ax, _colours(m), 0.8 / m
 
 
 def _colours(n: int) -> list:

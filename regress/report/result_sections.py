@@ -5,6 +5,7 @@ Tables come from :mod:`regress.tables` (as in report.md); model order from
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from html import escape
 
 import numpy as np
@@ -12,11 +13,12 @@ import numpy as np
 from data.errors import DataError, Problem
 from regress.metrics import pearson_per_type, spearman_per_type
 from regress.report import plots
-from regress.report.inputs import Absent, Inputs, Section
+from regress.report.inputs import Absent, Inputs, section
 from regress.results import rank_models, read_predictions
 from regress.tables import ablation_table, loso_table, to_html
 
 
+@section("Results", "loso", "LOSO table")
 def section_loso(ctx: Inputs) -> str:
     """The LOSO table: every model, best first."""
     report = ctx.need_report()
@@ -25,6 +27,7 @@ def section_loso(ctx: Inputs) -> str:
             "the baseline.</p>" + to_html(loso_table(report, rank_models(report))))
 
 
+@section("Results", "per-type", "Per-cell-type scores")
 def section_per_type(ctx: Inputs) -> str:
     """Per-type Spearman of every model (best first) as grouped bars."""
     report = ctx.need_report()
@@ -81,41 +84,45 @@ def _predicted(ctx: Inputs, model: str, which: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _mapped(ctx: Inputs, kind: str) -> Iterator[tuple[str, str, np.ndarray, np.ndarray | None]]:
+    """(model, slide, rank scores (n_spots, n_types), abundances or None) of every mapped
+    model's ``kind`` ("oof" or "test") predictions, slide by slide."""
+    ctx.need_h5()
+    abundance = abundance_predictions(ctx, kind)
+    for model in ctx.need_models():
+        for slide, P in _predicted(ctx, model, kind).items():
+            yield model, slide, P, abundance.get(slide)
+
+
+@section("Results", "oof", "True vs predicted, held-out slides")
 def section_oof(ctx: Inputs) -> str:
     """True vs out-of-fold predicted maps of every held-out slide of the mapped models."""
-    ctx.need_h5()
-    abundance = abundance_predictions(ctx, "oof")
-    figs = []
-    for model in ctx.need_models():
-        for slide, P in _predicted(ctx, model, "oof").items():
-            figs.append(_oof_figure(ctx, model, slide, P, abundance.get(slide)))
+    figs = [_oof_figure(ctx, model, slide, P, A) for model, slide, P, A in _mapped(ctx, "oof")]
     return ("<p>Top row: true abundance. Middle row (where an abundance model ran): the "
             "out-of-fold predicted abundance, on the true row's colour scale. Bottom row: "
             "the rank model's out-of-fold rank scores, for ranking (Spearman), not amounts, "
             "each on its own colour scale.</p>" + "".join(figs))
 
 
+@section("Results", "test", "Predicted maps, test slides")
 def section_test(ctx: Inputs) -> str:
     """Predicted maps of every test slide of the mapped models."""
-    ctx.need_h5()
-    abundance = abundance_predictions(ctx, "test")
     figs = []
-    for model in ctx.need_models():
-        for slide, P in _predicted(ctx, model, "test").items():
-            t = ctx.table(slide)
-            thumb, extent = ctx.thumb(slide)
-            A = abundance.get(slide)
-            panels = [(f"{c}\npredicted abundance", A[:, k]) for k, c in enumerate(ctx.types)
-                      ] if A is not None else []
-            panels += [(f"{c}\nrank score", P[:, k]) for k, c in enumerate(ctx.types)]
-            fig = plots.fig_maps(thumb, extent, t.x, t.y, panels, len(panels),
-                                 f"{model}, test slide {slide} (fit on all train slides)")
-            figs.append(ctx.figure(fig, f"test_{model}_{slide}", f"predictions on {slide}"))
+    for model, slide, P, A in _mapped(ctx, "test"):
+        t = ctx.table(slide)
+        thumb, extent = ctx.thumb(slide)
+        panels = [(f"{c}\npredicted abundance", A[:, k]) for k, c in enumerate(ctx.types)
+                  ] if A is not None else []
+        panels += [(f"{c}\nrank score", P[:, k]) for k, c in enumerate(ctx.types)]
+        fig = plots.fig_maps(thumb, extent, t.x, t.y, panels, len(panels),
+                             f"{model}, test slide {slide} (fit on all train slides)")
+        figs.append(ctx.figure(fig, f"test_{model}_{slide}", f"predictions on {slide}"))
     if not figs:
         raise Absent("the predictions hold no test slide")
     return "".join(figs)
 
 
+@section("Results", "ablation", "Ablation")
 def section_ablation(ctx: Inputs) -> str:
     """The ablation table of ``make tune``, built from report.json's ablation rows."""
     ablation = ctx.need_report().get("ablation")
@@ -123,12 +130,3 @@ def section_ablation(ctx: Inputs) -> str:
         raise Absent(f"{ctx.out / 'report.json'} has no ablation: run `make tune`")
     return (f"<p>Ridge, LOSO; chosen recipe: <b>{escape(str(ablation.get('chosen')))}</b>. "
             "Cells: per spot / per type.</p>" + to_html(ablation_table(ablation)))
-
-
-RESULT_SECTIONS: tuple[Section, ...] = (
-    Section("Results", "loso", "LOSO table", section_loso),
-    Section("Results", "per-type", "Per-cell-type scores", section_per_type),
-    Section("Results", "oof", "True vs predicted, held-out slides", section_oof),
-    Section("Results", "test", "Predicted maps, test slides", section_test),
-    Section("Results", "ablation", "Ablation", section_ablation),
-)

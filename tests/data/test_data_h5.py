@@ -9,6 +9,7 @@ import pytest
 from data.errors import DataError
 from data.h5 import CanonicalH5, SlideRecord, write_h5
 from data.spots import make_spot_table
+from tests.helpers import assert_slides
 
 TYPES = ("T cells", "B cells", "Tumour")
 
@@ -46,9 +47,7 @@ def tiny(tmp_path_factory):
 def test_slide_lists_and_cell_types(tiny):
     path, _ = tiny
     with CanonicalH5(path) as h5:
-        assert h5.train_slides == ["A1", "B2"]
-        assert h5.test_slides == ["Z9"]
-        assert h5.cell_types == TYPES
+        assert_slides(h5, ["A1", "B2"], ["Z9"], TYPES)
         assert h5.split_of("Z9") == "Test"
         with pytest.raises(DataError, match="no such slide"):
             h5.split_of("nope")
@@ -186,9 +185,7 @@ def challenge_like(tmp_path_factory):
 def test_reads_challenge_layout(challenge_like):
     path, types = challenge_like
     with CanonicalH5(path) as h5:
-        assert h5.train_slides == ["S_1", "S_2"]
-        assert h5.test_slides == ["S_7"]
-        assert h5.cell_types == tuple(types)
+        assert_slides(h5, ["S_1", "S_2"], ["S_7"], types)
         train = h5.spots("S_1")
         assert train.cell_types == tuple(types)
         assert train.Y.shape == (10, 35)

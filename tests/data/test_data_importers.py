@@ -22,6 +22,7 @@ from data.h5 import CanonicalH5
 from data.importers import her2st as import_her2st
 from data.importers import table as import_table
 from data.importers import visium as import_visium
+from tests.helpers import assert_slides
 
 H, W = 60, 80
 TYPES = ["B cells", "NK cells ", "Tumour"]  # trailing space, as in the her2st files
@@ -189,9 +190,7 @@ def make_visium(root, name, seed, header=True, abundances=True, types=("T", "B",
 
 def _check_visium(out, slides):
     with CanonicalH5(out) as h5:
-        assert h5.train_slides == ["V1", "V2"]
-        assert h5.test_slides == ["V3"]
-        assert h5.cell_types == ("T", "B", "Epi")
+        assert_slides(h5, ["V1", "V2"], ["V3"], ("T", "B", "Epi"))
         for name, v in slides.items():
             t = h5.spots(name)
             assert len(t) == 7
@@ -273,9 +272,7 @@ def test_import_table(tmp_path):
     out = tmp_path / "table.h5"
     assert _table(manifest, out) == 0
     with CanonicalH5(out) as h5:
-        assert h5.train_slides == ["T1", "T2"]
-        assert h5.test_slides == ["X1"]
-        assert h5.cell_types == ("a", "b", "c")
+        assert_slides(h5, ["T1", "T2"], ["X1"], ("a", "b", "c"))
         for slide, df in tables.items():
             t = h5.spots(slide)
             np.testing.assert_array_equal(t.x, df.x)

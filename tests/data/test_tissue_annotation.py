@@ -12,27 +12,13 @@ from scipy.spatial import cKDTree
 from data.check import check_file, off_tissue_share, slide_tissue
 from data.errors import DataError
 from data.h5 import CanonicalH5
-from data.wsi.base import Level, SlideImage
 from data.wsi.tissue import detect_tissue
+from tests.helpers import ArrayImage
 
 #: the most of a bundled section's annotated spots that may fall off the detected tissue
 MAX_BACKGROUND = 0.03
 H, W, CY, CX, R = 900, 1200, 450.0, 520.0, 330.0  # a disc of tissue on glass (pixels)
 PITCH = 40.0  # spot grid pitch (pixels)
-
-
-class ArrayImage(SlideImage):
-    """A one-level slide held in memory."""
-
-    reader = "array"
-
-    def __init__(self, pixels: np.ndarray, mpp: float | None = 2.0, name: str = "S1"):
-        self.pixels, self.path, self.slide = pixels, f"{name}.tif", name
-        self.levels = (Level(pixels.shape[0], pixels.shape[1], 1.0),)
-        self.pixel_size_um = mpp
-
-    def read_level(self, level, y0, y1, x0, x1):
-        return self.pixels[y0:y1, x0:x1]
 
 
 def _slide(seed: int = 0) -> np.ndarray:
@@ -85,7 +71,7 @@ def test_spots_offset_into_the_glass_are_reported(tmp_path):
 def test_offset_by_less_than_the_closing_is_still_reported():
     """A shift of 10 px (20 µm, under the 50 µm closing): the outline is convex, so the
     closing adds nothing and the spots past the edge stay off the tissue."""
-    tissue = detect_tissue(ArrayImage(_slide(seed=1)))
+    tissue = detect_tissue(ArrayImage(_slide(seed=1), mpp=2.0))
     g = np.linspace(0, 2 * np.pi, 90, endpoint=False)
     x, y = CX + (R + 10) * np.cos(g), CY + (R + 10) * np.sin(g)  # 10 px past the edge
     assert off_tissue_share(tissue, x, y) == 1.0
@@ -98,7 +84,7 @@ def test_blank_slide_is_refused_and_all_background(tmp_path):
     blank = np.clip(rng.normal(240, 3, (H, W, 3)), 0, 255).astype(np.uint8)
     blank[:, : W // 3] = (236, 226, 232)  # stain diffused onto the glass: tinted, smooth
     with pytest.raises(DataError, match="threshold"):
-        detect_tissue(ArrayImage(blank))
+        detect_tissue(ArrayImage(blank, mpp=2.0))
     x, y = _grid()
     _write(tmp_path / "blank.h5", blank, x, y)
     assert check_file(str(tmp_path / "blank.h5")).background["S1"] == 1.0

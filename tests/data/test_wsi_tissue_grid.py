@@ -9,26 +9,12 @@ import pytest
 from scipy.spatial import cKDTree
 
 from data.errors import ConfigError, DataError
-from data.wsi.base import Level, SlideImage
 from data.wsi.grid import GridSpec, lay_grid
 from data.wsi.tissue import MAX_OD, MIN_OD, TEXTURE, TissueMask, detect_tissue, optical_density
+from tests.helpers import ArrayImage
 
 PINK = (215, 130, 195)  # eosin
 PURPLE = (120, 70, 165)  # haematoxylin
-
-
-class ArrayImage(SlideImage):
-    """A one-level slide held in memory."""
-
-    reader = "array"
-
-    def __init__(self, pixels: np.ndarray, mpp: float | None = 1.0, name: str = "S1"):
-        self.pixels, self.path, self.slide = pixels, f"{name}.tif", name
-        self.levels = (Level(pixels.shape[0], pixels.shape[1], 1.0),)
-        self.pixel_size_um = mpp
-
-    def read_level(self, level, y0, y1, x0, x1):
-        return self.pixels[y0:y1, x0:x1]
 
 
 def glass(h: int, w: int, seed: int = 0, sd: float = 3.0) -> np.ndarray:

@@ -120,27 +120,29 @@ def _save(state, path):
     return path
 
 
-def test_dropped_key_fails_build_model(lite0_state, tmp_path):
-    state = dict(lite0_state)
+def _drop_key(state: dict) -> None:
     del state["_blocks.3._bn1.weight"]
-    path = _save(state, tmp_path / "dropped.pth")
-    with pytest.raises(WeightsError) as err:
-        build_model(get_backbone("efficientnet_lite0"), weights=path)
-    msg = str(err.value)
-    assert "'efficientnet_lite0'" in msg and "file:" in msg and "missing" in msg
 
 
-def test_swapped_tensors_fail_build_model(lite0_state, tmp_path):
-    """Right keys, wrong tensors (shapes differ): never loaded silently."""
-    state = dict(lite0_state)
+def _swap_tensors(state: dict) -> None:
     a, b = "_conv_stem.weight", "_conv_head.weight"
     assert state[a].shape != state[b].shape
     state[a], state[b] = state[b], state[a]
-    path = _save(state, tmp_path / "swapped.pth")
+
+
+@pytest.mark.parametrize("damage, expected", [(_drop_key, "missing"),
+                                              (_swap_tensors, "size mismatch")],
+                         ids=["dropped-key", "swapped-tensors"])
+def test_damaged_state_fails_build_model(lite0_state, tmp_path, damage, expected):
+    """A key dropped, or the right keys with swapped tensors (shapes differ): never
+    loaded silently; the error names the backbone, the file and what is wrong."""
+    state = dict(lite0_state)
+    damage(state)
+    path = _save(state, tmp_path / "damaged.pth")
     with pytest.raises(WeightsError) as err:
         build_model(get_backbone("efficientnet_lite0"), weights=path)
     msg = str(err.value)
-    assert "'efficientnet_lite0'" in msg and "file:" in msg and "size mismatch" in msg
+    assert "'efficientnet_lite0'" in msg and "file:" in msg and expected in msg
 
 
 def test_unmappable_key_fails(lite0_state, tmp_path):

@@ -138,11 +138,17 @@ def test_shape_mismatch_falls_back_to_eager(tiny, monkeypatch, caplog):
         return (lambda z: tuple(o[:, 1:] for o in graph(z))), out
 
     monkeypatch.setattr(TracedRunner, "_trace", narrow)
+    _assert_falls_back(tiny, caplog, "shapes")
+
+
+def _assert_falls_back(tiny, caplog, reason: str) -> None:
+    """The jit runner, on varied patches, warns once (naming ``reason`` and the fallback)
+    and returns the eager model's outputs."""
     x = preprocess(_patches("varied"), tiny[0])
     with caplog.at_level(logging.WARNING, logger="hespot"):
         out = make_runner("jit", _module(tiny), BF16_CL)(x)
     (message,) = _hespot_warnings(caplog)
-    assert "shapes" in message and FALLBACK in message
+    assert reason in message and FALLBACK in message
     for got, want in zip(out, _eager(tiny, x), strict=True):
         assert torch.equal(got, want)
 
@@ -160,10 +166,4 @@ def test_unsettled_graph_falls_back_to_eager(tiny, monkeypatch, caplog):
             return tuple(o + self.calls for o in self.graph(z))
 
     monkeypatch.setattr(runners.torch.jit, "freeze", lambda m: Drifting(freeze(m)))
-    x = preprocess(_patches("varied"), tiny[0])
-    with caplog.at_level(logging.WARNING, logger="hespot"):
-        out = make_runner("jit", _module(tiny), BF16_CL)(x)
-    (message,) = _hespot_warnings(caplog)
-    assert "still changed" in message and FALLBACK in message
-    for got, want in zip(out, _eager(tiny, x), strict=True):
-        assert torch.equal(got, want)
+    _assert_falls_back(tiny, caplog, "still changed")
