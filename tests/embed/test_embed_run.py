@@ -174,17 +174,17 @@ def test_default_slides_are_all(synthetic_h5, tmp_path):
 
 # ---- refused changes and --overwrite -------------------------------------------------------
 @pytest.mark.parametrize("flags, setting", [
-    (["--tta", "4"], "tta_views"),
-    (["--patch-px", "48"], "crops_px"),
-    (["--batch-spots", "8"], "batch_spots"),
-    (["--chunk-spots", "8"], "chunk_spots"),
-    (["--runner", "eager"], "runner"),
-    (["--pad-mode", "edge"], "pad_mode"),
+    ("--tta 4", "tta_views"),
+    ("--patch-px 48", "crops_px"),
+    ("--batch-spots 8", "batch_spots"),
+    ("--chunk-spots 8", "chunk_spots"),
+    ("--runner eager", "runner"),
+    ("--pad-mode edge", "pad_mode"),
 ])
 def test_changed_setting_is_refused(synthetic_h5, store_copy, capsys, flags, setting):
     before = _snapshot(store_copy)
     capsys.readouterr()
-    assert main(_argv(synthetic_h5, store_copy, *flags)) == 2
+    assert main(_argv(synthetic_h5, store_copy, *flags.split())) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err
     assert setting in err

@@ -157,16 +157,16 @@ def test_presets_fill_unset_fields_and_flags_win(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--preset", "best"], "unknown preset"),
-    (["--backbone", "vgg"], "unknown backbone"),
-    (["--fallback-backbone", "vgg"], "unknown backbone"),
-    (["--augment", "flips,warp"], "unknown augmentation"),
-    (["--cutmix-p", "2"], "cutmix p"),
-    (["--folds", "S_9"], "folds must be train slides"),
+    ("--preset best", "unknown preset"),
+    ("--backbone vgg", "unknown backbone"),
+    ("--fallback-backbone vgg", "unknown backbone"),
+    ("--augment flips,warp", "unknown augmentation"),
+    ("--cutmix-p 2", "cutmix p"),
+    ("--folds S_9", "folds must be train slides"),
 ])
 def test_bad_settings_are_one_message(argv, message, synthetic_h5, tmp_path, capsys):
     code = finetune.main(["--h5", str(synthetic_h5), "--out", str(tmp_path), "--backbone",
-                          "tiny_random", "--epochs", "1", "--quiet", *argv])
+                          "tiny_random", "--epochs", "1", "--quiet", *argv.split()])
     assert code == 2
     assert message in capsys.readouterr().err
 

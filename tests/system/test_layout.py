@@ -166,27 +166,29 @@ def test_unknown_command(capsys):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["embed", "--backbones", "nope"], ["nope", "known backbones"]),
-    (["embed", "--tta", "3"], ["tta"]),
-    (["regress", "--recipe", "nope"], ["nope", "known"]),
-    (["regress", "--models", "ridge,svm"], ["svm", "known"]),
-    (["regress", "--targets", "nope"], ["nope", "spot_rank"]),
-    (["tune", "--recipes", "nope"], ["nope", "known"]),
-    (["tune", "--targets", "nope"], ["nope", "spot_rank"]),
-    (["embed", "--backbones", "tiny_random+0"], ["crop sizes", "at least 1"]),
-    (["embed", "--patch-um", "-5"], ["--patch-um", "positive"]),
-    (["embed", "--weights", "no-such-weights.safetensors"], ["no-such-weights", "no such file"]),
-    (["regress", "--ridge-alpha-max", "0.01"], ["--ridge-alpha-max", "at least"]),
-    (["regress", "--context-k", "-1"], ["--context-k", "at least 0"]),
-    (["regress", "--smooth-w", "2"], ["--smooth-w", "[0, 1]"]),
-    (["finetune", "--preset", "nope"], ["nope", "known"]),
-    (["finetune", "--lr", "-1"], ["lr > 0"]),
-    (["finetune", "--workers", "-1"], ["workers >= 0"]),
-    (["bench-finetune", "--device", "bogus"], ["--device", "bogus"]),
-    (["bench-embed", "--backbone", "nope"], ["nope", "known backbones"]),
+    ("embed --backbones nope", "nope|known backbones"),
+    ("embed --tta 3", "tta"),
+    ("regress --recipe nope", "nope|known"),
+    ("regress --models ridge,svm", "svm|known"),
+    ("regress --targets nope", "nope|spot_rank"),
+    ("tune --recipes nope", "nope|known"),
+    ("tune --targets nope", "nope|spot_rank"),
+    ("embed --backbones tiny_random+0", "crop sizes|at least 1"),
+    ("embed --patch-um -5", "--patch-um|positive"),
+    ("embed --weights no-such-weights.safetensors", "no-such-weights|no such file"),
+    ("regress --ridge-alpha-max 0.01", "--ridge-alpha-max|at least"),
+    ("regress --context-k -1", "--context-k|at least 0"),
+    ("regress --smooth-w 2", "--smooth-w|[0, 1]"),
+    ("finetune --preset nope", "nope|known"),
+    ("finetune --lr -1", "lr > 0"),
+    ("finetune --workers -1", "workers >= 0"),
+    ("bench-finetune --device bogus", "--device|bogus"),
+    ("bench-embed --backbone nope", "nope|known backbones"),
 ])
 def test_bad_settings_exit_2_with_one_line_before_any_work(argv, words, tmp_path, capsys):
-    """Names are checked first: the HDF5 file named here does not even exist."""
+    """Names are checked first: the HDF5 file named here does not even exist. (``argv``:
+    the command line; ``words``: what the message names, separated by ``|``.)"""
+    argv, words = argv.split(), words.split("|")
     paths = {"embed": ["--h5", str(tmp_path / "no.h5"), "--store", str(tmp_path / "s.zarr")],
              "regress": ["--h5", str(tmp_path / "no.h5"), "--out", str(tmp_path / "out")],
              "tune": ["--h5", str(tmp_path / "no.h5"), "--out", str(tmp_path / "out")],
