@@ -110,20 +110,26 @@ class PatchCropper:
         r, c = min(top, y0), min(left, x0)  # the padded window's origin in image coordinates
         return window[top - r:bottom - r, left - c:right - c]
 
-    def crop(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def crop(self, x: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Patches centred on (x, y).
 
         Args:
             x: (n,) level-0 pixel columns; y: (n,) level-0 pixel rows.
+            out: uint8 (n, size, size, 3) to write them into (shared memory, say); None:
+                a new array.
 
         Returns:
             uint8 (n, size, size, 3), in the order of the inputs (``size`` of the level
-            read).
+            read): ``out`` where given.
         """
         x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
         if self.level:
             x, y = x / self.downsample, y / self.downsample
-        out = np.empty((len(x), self.size, self.size, 3), np.uint8)
+        shape = (len(x), self.size, self.size, 3)
+        if out is None:
+            out = np.empty(shape, np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8:
+            raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
         if len(x) == 0:
             return out
         half = self.size // 2

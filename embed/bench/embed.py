@@ -11,11 +11,14 @@ Measured in one run, same backbone, views and dtype, each in a fresh process:
 (c) a naive loop as a notebook would write it: per spot, crop with PIL, build the 8 views,
     fp32, no background reading;
 (e) the feeding capacity: spots/s that 1 and 2 reader processes hand to the device as
-    uint8 with a model that costs nothing, beside the spots/s the model takes (a / views).
+    uint8 with a model that costs nothing, beside the spots/s the model takes (a / views),
+    on the whole slide and, with ``--feed-h5``, on a slide read in place (``make
+    c2-tiff``: the same grid over C2 written as a pyramidal JPEG TIFF, as a scanner's
+    slide is read: JPEG tiles decoded by the readers).
 The last line is the machine-readable summary: (b)'s figures as before, then the whole
 slide's (else the sample's) ``startup_s`` and ``steady_vs_limit``, ``model_spots_per_s``,
-``feed1_spots_per_s``, ``feed2_spots_per_s`` and, with ``--grid-h5``, the whole
-command's ``slide_views_per_s`` and ``slide_vs_limit``.
+``feed1_spots_per_s``, ``feed2_spots_per_s`` (on ``--feed-h5`` where given) and, with
+``--grid-h5``, the whole command's ``slide_views_per_s`` and ``slide_vs_limit``.
 """
 
 from __future__ import annotations
@@ -131,12 +134,14 @@ def summary(args: argparse.Namespace, sample: Workload, whole: Workload, limit: 
     """The feeding capacity (e), then the last line: the sample's figures as before, then
     the whole slide's (the sample's without ``--grid-h5``) start-up, steady rate against
     the limit, and the model's spots/s beside the readers'."""
-    feed = feed_rates(args, whole.h5, whole.patch_px, choice, batch_spots)
     model = limit / args.tta
-    out.write(f"(e) feed: 1 reader process {feed[1]:.0f} spots/s, 2: {feed[2]:.0f} "
-              f"({feed[2] / feed[1]:.2f}x), handed to {choice.device} as uint8 with a model "
-              f"that costs nothing; the model takes {model:.1f} spots/s "
-              f"({min(feed.values()) / model:.1f}x less)\n")
+    slide = args.grid_h5 or whole.h5  # the whole slide's file, not its first spots' copy
+    for path in (slide, args.feed_h5) if args.feed_h5 else (slide,):
+        feed = feed_rates(args, path, whole.patch_px, choice, batch_spots)
+        out.write(f"(e) feed on {path}: 1 reader process {feed[1]:.0f} spots/s, 2: "
+                  f"{feed[2]:.0f} ({feed[2] / feed[1]:.2f}x), handed to {choice.device} as "
+                  f"uint8 with a model that costs nothing; the model takes {model:.1f} "
+                  f"spots/s ({min(feed.values()) / model:.1f}x less)\n")
     line = (f"bench-embed views_per_s={sample.views_per_s:.1f} limit_views_per_s={limit:.1f} "
             f"naive_views_per_s={naive:.1f} vs_limit={sample.views_per_s / limit:.2f} "
             f"vs_naive={sample.views_per_s / naive:.2f} peak_rss_mb={sample.rss_mb:.0f} "
@@ -162,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-h5", default=None,
                    help="a whole slide's canonical file (make c2-grid: the tissue grid of "
                    "the bundled C2): stage 1 run on it whole, start-up and steady rate")
+    p.add_argument("--feed-h5", default=None,
+                   help="a slide read in place (make c2-tiff): the summary's feeding "
+                   "capacity is measured on it (default: on the whole slide)")
     add_count(p, "--grid-spots", "its first N spots only", "all", CPU_SLIDE_SPOTS)
     add_count(p, "--feed-spots", "spots the readers' feeding capacity is measured over",
               "all of the workload", CPU_FEED_SPOTS)

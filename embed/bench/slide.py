@@ -23,7 +23,7 @@ from embed.startup import peak_rss_mb
 #: the grid's 17,117 spots at 8 views are 9 min of a 2-core CPU's model)
 CPU_SLIDE_SPOTS = 512
 #: spots the feeding capacity is measured over on a CPU (a GPU: all)
-CPU_FEED_SPOTS = 4096
+CPU_FEED_SPOTS = 16384
 
 
 @dataclass(frozen=True)

@@ -145,3 +145,28 @@ def test_reader_processes_on_the_sample_c2(her2st_h5, tmp_path):
         x, y = (zarr.open_group(str(s), mode="r")[f"efficientnet_lite0/C2/{name}"][:]
                 for s in stores)
         assert x.shape[0] == 187 and np.array_equal(x, y), name
+
+
+def test_a_reader_error_is_raised_in_the_run_as_it_was(synthetic_h5, tmp_path, monkeypatch):
+    """A bad read in a reader process (a damaged tile, say) stops the run with that
+    process's own DataError, naming file, slide and field; what an earlier run finished
+    is kept."""
+    from data.errors import DataError, Problem
+    from data.patches import PatchCropper
+
+    crop = PatchCropper.crop
+
+    def damaged(self, x, y, out=None):
+        if self.slide == "S_2":
+            raise DataError(Problem(str(synthetic_h5), "S_2", "image", "a readable tile",
+                                    "a damaged tile", "import the slide again"))
+        return crop(self, x, y, out)
+
+    store = tmp_path / "damaged.zarr"
+    run(_cfg(synthetic_h5, store, slides=("S_1",), readers=2))
+    before = _arrays(store, slides=("S_1",))
+    monkeypatch.setattr(PatchCropper, "crop", damaged)
+    with pytest.raises(DataError, match="S_2.*a damaged tile"):
+        run(_cfg(synthetic_h5, store, readers=2))
+    after = _arrays(store, slides=("S_1",))
+    assert all(np.array_equal(after[k], before[k]) for k in before)
