@@ -3,11 +3,11 @@ embed.bench.finetune``, ``make bench-finetune``; not a test).
 
 In one run, on real patches of the canonical file: the training step (forward, L1 loss,
 backward, AdamW step; channels_last) of the fine-tuning model in fp32 and under bf16
-autocast, same batch, same backbone, and the albumentations training pipeline's own rate
-on one core (what DataLoader workers must keep up with). The last line is the
-machine-readable summary, with the bf16/fp32 ratio, and the whole training loop's rate
-(one epoch of :func:`embed.finetune.loop.train_epoch`: workers, CutMix, copies, steps)
-beside the fp32 step's.
+autocast, same batch, same backbone, and the rate of the augmentation's worker half on one
+core (what each DataLoader worker delivers; the whole albumentations pipeline's beside it).
+The last line is the machine-readable summary, with the bf16/fp32 ratio, and the whole
+training loop's rate (one epoch of :func:`embed.finetune.epoch.train_epoch`: persistent
+workers, the device's flips, colour and CutMix, copies, steps) beside the fp32 step's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -26,10 +26,11 @@ from data.h5 import CanonicalH5
 from data.patches import crop_patches
 from embed.bench.common import add_count, bench_main, bench_parser, bench_setup
 from embed.device import DeviceChoice, cpu_has_bf16
-from embed.finetune.augment import WINNING_AUGMENT, build_train_transform
-from embed.finetune.config import FinetuneConfig
+from embed.finetune.augment import WINNING_AUGMENT, build_train_transform, build_worker_transform
+from embed.finetune.batch_augment import DEVICE_PARTS, BatchAugment
+from embed.finetune.config import FinetuneConfig, TrainSettings
 from embed.finetune.data import SlidePatches, SpotDataset
-from embed.finetune.loop import Optimisation, TrainSettings, train_epoch, train_step
+from embed.finetune.epoch import Optimisation, TrainBatches, train_epoch, train_step
 from embed.finetune.model import SpotRegressor
 from embed.weights import build_model
 
@@ -67,14 +68,14 @@ def train_images_per_s(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return steps * len(x) / (time.perf_counter() - t0)
 
 
-def augment_images_per_s(patches: np.ndarray, mean: Sequence[float], std: Sequence[float],
+def augment_images_per_s(patches: np.ndarray, transform: Callable,
                          seconds: float = 3.0) -> float:
-    """The winning training pipeline's rate (images/s) in this process (one core).
+    """An albumentations pipeline's rate (images/s) in this process (one core).
 
     Args:
         patches: uint8 (n, S, S, 3), cycled through for ``seconds``.
     """
-    t = build_train_transform(WINNING_AUGMENT, mean, std, patches.shape[1], seed=0)
+    t = transform
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         t(image=patches[n % len(patches)])
@@ -85,10 +86,11 @@ def augment_images_per_s(patches: np.ndarray, mean: Sequence[float], std: Sequen
 def loop_images_per_s(model: torch.nn.Module, patches: np.ndarray, Y: np.ndarray,
                       backbone, choice: DeviceChoice, batch_size: int, workers: int
                       ) -> float:
-    """One epoch of the real training loop (:func:`embed.finetune.loop.train_epoch`: the
-    DataLoader and its ``workers`` augmenting with the winning pipeline, CutMix, the copy
-    to the device, the step, the schedule) over ``patches`` (uint8 (n, S, S, 3)) and
-    targets ``Y`` (float32 (n, n_types)), in images/s, the workers' start included.
+    """One epoch of the real training loop (:func:`embed.finetune.epoch.train_epoch`: the
+    DataLoader and its ``workers`` running the winning pipeline's worker half, the copy
+    to the device, flips, colour and CutMix there, the step, the schedule) over
+    ``patches`` (uint8 (n, S, S, 3)) and targets ``Y`` (float32 (n, n_types)), in
+    images/s, the workers' start included.
 
     Args:
         model: copied, then trained on the copy."""
@@ -98,11 +100,13 @@ def loop_images_per_s(model: torch.nn.Module, patches: np.ndarray, Y: np.ndarray
     st = TrainSettings(epochs=1, batch_size=batch_size, lr=1e-4, weight_decay=1e-2,
                        cutmix_p=0.5, loss="l1", val_tta=1, workers=workers, seed=0,
                        quiet=True)
-    train = SpotDataset(patches, Y, build_train_transform(
-        WINNING_AUGMENT, backbone.mean, backbone.std, patches.shape[1], seed=0))
+    train = SpotDataset(patches, Y, build_worker_transform(WINNING_AUGMENT, patches.shape[1],
+                                                           seed=0))
+    augment = BatchAugment(DEVICE_PARTS, backbone.mean, backbone.std)
     optim = Optimisation.build(model, st, len(train), choice)
     t0 = time.perf_counter()
-    _, images = train_epoch(model, train, optim, choice, st, "bench", 0)
+    batches = TrainBatches.build(train, augment, st, choice)
+    _, images = train_epoch(model, batches, optim, choice, st, "bench", 0)
     if choice.device.type == "cuda":
         torch.cuda.synchronize()
     return images / (time.perf_counter() - t0)
@@ -132,8 +136,12 @@ def measure(args: argparse.Namespace, out: TextIO) -> str:
         choice = DeviceChoice(base.device, dtype, base.channels_last)
         rates[name] = train_images_per_s(model, x, y, choice, args.steps, args.warmup)
         out.write(f"{name}: {rates[name]:.2f} training images/s\n")
-    aug_rate = augment_images_per_s(patches, backbone.mean, backbone.std)
-    out.write(f"augmentation (winning pipeline, one process): {aug_rate:.1f} images/s\n")
+    whole = augment_images_per_s(patches, build_train_transform(
+        WINNING_AUGMENT, backbone.mean, backbone.std, args.patch_px, seed=0))
+    aug_rate = augment_images_per_s(patches, build_worker_transform(
+        WINNING_AUGMENT, args.patch_px, seed=0))
+    out.write(f"augmentation, one process: the workers' half {aug_rate:.1f} images/s (the "
+              f"whole albumentations pipeline {whole:.1f})\n")
     loop, n_loop, workers = whole_loop(args, model, backbone, base)
     out.write(f"whole loop (one epoch of {n_loop} images, {workers} workers, fp32): "
               f"{loop:.2f} images/s ({loop / rates['fp32']:.2f} of the fp32 step)\n")

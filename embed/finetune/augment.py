@@ -16,6 +16,12 @@ is every part, in this order:
 
 then Normalize (the backbone's mean/std) and ToTensorV2. The validation pipeline is
 Normalize + ToTensorV2 (plus a Resize in both when the model input differs from the patch).
+
+Training splits this pipeline in two: the loader's workers run the parts with no device
+equivalent (:func:`build_worker_transform`: affine, blur, distort, CLAHE) and ship uint8;
+flips, colour, normalisation and CutMix run on the device on whole batches
+(:mod:`embed.finetune.batch_augment`). :func:`build_train_transform` stays the whole
+pipeline on one image, the reference the split is tested against.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from data.errors import ConfigError
+from embed.finetune.batch_augment import WORKER_PARTS
 
 # GaussNoise in albumentations 2.x takes the noise std as a fraction of the value range:
 # a variance of 5..30 on the 0-255 scale is a std of sqrt(5)/255 .. sqrt(30)/255.
@@ -119,6 +126,18 @@ def build_train_transform(parts: Sequence[str], mean: Sequence[float], std: Sequ
     return A.Compose(resize + body + tail, seed=seed)
 
 
+def build_worker_transform(parts: Sequence[str], patch_px: int, input_px: int | None = None,
+                           seed: int | None = None) -> A.Compose:
+    """The training pipeline's worker half: uint8 (S, S, 3) -> uint8 (input, input, 3),
+    the chosen parts that have no device equivalent (``batch_augment.WORKER_PARTS``), in
+    the order of ``AUGMENT_PARTS``, after a Resize when ``input_px`` differs."""
+    chosen = check_augment(parts)
+    resize, _ = _tail((0, 0, 0), (1, 1, 1), patch_px, input_px)
+    body = [t for name in AUGMENT_PARTS if name in chosen and name in WORKER_PARTS
+            for t in AUGMENT_PARTS[name]()]
+    return A.Compose(resize + body, seed=seed)
+
+
 def build_valid_transform(mean: Sequence[float], std: Sequence[float], patch_px: int,
                           input_px: int | None = None) -> A.Compose:
     """Normalize + ToTensorV2 (after a Resize when ``input_px`` differs from the patch)."""
@@ -174,4 +193,4 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, p: float, generator: torch.Generato
         return x, y
     perm = torch.randperm(len(x), generator=generator)
     box = cutmix_box(x.shape[-1], generator)
-    return paste_box(x, y, perm, box)
+    return paste_box(x, y, perm.to(x.device), box)

@@ -38,9 +38,11 @@ class FinetuneConfig:
     fallback_backbone: str | None = None  # used (and logged) when backbone has no weights
     weights: str | None = None            # a local weights file for the backbone
     model_id: str | None = None           # default finetune-[<preset>-]<backbone>
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 3e-4
+    epochs: int = 10                      # at the most (see patience)
+    patience: int = 3                     # stop after this many epochs without a better
+                                          # inner score (the inner slide's per-spot Spearman)
+    batch_size: int | None = None         # None: 32 on a CPU, 128 on a GPU
+    lr: float | None = None               # None: 3e-4 x batch size / 32 (scaled together)
     weight_decay: float = 1e-2
     patch_px: int = 224
     input_px: int | None = None           # resize patches to this model input (None: as cut)
@@ -103,11 +105,11 @@ def check_config(cfg: FinetuneConfig) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
-    if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patch_px < 8:
-        raise ConfigError("need epochs >= 1, batch size >= 2 and patch px >= 8")
+    if cfg.epochs < 1 or cfg.patience < 1 or (cfg.batch_size or 2) < 2 or cfg.patch_px < 8:
+        raise ConfigError("need epochs >= 1, patience >= 1, batch size >= 2 and patch px >= 8")
     if not 0.0 <= cfg.cutmix_p <= 1.0:
         raise ConfigError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
-    if not cfg.lr > 0 or not cfg.weight_decay >= 0:
+    if not (cfg.lr is None or cfg.lr > 0) or not cfg.weight_decay >= 0:
         raise ConfigError(f"need lr > 0 and weight decay >= 0, got lr {cfg.lr}, weight decay "
                           f"{cfg.weight_decay}")
     if not cfg.rank_tau > 0 or not cfg.rank_type_weight >= 0:
@@ -124,6 +126,18 @@ def check_config(cfg: FinetuneConfig) -> None:
     check_name("device", cfg.device, DEVICES)
 
 
+#: batch size and learning rate where neither is given: on a CPU, and on a GPU (larger
+#: batches, the learning rate scaled with them: the linear scaling rule)
+BASE_BATCH, BASE_LR, GPU_BATCH = 32, 3e-4, 128
+
+
+def with_batch_defaults(cfg: FinetuneConfig, device_type: str) -> FinetuneConfig:
+    """``cfg`` with its batch size (None: :data:`BASE_BATCH` on a CPU, :data:`GPU_BATCH`
+    on CUDA) and learning rate (None: :data:`BASE_LR` x batch size / BASE_BATCH) set."""
+    batch = cfg.batch_size or (GPU_BATCH if device_type == "cuda" else BASE_BATCH)
+    return replace(cfg, batch_size=batch, lr=cfg.lr or BASE_LR * batch / BASE_BATCH)
+
+
 def apply_preset(cfg: FinetuneConfig, explicit: set[str]) -> FinetuneConfig:
     """``cfg`` with its preset's values for every field not in ``explicit``.
 
@@ -133,3 +147,32 @@ def apply_preset(cfg: FinetuneConfig, explicit: set[str]) -> FinetuneConfig:
     _check_preset(cfg.preset)
     values = {k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit}
     return replace(cfg, **values)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one fold's training needs beyond the data (a view of the run's config)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    cutmix_p: float
+    loss: str
+    val_tta: int
+    workers: int
+    seed: int
+    eval_batch_size: int = 64
+    keep_checkpoints: bool = False
+    quiet: bool = False
+    rank_tau: float = DEFAULT_RANK_TAU
+    rank_type_weight: float = DEFAULT_RANK_TYPE_WEIGHT
+    patience: int = 3
+
+    @classmethod
+    def from_config(cls, cfg: FinetuneConfig) -> TrainSettings:
+        """The training part of a run's config (batch size and learning rate resolved)."""
+        return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.cutmix_p,
+                   cfg.loss, cfg.val_tta, cfg.workers, cfg.seed, cfg.eval_batch_size,
+                   cfg.keep_checkpoints, cfg.quiet, cfg.rank_tau, cfg.rank_type_weight,
+                   cfg.patience)

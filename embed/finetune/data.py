@@ -2,9 +2,10 @@
 
 :class:`SlidePatches` crops every spot of the requested slides once (``data.patches``,
 window by window) into uint8 arrays, so no image is re-read in any epoch or fold.
-:class:`SpotDataset` serves (transformed patch, target) pairs to a DataLoader; every
-epoch's randomness (shuffling, albumentations in each worker) is derived from one seed,
-so an epoch replays identically after a resume.
+:class:`SpotDataset` serves (transformed patch, target) pairs to a DataLoader whose
+workers live as long as the fold (:func:`fold_loader`); every epoch's order and every
+image's augmentation seed come from the epoch's seed (:class:`SeededOrder`), so an epoch
+replays identically after a resume, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.h5 import CanonicalH5
 from data.patches import crop_patches
@@ -86,11 +87,16 @@ class SlidePatches:
 
 
 class SpotDataset(Dataset):
-    """(patch tensor float32 (3, H, W), target float32 (n_types,)) per spot.
+    """(patch, target float32 (n_types,)) per spot: the patch as ``transform`` makes it, a
+    float32 (3, H, W) tensor (a pipeline ending in ToTensorV2) or a uint8 (H, W, 3) one
+    (the workers' half of the training pipeline, :func:`build_worker_transform`).
 
     Args:
         patches: uint8 (n, S, S, 3); targets: float32 (n, n_types) or None (zeros).
-        transform: an albumentations pipeline ending in ToTensorV2.
+        transform: an albumentations pipeline.
+
+    An item is a spot's index, or (index, seed): the transform is then re-seeded first, so
+    the image does not depend on which worker makes it.
     """
 
     def __init__(self, patches: np.ndarray, targets: np.ndarray | None,
@@ -103,36 +109,48 @@ class SpotDataset(Dataset):
     def __len__(self) -> int:
         return len(self.patches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            seed_transform(self.transform, seed)
         image = self.transform(image=self.patches[i])["image"]
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image))
         return image, torch.from_numpy(self.targets[i])
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Each worker's albumentations state from its torch seed (set by the loader from
-    the epoch's generator), so workers differ and an epoch replays identically."""
-    info = get_worker_info()
-    if info is not None:
-        seed_transform(info.dataset.transform, info.seed)
+class SeededOrder(Sampler):
+    """The training order of an epoch: a permutation of the ``n`` spots, each paired with
+    its own augmentation seed, both drawn from the seed :meth:`set_epoch` gives."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seed = n, 0
+
+    def set_epoch(self, seed: int) -> None:
+        self.seed = seed
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        order, seeds = rng.permutation(self.n), rng.integers(0, 2**32, self.n)
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return self.n
 
 
-def epoch_loader(dataset: SpotDataset, batch_size: int, workers: int, seed: int,
-                 shuffle: bool = True) -> DataLoader:
-    """A DataLoader whose order and augmentations depend only on ``seed``.
-
-    With ``workers == 0`` the transform is re-seeded here; otherwise each worker seeds its
-    copy from the loader's seed. Training batches drop the last incomplete batch when
-    there is more than one batch (BatchNorm fails on a batch of one).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    if workers == 0:
-        seed_transform(dataset.transform, seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, worker_init_fn=_seed_worker,
-                      drop_last=shuffle and len(dataset) > batch_size,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+def fold_loader(dataset: SpotDataset, batch_size: int, workers: int, pin: bool
+                ) -> tuple[DataLoader, SeededOrder]:
+    """A fold's training loader and its order: ``workers`` processes that live for every
+    epoch of the fold (``persistent_workers``); call ``order.set_epoch(seed)`` before each
+    epoch. The last incomplete batch is dropped when there is more than one batch
+    (BatchNorm fails on a batch of one)."""
+    order = SeededOrder(len(dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
+                        drop_last=len(dataset) > batch_size, persistent_workers=workers > 0,
+                        prefetch_factor=4 if workers else None, pin_memory=pin)
+    return loader, order
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps in one training epoch of ``n`` spots (see :func:`epoch_loader`)."""
+    """Optimizer steps in one training epoch of ``n`` spots (see :func:`fold_loader`)."""
     return n // batch_size if n > batch_size else 1

@@ -5,11 +5,14 @@ format (``OUT/predictions/<model_id>/{oof,test}.csv`` and an entry of ``OUT/repo
 ``hespot finetune``, ``make finetune``).
 
 Each train slide is held out in turn (``--folds`` runs some): a model is trained on the
-others (the recipe below), the held-out slide is scored after every epoch by its per-spot
-Spearman, and the best epoch predicts it (out-of-fold) and the test slides, both with
-dihedral TTA. The test predictions are the mean of the fold models' (each at its best
-epoch): no extra full-data fit. Note that the held-out slide picks its own epoch, as in the
-seed recipe, so the out-of-fold score is slightly optimistic.
+others but one, the inner slide (the median-sized one; with a single training slide, its
+last fifth of spots), which is scored after every epoch by its per-spot Spearman: its
+best epoch predicts the held-out slide (out-of-fold) and the test slides, both with
+dihedral TTA, and training stops ``--patience`` epochs after the inner score last rose
+(``--epochs`` at the most). The held-out slide is scored every epoch for the report only:
+it does not choose its own epoch, so the out-of-fold score is an honest one. The test
+predictions are the mean of the fold models' (each at its best epoch): no extra
+full-data fit.
 
 Recipe ("winning" preset, each part a setting): patches centred on spots (224 px);
 albumentations training pipeline (``embed.finetune.augment``) and CutMix; targets
@@ -54,6 +57,7 @@ from embed.finetune.config import (
     apply_preset,
     check_config,
     unused_settings,
+    with_batch_defaults,
 )
 from embed.finetune.data import SlidePatches
 from embed.finetune.fold import run_fold
@@ -141,8 +145,9 @@ def describe_folds(results: dict[str, dict], entry: Backbone, winfo: WeightsInfo
         "train_images_per_s": {f: mean_of("images_per_s", r) for f, r in results.items()},
         "test_predictions": f"mean of the {len(results)} fold models (best epoch each), "
                             f"TTA {tta}",
-        "epoch_selection": "best held-out per-spot Spearman (the held-out slide picks its "
-                           "epoch: optimistic)",
+        "epoch_selection": "best per-spot Spearman of the inner slide (not trained on); "
+                           "training stops after `patience` epochs without a better one",
+        "inner": {f: r["inner"] for f, r in results.items()},
         "history": {f: r["history"] for f, r in results.items()}}
 
 
@@ -170,6 +175,7 @@ def run(cfg: FinetuneConfig) -> dict:
 
 def _run(cfg: FinetuneConfig) -> dict:
     choice = select_device(cfg.device, cfg.precision, training=True)
+    cfg = with_batch_defaults(cfg, choice.device.type)
     log.info("device: %s, %d threads; config: %s", choice.describe(), torch.get_num_threads(),
              json.dumps(config_dict(cfg)))
     encoder, winfo, entry = build_encoder(cfg)
@@ -218,9 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="used, and logged, where the backbone's weights cannot be had")
     add("--weights", help="local weights file for the backbone")
     add("--model-id", dest="model_id", help="name in the report and predictions/")
-    add("--epochs", type=int)
-    add("--batch-size", dest="batch_size", type=int)
-    add("--lr", type=float)
+    add("--epochs", type=int, help="epochs at the most (default 10)")
+    add("--patience", type=int, help="stop after this many epochs without a better inner "
+        "score (default 3)")
+    add("--batch-size", dest="batch_size", type=int,
+        help="default 32 on a CPU, 128 on a GPU")
+    add("--lr", type=float, help="default 3e-4 x batch size / 32")
     add("--weight-decay", dest="weight_decay", type=float)
     add("--patch-px", dest="patch_px", type=int, help="patch side in px (224)")
     add("--input-px", dest="input_px", type=int, help="resize patches to this side")

@@ -23,11 +23,13 @@ import regress.submit
 from data.h5 import CanonicalH5
 from embed.backbones import get_backbone
 from embed.device import select_device
-from embed.finetune.augment import build_train_transform, build_valid_transform
+from embed.finetune.augment import build_valid_transform, build_worker_transform
+from embed.finetune.batch_augment import BatchAugment
 from embed.finetune.checkpoints import check_settings, load_checkpoint, saved_epochs
-from embed.finetune.config import FinetuneConfig, apply_preset
+from embed.finetune.config import FinetuneConfig, TrainSettings, apply_preset
 from embed.finetune.data import SlidePatches, SpotDataset
-from embed.finetune.loop import TrainSettings, train_fold
+from embed.finetune.fold import inner_split
+from embed.finetune.loop import FoldOutcome, train_fold
 from embed.finetune.model import LOSSES, SpotRegressor
 from embed.finetune.run import resolve
 from embed.weights import WeightsError, build_model
@@ -74,18 +76,21 @@ def patches(synthetic_h5) -> SlidePatches:
         return SlidePatches.load(h5, h5.train_slides, 32)
 
 
-def _fold(patches: SlidePatches, folder: Path, stop_after=None, workers=0, epochs=3):
-    X, Y = patches.stack(["S_2", "S_3"], "spot_rank")
+def _fold(patches: SlidePatches, folder: Path, stop_after=None, workers=0, epochs=3,
+          patience=3):
+    """Hold out S_1; train on S_2 and S_3 but the inner slide (S_3, the larger)."""
+    (X, Y), inner, _ = inner_split(patches, ["S_2", "S_3"], "spot_rank")
     entry = get_backbone("tiny_random")
-    train = SpotDataset(X, Y, build_train_transform(("flips", "affine", "hsv"), entry.mean,
-                                                    entry.std, 32))
+    train = SpotDataset(X, Y, build_worker_transform(("flips", "affine", "hsv"), 32))
+    augment = BatchAugment(("flips", "hsv"), entry.mean, entry.std)
     valid = build_valid_transform(entry.mean, entry.std, 32)
     st = TrainSettings(epochs=epochs, batch_size=16, lr=1e-3, weight_decay=0.01,
                        cutmix_p=0.5, loss="l1", val_tta=2, workers=workers, seed=3,
-                       quiet=True)
+                       quiet=True, patience=patience)
     model = _tiny_model()
-    outcome = train_fold(model, "S_1", folder, train, patches.patches["S_1"], patches.Y["S_1"],
-                         valid, FP32, st, {"lr": 1e-3}, stop_after=stop_after)
+    outcome = train_fold(model, "S_1", folder, train, augment, inner,
+                         (patches.patches["S_1"], patches.Y["S_1"]), valid, FP32, st,
+                         {"lr": 1e-3}, stop_after=stop_after)
     return model, outcome
 
 
@@ -120,11 +125,45 @@ def test_rerun_prunes_what_a_run_killed_before_pruning_left(patches, tmp_path):
     assert set(saved_epochs(tmp_path)) == kept
 
 
-def test_workers_give_the_same_epochs_as_each_other(patches, tmp_path):
-    a, ha = _fold(patches, tmp_path / "a", workers=2, epochs=1)
-    b, hb = _fold(patches, tmp_path / "b", workers=2, epochs=1)
-    assert ha.history[0]["loss"] == hb.history[0]["loss"]
+def test_workers_give_the_same_epochs_as_the_main_process(patches, tmp_path):
+    """Each image's augmentation is seeded by itself: two workers that live for both
+    epochs give the epochs that no worker (augmenting in this process) gives."""
+    a, ha = _fold(patches, tmp_path / "a", workers=2, epochs=2)
+    b, hb = _fold(patches, tmp_path / "b", workers=0, epochs=2)
+    assert [r["loss"] for r in ha.history] == [r["loss"] for r in hb.history]
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_the_inner_slide_chooses_the_epoch_and_stops_the_training(patches, tmp_path):
+    """The best epoch is the inner slide's best, whatever the held-out slide scores;
+    with patience 1 the fold stops one epoch after the inner score last rose."""
+    _, out = _fold(patches, tmp_path, epochs=6, patience=1)
+    inner = [r["inner_spot"] for r in out.history]
+    assert out.best_epoch == 1 + int(np.argmax(inner))
+    assert out.best_score == max(inner)
+    assert len(out.history) == 6 or len(out.history) == out.best_epoch + 1
+    assert all(np.isfinite(r["val_spot"]) for r in out.history)  # still reported
+
+
+def test_inner_split_holds_out_the_median_slide_or_a_fifth_of_one(patches):
+    (X, Y), (P, A), name = inner_split(patches, ["S_1", "S_2", "S_3"], "spot_rank")
+    sizes = {s: len(patches.Y[s]) for s in ("S_1", "S_2", "S_3")}
+    assert name == sorted(sizes, key=lambda s: (sizes[s], s))[1]
+    assert len(X) == len(Y) == sum(sizes.values()) - sizes[name] and len(P) == len(A)
+    (X, Y), (P, A), name = inner_split(patches, ["S_2"], "spot_rank")
+    k = max(1, sizes["S_2"] // 5)
+    assert len(P) == k and len(X) == sizes["S_2"] - k and "S_2" in name
+    assert np.array_equal(P, patches.patches["S_2"][-k:])
+
+
+def test_patience_counts_epochs_since_the_best():
+    st = TrainSettings(epochs=10, batch_size=2, lr=1e-3, weight_decay=0.0, cutmix_p=0.0,
+                       loss="l1", val_tta=1, workers=0, seed=0, patience=2)
+    out = FoldOutcome(0, -np.inf)
+    for epoch, score in enumerate([0.1, 0.3, 0.2, 0.25], start=1):
+        assert not out.finished(st)
+        out.record({"epoch": epoch, "inner_spot": score})
+    assert out.best_epoch == 2 and out.finished(st)
 
 
 def test_checkpoint_with_other_settings_is_refused(patches, tmp_path):
@@ -199,7 +238,7 @@ def test_config_and_loop_do_not_import_the_command():
 
 # ---- end to end on the synthetic fixture --------------------------------------------------
 MODEL = "finetune-tiny_random"
-ARGS = ["--backbone", "tiny_random", "--patch-px", "64", "--epochs", "6", "--batch-size", "16",
+ARGS = ["--backbone", "tiny_random", "--patch-px", "64", "--epochs", "12", "--batch-size", "16",
         "--lr", "2e-3", "--augment", "flips", "--cutmix-p", "0", "--workers", "0",
         "--precision", "fp32", "--tta", "2", "--threads", "1", "--quiet"]
 
@@ -236,8 +275,11 @@ def test_report_entry_has_stage_2_keys(out):
     assert list(entry["per_type"]) == report["cell_types"]
     fitted = entry["fitted"]
     assert set(fitted["best_epoch"]) == {"S_1", "S_2", "S_3"}
-    assert all(1 <= e <= 6 for e in fitted["best_epoch"].values())
-    assert all(len(h) == 6 for h in fitted["history"].values())
+    for fold, h in fitted["history"].items():  # 12 epochs, or 3 after the inner best
+        best = fitted["best_epoch"][fold]
+        assert 1 <= best <= 12 and len(h) in (12, best + 3)
+        assert best == 1 + int(np.argmax([r["inner_spot"] for r in h]))
+    assert fitted["inner"] == {"S_1": "S_3", "S_2": "S_3", "S_3": "S_2"}
     assert MODEL in (out / "report.md").read_text()
 
 
@@ -256,7 +298,9 @@ def test_checkpoints_per_fold(out):
     root = out / "finetune" / MODEL
     assert (root / "settings.json").is_file()
     for slide in ("S_1", "S_2", "S_3"):
-        assert 6 in saved_epochs(root / f"fold_{slide}")
+        history = json.loads((out / "report.json").read_text())["models"][MODEL][
+            "fitted"]["history"][slide]
+        assert len(history) in saved_epochs(root / f"fold_{slide}")
         assert (root / f"fold_{slide}" / "predictions_tta2.npz").is_file()
 
 

@@ -17,8 +17,8 @@ from scipy.stats import rankdata
 from data.errors import ConfigError
 from embed.device import select_device
 from embed.finetune.checkpoints import check_settings
-from embed.finetune.config import FinetuneConfig, check_config
-from embed.finetune.loop import Optimisation, TrainSettings, train_step
+from embed.finetune.config import FinetuneConfig, TrainSettings, check_config
+from embed.finetune.epoch import Optimisation, train_step
 from embed.finetune.losses import LOSSES, RANK_LOSSES, SoftRankLoss, build_loss, hard_rank
 from embed.finetune.run import main as finetune_main
 from embed.finetune.run import resolve, training_settings
