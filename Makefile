@@ -160,7 +160,7 @@ bench-read: $(VENV)/.installed $(OUT)/her2st.h5 $(BIG).h5
 	$(HESPOT) bench-read --h5 $(H5) --h5 $(BIG).h5 $(ARGS)
 
 # the whole-slide workload of bench-embed: a tissue grid (square, 18 µm pitch) over the
-# bundled C2, its pixels copied into the HDF5: OUT/c2grid.h5 (17,117 spots)
+# bundled C2, its pixels copied into the HDF5: OUT/c2grid.h5 (23,011 spots)
 C2GRID ?= $(OUT)/c2grid.h5
 $(C2GRID): | $(VENV)/.installed
 	$(HESPOT) import-wsi --slide data/samples/her2st/images/C2.jpg --grid square:18 --mpp 0.69 \

@@ -7,7 +7,7 @@ Measured in one run, same backbone, views and dtype, each in a fresh process:
     eager forward, Zarr writes) over every slide, start-up included (the interpreter's
     and imports' not), with its start-up to the first batch and its steady rate after it;
 (d) with ``--grid-h5``, the same on a whole slide (``make c2-grid``: a tissue grid of the
-    bundled C2, 17,117 spots; on a CPU its first 512), and over the whole process;
+    bundled C2, 23,011 spots; on a CPU its first 512), and over the whole process;
 (c) a naive loop as a notebook would write it: per spot, crop with PIL, build the 8 views,
     fp32, no background reading;
 (e) the feeding capacity: spots/s that 1 and 2 reader processes hand to the device as

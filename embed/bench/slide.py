@@ -20,7 +20,7 @@ from embed.run import run
 from embed.startup import peak_rss_mb
 
 #: spots of the whole-slide workload run through the model on a CPU (a GPU runs them all:
-#: the grid's 17,117 spots at 8 views are 9 min of a 2-core CPU's model)
+#: the grid's 23,011 spots at 8 views are 12-23 min of a 2-core CPU's model)
 CPU_SLIDE_SPOTS = 512
 #: spots the feeding capacity is measured over on a CPU (a GPU: all)
 CPU_FEED_SPOTS = 16384
