@@ -171,7 +171,7 @@ def _reader(data: UnitChunks, slots: SharedSlots, tasks, results, setup) -> None
             data.read(i, slots.views(k, data.shapes(i)))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the model's process
             try:
-                pickle.dumps(exc)
+                pickle.loads(pickle.dumps(exc))  # it must travel back whole
             except Exception:  # noqa: BLE001 - sent as text instead
                 exc = RuntimeError(f"reader process {os.getpid()}: {exc!r}")
             results.put((i, k, exc))
@@ -213,12 +213,13 @@ def _read_by_processes(data: UnitChunks, h5: CanonicalH5, readers: int, pin: boo
                         sum(math.prod(s) for s in data.shapes(0)))
     tasks, results = ctx.SimpleQueue(), ctx.Queue()
     setup = die_with_parent()
-    procs = [ctx.Process(target=_reader, args=(data, slots, tasks, results, setup),
-                         daemon=True, name=f"hespot-reader-{r}") for r in range(readers)]
-    for p in procs:
-        p.start()
+    procs = []
     free, ready, sent = list(range(len(slots.maps))), {}, 0
     try:
+        for r in range(readers):
+            procs.append(ctx.Process(target=_reader, args=(data, slots, tasks, results, setup),
+                                     daemon=True, name=f"hespot-reader-{r}"))
+            procs[-1].start()
         for want in range(n):
             while free and sent < n:
                 tasks.put((sent, free.pop()))
@@ -243,6 +244,7 @@ def _read_by_processes(data: UnitChunks, h5: CanonicalH5, readers: int, pin: boo
                 p.kill()
         for p in procs:
             p.join()
+        tasks.close()
         results.close()
 
 

@@ -12,7 +12,7 @@ albumentations parts it replaces (:mod:`embed.finetune.augment`) do:
 - ``hsv``: hue +-10 of OpenCV's 180 (+-20 degrees), saturation +-20 and value +-10 of 255,
   p = 0.5;
 - ``jitter``: brightness, contrast and saturation factors in [0.8, 1.2], hue +-0.2 of a
-  turn, p = 0.5.
+  turn, p = 0.5, in that order (ColorJitter shuffles the order per image).
 
 The flips come after the worker's spatial parts instead of before them: the flips form a
 group and the spatial parts' parameters are symmetric under it, so the distribution of

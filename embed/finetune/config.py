@@ -78,7 +78,7 @@ PRESETS: dict[str, dict] = {
 # settings that do not change what is trained (so a resumed run may change them)
 RUN_ONLY = ("h5", "out", "folds", "tta", "test", "workers", "device", "precision", "threads",
             "eval_batch_size", "keep_checkpoints", "overwrite", "quiet", "model_id", "weights",
-            "fallback_backbone")
+            "fallback_backbone", "patience")  # patience: when to stop, not what an epoch is
 RANK_SETTINGS = ("rank_tau", "rank_type_weight")  # used only by the soft-rank losses
 
 
@@ -105,7 +105,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
-    if cfg.epochs < 1 or cfg.patience < 1 or (cfg.batch_size or 2) < 2 or cfg.patch_px < 8:
+    if cfg.epochs < 1 or cfg.patience < 1 or cfg.patch_px < 8 or (
+            cfg.batch_size is not None and cfg.batch_size < 2):
         raise ConfigError("need epochs >= 1, patience >= 1, batch size >= 2 and patch px >= 8")
     if not 0.0 <= cfg.cutmix_p <= 1.0:
         raise ConfigError(f"cutmix p must lie in [0, 1], got {cfg.cutmix_p}")
@@ -134,8 +135,10 @@ BASE_BATCH, BASE_LR, GPU_BATCH = 32, 3e-4, 128
 def with_batch_defaults(cfg: FinetuneConfig, device_type: str) -> FinetuneConfig:
     """``cfg`` with its batch size (None: :data:`BASE_BATCH` on a CPU, :data:`GPU_BATCH`
     on CUDA) and learning rate (None: :data:`BASE_LR` x batch size / BASE_BATCH) set."""
-    batch = cfg.batch_size or (GPU_BATCH if device_type == "cuda" else BASE_BATCH)
-    return replace(cfg, batch_size=batch, lr=cfg.lr or BASE_LR * batch / BASE_BATCH)
+    batch = cfg.batch_size if cfg.batch_size is not None else (
+        GPU_BATCH if device_type == "cuda" else BASE_BATCH)
+    return replace(cfg, batch_size=batch,
+                   lr=cfg.lr if cfg.lr is not None else BASE_LR * batch / BASE_BATCH)
 
 
 def apply_preset(cfg: FinetuneConfig, explicit: set[str]) -> FinetuneConfig:

@@ -145,7 +145,10 @@ def fold_loader(dataset: SpotDataset, batch_size: int, workers: int, pin: bool
     epoch. The last incomplete batch is dropped when there is more than one batch
     (BatchNorm fails on a batch of one)."""
     order = SeededOrder(len(dataset))
+    # its own generator: creating an iterator draws from it, not from torch's global
+    # stream (which the epoch's dropout reads), whatever the number of workers
     loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0),
                         drop_last=len(dataset) > batch_size, persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None, pin_memory=pin)
     return loader, order

@@ -25,6 +25,7 @@ from embed.finetune.config import FinetuneConfig, TrainSettings
 from embed.finetune.data import SlidePatches, SpotDataset
 from embed.finetune.loop import FoldOutcome, Slide, train_fold
 from embed.finetune.model import SpotRegressor, predict
+from regress.targets import transform_targets
 
 log = logging.getLogger("hespot")
 
@@ -65,10 +66,10 @@ def inner_split(data: SlidePatches, slides: list[str], target: str
         train = data.stack([s for s in slides if s != inner], target)
         return train, (data.patches[inner], data.Y[inner]), inner
     (slide,) = slides
-    X, Y = data.stack(slides, target)
-    k = max(1, len(X) // 5)
-    return (X[:-k], Y[:-k]), (data.patches[slide][-k:], data.Y[slide][-k:]), \
-        f"{slide} (its last {k} spots)"
+    P, A = data.patches[slide], data.Y[slide]
+    k = max(1, len(P) // 5)
+    train = (P[:-k], transform_targets(A[:-k], target).astype(np.float32))  # after the split
+    return train, (P[-k:], A[-k:]), f"{slide} (its last {k} spots)"
 
 
 def run_fold(cfg: FinetuneConfig, fold: str, data: SlidePatches, train_slides: list[str],

@@ -51,10 +51,12 @@ class FoldOutcome:
 
     def record(self, row: dict[str, float]) -> None:
         """Append an epoch's row; it becomes the best when its ``inner_spot`` (the inner
-        slide's per-spot Spearman) beats it."""
+        slide's per-spot Spearman) beats it. The first epoch is the best until one does,
+        whatever it scores (NaN: predictions that do not vary count as the worst)."""
         self.history.append(row)
-        if row["inner_spot"] > self.best_score:
-            self.best_epoch, self.best_score = int(row["epoch"]), row["inner_spot"]
+        score = row["inner_spot"] if np.isfinite(row["inner_spot"]) else -math.inf
+        if self.best_epoch == 0 or score > self.best_score:
+            self.best_epoch, self.best_score = int(row["epoch"]), score
 
     def finished(self, st: TrainSettings) -> bool:
         """All ``st.epochs`` run, or ``st.patience`` epochs since the inner score last

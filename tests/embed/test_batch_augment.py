@@ -4,6 +4,8 @@ and CutMix label mixing as the whole albumentations pipeline on one image at a t
 
 from __future__ import annotations
 
+import colorsys
+
 import numpy as np
 import pytest
 import torch
@@ -85,9 +87,25 @@ def test_flips_give_one_of_the_eight_dihedral_views_of_each_image():
     assert len(seen) > 2  # per image, not one choice for the batch
 
 
-def test_hsv_round_trip():
+def test_hsv_matches_colorsys_and_round_trips():
     x = torch.rand(4, 3, 16, 16)
-    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
+    x[0, :, 0, 0] = 0.5  # grey: no hue
+    x[1, :, 0, 0] = torch.tensor([0.2, 0.9, 0.9])  # a tie for the largest channel
+    hsv = rgb_to_hsv(x)
+    for b, i, j in [(0, 0, 0), (1, 0, 0), (2, 3, 5), (3, 15, 15)]:
+        want = colorsys.rgb_to_hsv(*x[b, :, i, j].tolist())
+        assert np.allclose(hsv[b, :, i, j].tolist(), want, atol=1e-6)
+    assert torch.allclose(hsv_to_rgb(hsv), x, atol=1e-5)
+
+
+def test_device_parts_change_images_and_replay_from_their_seed():
+    images = torch.from_numpy(_patches(16))
+    augment = BatchAugment(DEVICE_PARTS, MEAN, STD)
+    a, b = (augment(images, torch.Generator().manual_seed(5)) for _ in range(2))
+    plain = BatchAugment((), MEAN, STD)(images, None)
+    assert torch.equal(a, b)
+    changed = [not torch.allclose(a[i], plain[i]) for i in range(len(a))]
+    assert sum(changed) >= len(a) // 2  # five draws at p = 0.5: 1 in 32 escapes them all
 
 
 @pytest.mark.parametrize("part", [hsv_shift, color_jitter])

@@ -5,6 +5,7 @@ in one line naming it, after which the same command resumes to the same features
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -49,6 +50,7 @@ def in_process(synthetic_h5, tmp_path_factory):
 def test_reader_processes_give_the_in_process_features(synthetic_h5, in_process, tmp_path):
     store = tmp_path / "readers.zarr"
     run(_cfg(synthetic_h5, store, readers=2))
+    assert not multiprocessing.active_children()  # every reader ended with its unit
     got = _arrays(store)
     assert got.keys() == in_process[1].keys()
     for key, want in in_process[1].items():
@@ -65,6 +67,25 @@ def test_batches_of_whole_chunks(synthetic_h5, tmp_path):
         assert done.tolist() == [1] * 7  # 49 spots: 6 chunks of 8, the 7th of 1
     a, b = (_arrays(s) for s in stores)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_readers_end_when_the_groups_are_left_midway(synthetic_h5):
+    """A run that stops reading a unit midway (an error, Ctrl-C) leaves no reader behind."""
+    from data.h5 import CanonicalH5
+    from data.store import BackboneItem
+    from embed.feed import UnitChunks, unit_groups
+    from embed.units import slide_units
+
+    with CanonicalH5(synthetic_h5) as h5:
+        t = h5.positions("S_1")
+        (unit,) = slide_units(BackboneItem(BACKBONE), "S_1", t.x, t.y,
+                              np.arange(-(-len(t.x) // 8)), 8, (64,), 64)
+        groups = unit_groups(UnitChunks(str(h5.path), unit, 8, 1, "reflect", 64), h5, 2)
+        first = next(groups)
+        assert first.first_chunk == 0 and first.patches[0].shape[1:] == (64, 64, 3)
+        assert len(multiprocessing.active_children()) == 2
+        groups.close()
+    assert not multiprocessing.active_children()
 
 
 def _children(pid: int) -> list[int]:
