@@ -84,7 +84,7 @@ def list_models(folders: Sequence[str], root: Path | None = None) -> tuple[list[
     """(one line per readable model: the shipped ones, then each folder given; one line
     per folder that is not a readable model folder)."""
     lines, bad, seen = [], [], set()
-    named = [(n, p) for n, p in shipped_models(root).items()]
+    named = list(shipped_models(root).items())
     named += [(Path(f).resolve().name or str(f), Path(f)) for f in folders]
     for name, folder in named:
         if folder.resolve() in seen:  # a shipped model's folder given again

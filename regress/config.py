@@ -13,11 +13,9 @@ from data.cli import DEFAULT_H5, DEFAULT_OUT, DEFAULT_STORE
 from data.cluster import ClusterSettings
 from data.config import MIN_TISSUE
 from regress.abundance import ABUNDANCE_MODELS
+from regress.catalog import DEFAULT_MODEL
 from regress.ensemble import WEIGHTINGS
 from regress.recipes import TUNE_GRID
-
-#: the model ``hespot map`` uses unless told (shipped in the package: regress.catalog)
-READY_MODEL = "her2st-breast"
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,7 @@ class MapConfig(ClusterSettings):
 
     slides: tuple[str, ...] = ()        # H&E slide images (at least one)
     out: str | None = None              # output folder (required)
-    model: str = READY_MODEL            # a shipped model's name or a model folder
+    model: str = DEFAULT_MODEL          # a shipped model's name or a model folder
     grid: str = "visium"                # visium or square:<pitch µm>, over the tissue
     spots: tuple[str, ...] = ()         # spots CSVs (x, y in level-0 px), one per slide
     name: tuple[str, ...] = ()          # slide names (default: the files' stems)

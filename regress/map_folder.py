@@ -15,6 +15,7 @@ from typing import Any
 from data.atomic import atomic_write_json
 from data.checksum import sha256_file
 from data.errors import DataError, Problem
+from regress.bundle_meta import MODEL_JSON
 
 RECORD = "map.json"
 #: what a folder being written may hold besides the run's files (the lock, temporaries)
@@ -43,7 +44,7 @@ def run_inputs(cfg, model_dir: Path, names: list[str]) -> dict[str, Any]:
             "spots": [_file_key(s, "--spots") for s in cfg.spots], "grid": cfg.grid,
             "mpp": cfg.mpp, "min_tissue": cfg.min_tissue,
             "model": {"folder": str(model_dir.resolve()),
-                      "model_json_sha256": sha256_file(model_dir / "model.json")}}
+                      "model_json_sha256": sha256_file(model_dir / MODEL_JSON)}}
 
 
 def _differences(old: Mapping, new: Mapping) -> str:
