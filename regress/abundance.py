@@ -16,9 +16,12 @@ predictions back:
 - ``quantile``: each cell type's ranks within its slide; on a new slide, each type's
   predicted ranks are mapped onto that type's training distribution (quantile mapping).
 
-:data:`ABUNDANCE_MODELS` names the candidates (a transform and the spatial context of the
-features) that ``hespot regress`` scores by LOSO (mean per-spot total-variation distance)
-and chooses among (:mod:`regress.abundance_run`).
+:data:`ABUNDANCE_MODELS` names the candidates (a kind of model, a transform and the spatial
+context of the features) that ``hespot regress`` scores by LOSO (mean per-spot
+total-variation distance) and chooses among (:mod:`regress.abundance_run`); the last,
+``sqrt_mlp``, averages the ridge on square roots with a network
+(:mod:`regress.abundance_mlp`), :mod:`regress.abundance_kinds` builds, saves and reloads
+each kind.
 """
 
 from __future__ import annotations
@@ -40,13 +43,19 @@ N_QUANTILES = 101
 
 @dataclass(frozen=True)
 class AbundanceSpec:
-    """One candidate abundance model: the target transform and the spatial context
-    (neighbour-mean features of the k nearest spots) added to the recipe's features."""
+    """One candidate abundance model: its kind (:data:`regress.abundance_kinds.KINDS`:
+    ``ridge`` on the ``transform``, or ``blend``: that ridge and
+    :class:`regress.abundance_mlp.AbundanceMLP` averaged), the spatial context added to the
+    recipe's features (neighbour-mean features of the ``context_k`` and ``context_wide``
+    nearest spots), and whether the recipe's smoothing of predictions applies."""
 
     name: str
     transform: str
     context_k: int = 0
     description: str = ""
+    kind: str = "ridge"
+    context_wide: int = 0
+    smooth: bool = True
 
 
 ABUNDANCE_MODELS: dict[str, AbundanceSpec] = {s.name: s for s in (
@@ -59,6 +68,10 @@ ABUNDANCE_MODELS: dict[str, AbundanceSpec] = {s.name: s for s in (
                   "back and renormalised"),
     AbundanceSpec("sqrt_context", "sqrt", context_k=6, description="sqrt + the mean "
                   "features of the 6 nearest spots"),
+    AbundanceSpec("sqrt_mlp", "sqrt", context_k=6, context_wide=18, kind="blend",
+                  smooth=False, description="the mean of sqrt and a small network trained "
+                  "on total-variation distance, both with the mean features of the 6 and "
+                  "of the 18 nearest spots, unsmoothed"),
 )}
 
 
@@ -188,13 +201,8 @@ class AbundanceRidge(RegressorMixin, BaseEstimator):
         return self.back_(self.ridge_.predict(X))
 
 
-def make_abundance_model(spec: AbundanceSpec) -> AbundanceRidge:
-    """A fresh estimator of a candidate."""
-    return AbundanceRidge(transform=spec.transform)
-
-
-def export_abundance(est: AbundanceRidge) -> dict[str, np.ndarray]:
-    """The arrays that reproduce ``est.predict`` (a model folder's ``abundance.npz``)."""
+def export_ridge(est: AbundanceRidge) -> dict[str, np.ndarray]:
+    """The arrays that reproduce ``est.predict`` (a model folder's ``abundance-*.npz``)."""
     r, b = est.ridge_, est.back_
     return {"scaler_mean": r.scaler_.mean_, "scaler_scale": r.scaler_.scale_,
             "coef": r.coef_, "intercept": np.asarray(r.intercept_, float),

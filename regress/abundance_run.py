@@ -27,12 +27,8 @@ from sklearn.base import BaseEstimator
 
 from data.cluster import TaskMap
 from data.store import FeatureSpec
-from regress.abundance import (
-    ABUNDANCE_MODELS,
-    AbundanceSpec,
-    make_abundance_model,
-    sums_to_one,
-)
+from regress.abundance import ABUNDANCE_MODELS, AbundanceSpec, sums_to_one
+from regress.abundance_kinds import make_abundance_model
 from regress.features import SlideSet, assemble
 from regress.intervals import calibrate, nested_coverage
 from regress.loso import fit_predict, run_loso
@@ -54,8 +50,13 @@ def abundance_id(name: str) -> str:
 
 
 def abundance_recipe(recipe: Recipe, spec: AbundanceSpec) -> Recipe:
-    """The rank recipe with the candidate's spatial context."""
-    return replace(recipe, context_k=spec.context_k) if spec.context_k else recipe
+    """The rank recipe with the candidate's spatial context, without its smoothing of
+    predictions where the candidate says so."""
+    levers = {k: v for k, v in (("context_k", spec.context_k),
+                                ("context_wide", spec.context_wide)) if v}
+    if not spec.smooth:
+        levers["smooth_w"] = 0.0
+    return replace(recipe, **levers) if levers else recipe
 
 
 def _scores(P: np.ndarray, Y: np.ndarray) -> dict[str, float]:
@@ -88,8 +89,9 @@ def _candidate(spec: AbundanceSpec, recipe: Recipe, data: SlideSet, tasks: TaskM
     per_slide = {s: {**_scores(P, data.Y[s]), "tv_mean": baseline[s]["tv"],
                      **cover.get(s, {"coverage": float("nan"), "width": float("nan")}),
                      **res.per_slide[s]} for s, P in res.oof.items()}
-    entry = {"spec": {"name": spec.name, "transform": spec.transform,
-                      "context_k": spec.context_k, "description": spec.description},
+    entry = {"spec": {"name": spec.name, "kind": spec.kind, "transform": spec.transform,
+                      "context_k": spec.context_k, "context_wide": spec.context_wide,
+                      "smooth": spec.smooth, "description": spec.description},
              "recipe": abundance_recipe(recipe, spec).as_dict(), "per_slide": per_slide,
              "mean": _mean(per_slide), "seconds": round(res.seconds, 2)}
     m = entry["mean"]

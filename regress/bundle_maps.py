@@ -4,10 +4,12 @@ reference, fitted by ``hespot fit`` from what ``hespot regress`` chose
 
 Files beside the rank models (each listed with its sha256 in ``model.json``)::
 
-    abundance-<name>.npz   scaler, ridge coefficients and the back-transform's arrays
+    abundance-<name>.npz   the arrays of the model's kind (regress.abundance_kinds): a
+                           ridge's scaler, coefficients and back-transform; a blend's
+                           ridge and network
     ood.npz                the OOD reference (regress.ood.OODReference)
 
-and ``model.json["abundance"]``: the model's id, transform, recipe, LOSO scores, the
+and ``model.json["abundance"]``: the model's id, kind, transform, recipe, LOSO scores, the
 calibration, the OOD features, thresholds and held-out scores. A folder made before
 abundances existed (format 1) has none: it still predicts rank scores, and says so.
 """
@@ -23,13 +25,8 @@ import pandas as pd
 
 from data.errors import DataError, Problem
 from data.store import FeatureSpec
-from regress.abundance import (
-    ABUNDANCE_MODELS,
-    TRANSFORMS,
-    SavedAbundance,
-    export_abundance,
-    make_abundance_model,
-)
+from regress.abundance import ABUNDANCE_MODELS
+from regress.abundance_kinds import DEFAULT_KIND, KINDS, make_abundance_model
 from regress.abundance_maps import units, warn_flagged
 from regress.abundance_run import abundance_id
 from regress.bundle_checks import read_npz
@@ -69,12 +66,13 @@ def fit_maps(data: SlideSet, section: dict[str, Any]
     recipe = Recipe.from_dict(entry["recipe"])
     prepared, post = prepare(data, recipe)
     X, Y, groups = stack(prepared, prepared.train, "raw")
-    est = make_abundance_model(ABUNDANCE_MODELS[chosen]).fit(X, Y, groups=groups)
+    spec = ABUNDANCE_MODELS[chosen]
+    est = make_abundance_model(spec).fit(X, Y, groups=groups)
     test = predict_slides(est, prepared, post, prepared.test, "abundance")
     stage1 = _stage1(data, section["ood"]["features"])
     ref = OODReference.fit(np.concatenate([stage1.X[s] for s in data.train]))
     model_id = abundance_id(chosen)
-    meta = {"id": model_id, "name": chosen, "transform": est.transform,
+    meta = {"id": model_id, "name": chosen, "kind": spec.kind, "transform": est.transform,
             "description": entry["spec"]["description"], "recipe": entry["recipe"],
             "simplex": bool(section["simplex"]), "alpha": float(np.atleast_1d(est.alpha_)[0]),
             "loso": {"per_slide": entry["per_slide"], "mean": entry["mean"]},
@@ -82,11 +80,10 @@ def fit_maps(data: SlideSet, section: dict[str, Any]
             "candidates": {m: e["mean"] for m, e in section["models"].items()},
             "calibration": section["calibration"], "ood": section["ood"],
             "files": [f"{model_id}.npz", f"{OOD_FILE}.npz"]}
-    return meta, {model_id: export_abundance(est), OOD_FILE: ref.as_arrays()}, test
+    return meta, {model_id: KINDS[spec.kind].export(est), OOD_FILE: ref.as_arrays()}, test
 
 
-REQUIRED = {"abundance": ("scaler_mean", "scaler_scale", "coef", "intercept", "mean", "total",
-                          "quantiles", "simplex"),
+REQUIRED = {**{kind: k.arrays for kind, k in KINDS.items()},
             "ood": ("mean", "scale", "centre", "components", "variances", "residual")}
 
 
@@ -133,12 +130,9 @@ def predict_maps(bundle, data: SlideSet, frame: pd.DataFrame, rank_score: np.nda
     if not section:
         log.warning(OLD_FOLDER.format(folder=bundle.folder))
         return Maps(frame, cell_types, rank_score, per_type=per_type)
-    if section.get("transform") not in TRANSFORMS:
-        raise DataError(Problem(str(bundle.folder), "", "model.json: abundance.transform",
-                                f"one of {TRANSFORMS}", repr(section.get("transform")),
-                                "fit the model again (hespot fit)"))
-    est = SavedAbundance(section["transform"],
-                         _arrays(bundle.folder, section["files"][0], "abundance"))
+    kind = section.get("kind", DEFAULT_KIND)
+    est = KINDS[kind].load(section["transform"],
+                           _arrays(bundle.folder, section["files"][0], kind))
     prepared, post = prepare(data, Recipe.from_dict(section["recipe"]))
     with np.errstate(over="ignore", invalid="ignore"):  # refused below, in one line
         pred = predict_slides(est, prepared, post, data.test, "abundance")

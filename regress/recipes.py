@@ -1,7 +1,8 @@
 """Named stage-2 recipes: a feature set plus the levers applied around the regressor.
 
 A recipe names its feature arrays (``backbone[:array]`` in the stage-1 store, concatenated),
-spatial context (mean features of the k nearest spots, 0 = off), prediction smoothing over
+spatial context (mean features of the k nearest spots, 0 = off; ``context_wide``: a second,
+wider ring of the same kind), prediction smoothing over
 the k nearest spots or a Gaussian of sigma µm with weight w, one ridge alpha per cell
 type, per-slide centring, position features, shrinkage towards the slide's predicted
 composition and a slide-level gain (:mod:`regress.levers`). ``base`` names the recipe a
@@ -29,7 +30,12 @@ from regress.levers import (
     shrink_to_slide,
     um_per_px,
 )
-from regress.spatial import SpatialContext, center_per_slide, smooth_predictions
+from regress.spatial import (
+    SpatialContext,
+    center_per_slide,
+    neighbour_mean,
+    smooth_predictions,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Recipe:
     smooth_um: float = 0.0      # > 0: Gaussian smoothing, sigma in µm (weight smooth_w)
     shrink: float = 0.0         # towards the slide's mean predicted composition
     slide_gain: float = 1.0     # ridge: a slide's predicted mean's distance from training
+    context_wide: int = 0       # > 0: also the mean features of this many nearest spots
     base: str = ""              # the recipe this one adds a lever to (for the wins)
     description: str = ""
 
@@ -58,7 +65,8 @@ class Recipe:
 
 
 #: the levers' ranges (as ``hespot regress`` checks its flags): field -> (low, high)
-RANGES = {"context_k": (0, math.inf), "smooth_k": (0, math.inf), "smooth_w": (0, 1),
+RANGES = {"context_k": (0, math.inf), "context_wide": (0, math.inf), "smooth_k": (0, math.inf),
+          "smooth_w": (0, 1),
           "shrink": (0, 1), "smooth_um": (0, math.inf), "slide_gain": (1e-300, math.inf)}
 
 
@@ -182,8 +190,12 @@ def prepare(data, recipe: Recipe):
     for slide, Xs in data.X.items():
         if recipe.center:
             Xs = center_per_slide(Xs, np.zeros(len(Xs)))
+        own = Xs
         if recipe.context_k:
             Xs = SpatialContext(recipe.context_k).fit(Xs).transform(Xs, data.xy[slide])
+        if recipe.context_wide:
+            Xs = np.concatenate([Xs, neighbour_mean(np.asarray(own, float), data.xy[slide],
+                                                    recipe.context_wide)], axis=1)
         if recipe.position:
             Xs = np.concatenate([Xs, position_features(data.xy[slide], scale[slide],
                                                        recipe.position)], axis=1)

@@ -14,10 +14,12 @@ from regress.abundance import (
     TRANSFORMS,
     AbundanceRidge,
     SavedAbundance,
-    export_abundance,
+    export_ridge,
     sums_to_one,
     to_scale,
 )
+from regress.abundance_kinds import KINDS, AbundanceBlend, make_abundance_model
+from regress.abundance_mlp import AbundanceMLP, SavedMLP, principal_projection
 from regress.metrics import pearson_per_type, tv_distance
 
 
@@ -71,8 +73,74 @@ def test_targets_off_the_simplex_keep_their_scale():
 def test_saved_abundance_predicts_as_the_fitted_one(transform):
     X, Y, g = _data()
     est = AbundanceRidge(transform).fit(X[:60], Y[:60], groups=g[:60])
-    saved = SavedAbundance(transform, export_abundance(est))
+    saved = SavedAbundance(transform, export_ridge(est))
     np.testing.assert_allclose(saved.predict(X[60:]), est.predict(X[60:]), atol=1e-12, rtol=0)
+
+
+def test_the_network_learns_proportions_on_the_simplex_and_off_it():
+    X, Y, _ = _data(n=150)
+    est = AbundanceMLP(epochs=40, seeds=2).fit(X[:100], Y[:100])
+    P = est.predict(X[100:])
+    assert P.min() >= 0 and np.abs(P.sum(1) - 1).max() < 1e-12
+    baseline = tv_distance(Y[100:], np.tile(Y[:100].mean(0), (50, 1))).mean()
+    assert tv_distance(Y[100:], P).mean() < 0.7 * baseline
+    off = AbundanceMLP(epochs=40, seeds=2).fit(X[:100], 3 * Y[:100]).predict(X[100:])
+    np.testing.assert_allclose(off.sum(1), 3.0, rtol=1e-9)
+    np.testing.assert_allclose(off / 3.0, P, atol=1e-12)  # the same networks, scaled
+
+
+def test_the_network_is_the_same_from_the_same_data_whatever_the_thread_count():
+    import torch
+
+    X, Y, _ = _data()
+    a = AbundanceMLP(epochs=5, seeds=2).fit(X, Y).export()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if before > 1 else 2)
+    try:
+        b = AbundanceMLP(epochs=5, seeds=2).fit(X, Y).export()
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    c = AbundanceMLP(epochs=5, seeds=2, seed=7).fit(X, Y).export()
+    assert not np.array_equal(a["w1"], c["w1"])
+
+
+def test_the_projection_whitens_and_fixes_signs():
+    rng = np.random.default_rng(1)
+    for n, d in ((40, 12), (12, 40)):     # either side of the Gram trick
+        Z = rng.normal(size=(n, d)) @ np.diag(np.linspace(3, 0.1, d))
+        Z -= Z.mean(0)
+        V = principal_projection(Z, 5)
+        np.testing.assert_allclose(np.cov((Z @ V).T, bias=True), np.eye(5), atol=1e-9)
+        assert (V[np.abs(V).argmax(0), np.arange(5)] > 0).all()
+        np.testing.assert_allclose(principal_projection(-Z, 5), V, atol=1e-9)
+    flat = np.zeros((6, 4))
+    flat[:, 0] = np.arange(6) - 2.5
+    assert principal_projection(flat, 3).shape == (4, 1)   # zero-variance parts left out
+
+
+def test_the_blend_is_the_mean_of_its_parts_and_reloads_from_its_arrays():
+    X, Y, g = _data()
+    spec = ABUNDANCE_MODELS["sqrt_mlp"]
+    est = make_abundance_model(spec)
+    assert isinstance(est, AbundanceBlend) and spec.kind == "blend"
+    est.fit(X[:60], Y[:60], groups=g[:60])
+    ridge = AbundanceRidge("sqrt").fit(X[:60], Y[:60], groups=g[:60]).predict(X[60:])
+    mlp = AbundanceMLP().fit(X[:60], Y[:60]).predict(X[60:])
+    P = est.predict(X[60:])
+    np.testing.assert_allclose(P, (ridge + mlp) / 2, atol=1e-12)
+    assert P.min() >= 0 and np.abs(P.sum(1) - 1).max() < 1e-12
+    kind = KINDS[spec.kind]
+    arrays = kind.export(est)
+    assert set(arrays) == set(kind.arrays)
+    np.testing.assert_array_equal(kind.load(spec.transform, arrays).predict(X[60:]), P)
+    assert isinstance(kind.load(spec.transform, arrays).mlp, SavedMLP)
+
+
+def test_every_candidate_names_a_kind_and_a_transform():
+    for spec in ABUNDANCE_MODELS.values():
+        assert spec.kind in KINDS and spec.transform in TRANSFORMS, spec
 
 
 def test_regress_reports_every_candidate_and_chooses_by_tv(tiny_regressed, synthetic_h5):
