@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from data.errors import ConfigError
@@ -144,7 +144,7 @@ class BackTransform:
         return to_scale(T, self.simplex, self.mean)
 
 
-class AbundanceRidge(RegressorMixin, BaseEstimator):
+class AbundanceRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Ridge on transformed abundances, mapped back to non-negative rows on the training
     scale (the module docstring lists the transforms).
 
@@ -162,11 +162,6 @@ class AbundanceRidge(RegressorMixin, BaseEstimator):
         self.transform = transform
         self.alphas = alphas
         self.eps = eps
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
     def _targets(self, Y: np.ndarray, groups: np.ndarray) -> np.ndarray:
         if self.transform == "raw":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from regress.abundance import AbundanceRidge, AbundanceSpec, SavedAbundance, export_ridge
@@ -26,7 +26,7 @@ RIDGE_ARRAYS = ("scaler_mean", "scaler_scale", "coef", "intercept", "mean", "tot
 DEFAULT_KIND = "ridge"
 
 
-class AbundanceBlend(RegressorMixin, BaseEstimator):
+class AbundanceBlend(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """``(1 - weight)`` x :class:`AbundanceRidge` on ``transform`` + ``weight`` x
     :class:`AbundanceMLP`, both fitted on the same spots. Rows on the simplex stay on it.
 
@@ -36,11 +36,6 @@ class AbundanceBlend(RegressorMixin, BaseEstimator):
     def __init__(self, transform="sqrt", weight=0.5):
         self.transform = transform
         self.weight = weight
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
 
     def fit(self, X, y, groups=None):
         """X float (n_spots, n_features); y float (n_spots, n_types); groups: the spots'

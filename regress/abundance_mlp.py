@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import erf
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from regress.abundance import sums_to_one, to_scale
@@ -84,7 +84,7 @@ def forward(arrays: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     """float (n_spots, n_types) abundances of the spots X (n_spots, n_features), from the
     arrays of :meth:`AbundanceMLP.export` (numpy, float64)."""
     a = arrays
-    Z = ((np.asarray(X, float) - a["mean"]) / a["scale"]) @ a["projection"]
+    Z = ((np.asarray(X, float) - a["mean"]) / a["scale"]) @ a["projection"].astype(float)
     P = np.mean([_softmax(_gelu(Z @ w1 + b1) @ w2 + b2)
                  for w1, b1, w2, b2 in zip(a["w1"], a["b1"], a["w2"], a["b2"], strict=True)],
                 axis=0)
@@ -151,7 +151,7 @@ def _train_one(Z: np.ndarray, Y: np.ndarray, seed: int, hidden: int, epochs: int
     return [p.detach().numpy().copy() for p in params]
 
 
-class AbundanceMLP(RegressorMixin, BaseEstimator):
+class AbundanceMLP(MultiOutputMixin, RegressorMixin, BaseEstimator):
     """Networks on whitened principal components, trained on total-variation distance
     (the module docstring has the details).
 
@@ -178,11 +178,6 @@ class AbundanceMLP(RegressorMixin, BaseEstimator):
         self.seeds = seeds
         self.seed = seed
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
-
     def fit(self, X, y, groups=None):
         """X float (n_spots, n_features); y float (n_spots, n_types) abundances (>= 0);
         ``groups`` is accepted (as the other abundance models take it) and not used."""
@@ -192,8 +187,10 @@ class AbundanceMLP(RegressorMixin, BaseEstimator):
         mean = X.mean(axis=0)
         scale = X.std(axis=0)
         scale[scale == 0] = 1.0
-        projection = principal_projection((X - mean) / scale, self.rank)
-        Z = (X - mean) / scale @ projection
+        # kept in float32 (a model folder's largest array; 1e-7 is far below what the
+        # features' own precision allows), used as kept by training and prediction alike
+        projection = principal_projection((X - mean) / scale, self.rank).astype(np.float32)
+        Z = (X - mean) / scale @ projection.astype(float)
         total = Y.sum(axis=1, keepdims=True)
         composition = Y.mean(axis=0) / max(float(total.mean()), 1e-300)
         props = np.where(total > 0, Y / np.where(total > 0, total, 1.0), composition)

@@ -38,7 +38,7 @@ def turn_hue(image: np.ndarray, turn: float = 0.5) -> np.ndarray:
 @pytest.fixture(scope="module")
 def sample_out(her2st_h5, tmp_path_factory) -> Path:
     """regress (ridge, both targets, the abundance candidates the default run chooses
-    between on the sample: sqrt, sqrt_context) on efficientnet_lite0 features of the
+    between on the sample: sqrt_context, sqrt_mlp) on efficientnet_lite0 features of the
     sample, then submit and fit."""
     tmp = tmp_path_factory.mktemp("sample")
     store, out = tmp / "emb.zarr", tmp / "out"
@@ -46,7 +46,7 @@ def sample_out(her2st_h5, tmp_path_factory) -> Path:
                            "--backbones", "efficientnet_lite0", "--tta", "1", "--quiet"]) == 0
     assert regress.run.main(["--h5", str(her2st_h5), "--store", str(store), "--out", str(out),
                              "--features", "efficientnet_lite0", "--models", "ridge",
-                             "--abundance", "sqrt,sqrt_context", "--quiet"]) == 0
+                             "--abundance", "sqrt_context,sqrt_mlp", "--quiet"]) == 0
     assert regress.submit.main(["--h5", str(her2st_h5), "--out", str(out), "--quiet"]) == 0
     assert regress.fit.main(["--h5", str(her2st_h5), "--store", str(store), "--out", str(out),
                              "--quiet"]) == 0

@@ -13,6 +13,15 @@ this machine the refit is bit-identical; the slack covers another CPU's fp32 con
 (stage 1 is pinned to the CPU in fp32, as the target pins it).
 Numbers of model.json (LOSO scores, calibration, OOD thresholds) compare within the same
 relative 1e-6; names, recipes, the stage-1 spec and cell types exactly.
+
+The abundance model's network (a blend's ``mlp_*`` arrays) is the exception: its training
+is not a smooth function of the features at float precision. Features changed by 1e-7
+(relative, as another CPU's fp32 convolutions change them) change its weights by up to
+1e-2 of their scale, but the abundances it predicts on the sample by < 1e-4. So its weights
+are compared by shape, and what it predicts within NET_TOL: the numbers of model.json's
+abundance section (relative) and the abundances of predictions.csv (absolute). On this
+machine the refit is bit-identical here too (training runs on one thread, from its own
+generator).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-6
+NET_TOL = 1e-3
 # what differs between two fits of the same inputs: when, by which command, into which
 # paths, with which versions, and the checksums of arrays compared by value instead
 VOLATILE = {"created", "command", "fit_config", "versions", "files", "card_summary",
@@ -53,18 +63,21 @@ def make_variables(*names: str) -> dict[str, list[str]]:
     return {n: found[n] for n in names}
 
 
-def compare(shipped: Any, refit: Any, where: str = "model.json") -> None:
-    """Equal structures: numbers within TOL (relative), everything else exactly."""
+def compare(shipped: Any, refit: Any, where: str = "model.json", tol: float = TOL) -> None:
+    """Equal structures: numbers within ``tol`` (relative), everything else exactly; the
+    abundance section of a model with a network within NET_TOL."""
     if isinstance(shipped, Mapping):
         assert isinstance(refit, Mapping) and set(shipped) == set(refit), where
+        if where == "model.json.abundance" and shipped.get("kind") == "blend":
+            tol = NET_TOL
         for k in set(shipped) - VOLATILE:
-            compare(shipped[k], refit[k], f"{where}.{k}")
+            compare(shipped[k], refit[k], f"{where}.{k}", tol)
     elif isinstance(shipped, list):
         assert isinstance(refit, list) and len(shipped) == len(refit), where
         for k, (a, b) in enumerate(zip(shipped, refit, strict=True)):
-            compare(a, b, f"{where}[{k}]")
+            compare(a, b, f"{where}[{k}]", tol)
     elif isinstance(shipped, float) and not isinstance(refit, bool):
-        assert refit == pytest.approx(shipped, rel=TOL, abs=TOL * 1e-3), where
+        assert refit == pytest.approx(shipped, rel=tol, abs=tol * 1e-3), where
     else:
         assert refit == shipped, where
 
@@ -94,6 +107,8 @@ def test_make_ready_model_refits_the_shipped_files(her2st_h5, tmp_path):
             if a[key].dtype.kind != "f":  # flags, counts: exactly
                 assert np.array_equal(a[key], b[key]), (name, key)
                 continue
+            if key.startswith("mlp_"):    # a network's weights: by what they predict
+                continue
             scale = max(float(np.abs(a[key]).max(initial=0.0)), TOL)
             gap = float(np.abs(a[key] - b[key]).max(initial=0.0))
             assert gap <= TOL * scale, (name, key, gap, scale)
@@ -102,8 +117,10 @@ def test_make_ready_model_refits_the_shipped_files(her2st_h5, tmp_path):
     for model, pred in ((DEFAULT_MODEL, tmp_path / "by-name"), (str(folder), tmp_path / "p")):
         assert regress.predict.main(["--model", model, "--h5", h5, "--store", store,
                                      "--out", str(pred), "--quiet"]) == 0
+    network = want["abundance"].get("kind") == "blend"
     for name in ("predictions.csv", "rank_scores.csv"):
         a, b = (pd.read_csv(p / name) for p in (tmp_path / "by-name", tmp_path / "p"))
         assert a["slide"].unique().tolist() == ["C6"]
         values = a.select_dtypes("number").to_numpy() - b.select_dtypes("number").to_numpy()
-        assert np.abs(values).max() <= TOL, name
+        assert np.abs(values).max() <= (NET_TOL if network and name == "predictions.csv"
+                                        else TOL), name

@@ -17,7 +17,8 @@ from regress.levers import (
     um_per_px,
 )
 from regress.models import RidgeLOSO
-from regress.recipes import RECIPES, Recipe, prepare
+from regress.recipes import RECIPES, Recipe, prepare, recipe_problem
+from regress.spatial import neighbour_mean
 from regress.tables import ablation_table, wins
 
 
@@ -118,6 +119,24 @@ def test_recipes_apply_position_smoothing_and_shrink():
     expected = shrink_to_slide(gaussian_smooth(P, data.xy["S1"], scale, 100.0, 0.5), 0.5)
     np.testing.assert_allclose(out, expected)
     assert not np.allclose(out, P)
+
+
+def test_a_wide_ring_of_context_follows_the_near_one_and_reads_the_spots_own_features():
+    data = _slides()
+    both, _ = prepare(data, Recipe("r", ("f",), context_k=2, context_wide=8,
+                                   position="radial"))
+    X, xy = data.parts["f"]["S1"], data.xy["S1"]
+    assert both.X["S1"].shape == (16, 6 * 3 + 3)
+    np.testing.assert_allclose(both.X["S1"][:, :6], X)
+    np.testing.assert_allclose(both.X["S1"][:, 6:12], neighbour_mean(X, xy, 2))
+    np.testing.assert_allclose(both.X["S1"][:, 12:18], neighbour_mean(X, xy, 8))
+    wide, _ = prepare(data, Recipe("r", ("f",), context_wide=8))
+    np.testing.assert_allclose(wide.X["S1"], np.hstack([X, neighbour_mean(X, xy, 8)]))
+    # a recipe stored before the lever existed reads as one without it
+    old = Recipe("r", ("f",), context_k=2).as_dict()
+    del old["context_wide"]
+    assert Recipe.from_dict(old).context_wide == 0 and recipe_problem(old) == ""
+    assert "context_wide" in recipe_problem({**old, "context_wide": -1})
 
 
 def test_every_lever_recipe_names_a_base_in_the_grid():
