@@ -9,12 +9,13 @@ so the projection does not depend on the LAPACK's sign choices). On those it tra
     dropout(in_drop) -> Linear(rank, hidden) -> GELU -> dropout(drop) -> Linear(hidden, n_types)
     -> softmax
 
-each with AdamW on mini-batches, for a fixed number of epochs, in float64 on the CPU and
-from its own generator (weights, batch order and dropout masks all come from ``seed``) and
-on one thread, so the same data give the same weights in any process, whatever its thread
-count. The weights are not a smooth function of the features at float precision: on the
-sample, features changed by 1e-7 (relative; as another CPU's fp32 convolutions change
-them) change the weights by up to 1e-2 of their scale and the abundances by < 1e-4. The
+each with AdamW on mini-batches, for a fixed number of epochs, written in numpy (forward
+and backward, :func:`tv_step`; stage 2 does not import torch), in float64, every random
+draw (weights, batch order, dropout masks) from its own generator and the BLAS on one
+thread, so the same data give the same weights in any process, whatever its thread count.
+The weights are not a smooth function of the features at float precision: on the sample,
+features changed by 1e-7 (relative; as another CPU's fp32 convolutions change them) change
+the weights by up to 1e-2 of their scale and the abundances by up to 1e-3. The
 output layer's bias starts at the log of the training mean composition. A prediction is
 the mean of the networks' softmax rows, scaled by the training rows' mean total (1 on the
 simplex, where the rows are also divided by their sums, as
@@ -25,21 +26,20 @@ total-variation distance of the candidates, and the ridge on square roots the be
 per-type Pearson; their mean (:class:`regress.abundance_kinds.AbundanceBlend`) has both
 (README, "Abundances").
 
-Only ``fit`` needs torch; ``predict`` (and a model folder's copy,
-:class:`SavedMLP`) run numpy on the arrays of :meth:`AbundanceMLP.export`.
+``predict`` (and a model folder's copy, :class:`SavedMLP`) run :func:`forward` on the
+arrays of :meth:`AbundanceMLP.export`.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import erf
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from regress.abundance import sums_to_one, to_scale
 
@@ -48,25 +48,31 @@ ARRAYS = ("mean", "scale", "projection", "w1", "b1", "w2", "b2", "composition", 
           "simplex")
 
 
+EXACT_MAX = 3000   # min(n_spots, n_features) up to which the components are exact
+
+
 def principal_projection(Z: np.ndarray, rank: int) -> np.ndarray:
     """float (n_features, r): the whitened projection onto the first r <= ``rank``
     principal components of standardised rows Z (n_spots, n_features); components of
-    (numerically) zero variance are left out. Each column's largest loading is positive."""
-    n = len(Z)
-    if n <= Z.shape[1]:                      # the Gram side is the smaller one
-        w, U = np.linalg.eigh(Z @ Z.T)
-        order = np.argsort(w)[::-1]
-        w, U = w[order], U[:, order]
-        keep = w > w[0] * 1e-10 if len(w) else np.zeros(0, bool)
-        V = Z.T @ U[:, keep] / np.sqrt(w[keep])
-    else:
-        w, V = np.linalg.eigh(Z.T @ Z)
-        order = np.argsort(w)[::-1]
-        w, V = w[order], V[:, order]
-        keep = w > w[0] * 1e-10 if len(w) else np.zeros(0, bool)
-        V = V[:, keep]
-    w = w[keep][:rank]
-    V = V[:, :rank]
+    (numerically) zero variance are left out. Each column's largest loading is positive.
+
+    Exact (an eigendecomposition of the smaller Gram matrix) while min(n_spots,
+    n_features) <= EXACT_MAX; beyond, scikit-learn's randomized SVD (7 power iterations,
+    a fixed seed): the challenge's 8,349 spots x 6,688 features take 3 s instead of 70.
+    """
+    n, d = Z.shape
+    if min(n, d) > EXACT_MAX:
+        from sklearn.utils.extmath import randomized_svd
+
+        _, s, Vt = randomized_svd(Z, min(rank, n, d), n_iter=7, random_state=0)
+        w, V = s ** 2, Vt.T
+    else:                                    # the Gram matrix of the smaller side
+        w, E = np.linalg.eigh(Z @ Z.T if n <= d else Z.T @ Z)
+        top = np.argsort(w)[::-1][:rank]
+        w, E = w[top], E[:, top]
+        V = Z.T @ E / np.sqrt(np.clip(w, 1e-300, None)) if n <= d else E
+    keep = w > w[0] * 1e-10 if len(w) else np.zeros(0, bool)
+    V, w = V[:, keep], w[keep]
     sign = np.sign(V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])])
     return V * sign / np.sqrt(w) * np.sqrt(n)
 
@@ -91,64 +97,86 @@ def forward(arrays: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     return to_scale(P * float(a["total"][0]), bool(a["simplex"][0]), a["composition"])
 
 
-_ONE_THREAD = threading.Lock()
+def _gelu_grad(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(
+        2.0 * math.pi)
 
 
-@contextmanager
-def one_torch_thread():
-    """Torch on one thread meanwhile (and one such block at a time): a matrix product's
-    sums are split by thread, so the trained weights would depend on the thread count."""
-    import torch
+class AdamW:
+    """AdamW (decoupled weight decay on every parameter, as torch.optim.AdamW with its
+    defaults betas (0.9, 0.999), eps 1e-8), updating float64 arrays in place."""
 
-    with _ONE_THREAD:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+    def __init__(self, params: list[np.ndarray], lr: float, weight_decay: float):
+        self.params, self.lr, self.wd = params, lr, weight_decay
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, grads: list[np.ndarray], beta1: float = 0.9, beta2: float = 0.999,
+             eps: float = 1e-8) -> None:
+        self.t += 1
+        c1, c2 = 1.0 - beta1 ** self.t, 1.0 - beta2 ** self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            p *= 1.0 - self.lr * self.wd
+            m *= beta1
+            m += (1.0 - beta1) * g
+            v *= beta2
+            v += (1.0 - beta2) * g * g
+            p -= self.lr / c1 * m / (np.sqrt(v / c2) + eps)
+
+
+def tv_step(params: list[np.ndarray], x: np.ndarray, T: np.ndarray,
+            masks: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> tuple[float, list[np.ndarray]]:
+    """One batch's mean per-spot total-variation distance and its gradients.
+
+    Args:
+        params: (w1 (r, h), b1 (h,), w2 (h, k), b2 (k,)).
+        x: float (B, r) components; T: float (B, k) true proportions.
+        masks: dropout's (input (B, r), hidden (B, h)) multipliers (0 or 1 / (1 - p)).
+
+    Returns:
+        (loss, [dw1, db1, dw2, db2]).
+    """
+    w1, b1, w2, b2 = params
+    m_in, m_h = masks if masks is not None else (1.0, 1.0)
+    xd = x * m_in
+    a = xd @ w1 + b1
+    hd = _gelu(a) * m_h
+    P = _softmax(hd @ w2 + b2)
+    B = len(x)
+    loss = 0.5 * float(np.abs(P - T).sum(axis=1).mean())
+    G = 0.5 * np.sign(P - T) / B                          # d loss / d P
+    dL = P * (G - (G * P).sum(axis=1, keepdims=True))     # through the softmax
+    da = (dL @ w2.T) * m_h * _gelu_grad(a)
+    return loss, [xd.T @ da, da.sum(axis=0), hd.T @ dL, dL.sum(axis=0)]
 
 
 def _train_one(Z: np.ndarray, Y: np.ndarray, seed: int, hidden: int, epochs: int,
                batch: int, lr: float, weight_decay: float, in_drop: float, drop: float
                ) -> list[np.ndarray]:
     """One network's (w1, b1, w2, b2) on whitened components Z (n, r) and proportions
-    Y (n, k), trained on the mean per-spot total-variation distance."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
+    Y (n, k), trained on the mean per-spot total-variation distance; every random draw
+    (initial weights, batch order, dropout masks) from ``seed``."""
+    rng = np.random.default_rng(seed)
     n, r = Z.shape
     k = Y.shape[1]
+    params = [rng.uniform(-1, 1, (r, hidden)) / math.sqrt(r),
+              rng.uniform(-1, 1, hidden) / math.sqrt(r),
+              rng.uniform(-1, 1, (hidden, k)) / math.sqrt(hidden),
+              np.log(np.clip(Y.mean(axis=0), 1e-6, None))]
+    opt = AdamW(params, lr, weight_decay)
 
-    def uniform(*shape, fan_in):
-        bound = 1.0 / math.sqrt(fan_in)
-        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
-
-    w1, b1 = uniform(r, hidden, fan_in=r), uniform(hidden, fan_in=r)
-    w2 = uniform(hidden, k, fan_in=hidden)
-    b2 = torch.log(torch.as_tensor(Y.mean(axis=0), dtype=torch.float64).clamp_min(1e-6))
-    params = [p.requires_grad_() for p in (w1, b1, w2, b2)]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    A = torch.as_tensor(Z, dtype=torch.float64)
-    T = torch.as_tensor(Y, dtype=torch.float64)
-
-    def dropout(x, p):
-        if p <= 0:
-            return x
-        keep = torch.rand(x.shape, generator=g, dtype=x.dtype) >= p
-        return x * keep / (1 - p)
+    def mask(shape, p):
+        return (rng.random(shape) >= p) / (1.0 - p) if p > 0 else 1.0
 
     for _ in range(epochs):
-        order = torch.randperm(n, generator=g)
+        order = rng.permutation(n)
         for i in range(0, n, batch):
             rows = order[i:i + batch]
-            h = torch.nn.functional.gelu(dropout(A[rows], in_drop) @ w1 + b1)
-            P = torch.softmax(dropout(h, drop) @ w2 + b2, dim=1)
-            loss = 0.5 * (P - T[rows]).abs().sum(dim=1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return [p.detach().numpy().copy() for p in params]
+            masks = (mask((len(rows), r), in_drop), mask((len(rows), hidden), drop))
+            opt.step(tv_step(params, Z[rows], Y[rows], masks)[1])
+    return params
 
 
 class AbundanceMLP(MultiOutputMixin, RegressorMixin, BaseEstimator):
@@ -194,7 +222,7 @@ class AbundanceMLP(MultiOutputMixin, RegressorMixin, BaseEstimator):
         total = Y.sum(axis=1, keepdims=True)
         composition = Y.mean(axis=0) / max(float(total.mean()), 1e-300)
         props = np.where(total > 0, Y / np.where(total > 0, total, 1.0), composition)
-        with one_torch_thread():
+        with threadpool_limits(1):     # a product's sums the same with any thread count
             nets = [_train_one(Z, props, self.seed + i, self.hidden, self.epochs, self.batch,
                                self.lr, self.weight_decay, self.in_drop, self.drop)
                     for i in range(self.seeds)]

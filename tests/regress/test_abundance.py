@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,13 @@ from regress.abundance import (
     to_scale,
 )
 from regress.abundance_kinds import KINDS, AbundanceBlend, make_abundance_model
-from regress.abundance_mlp import AbundanceMLP, SavedMLP, principal_projection
+from regress.abundance_mlp import (
+    AbundanceMLP,
+    AdamW,
+    SavedMLP,
+    principal_projection,
+    tv_step,
+)
 from regress.metrics import pearson_per_type, tv_distance
 
 
@@ -90,20 +97,60 @@ def test_the_network_learns_proportions_on_the_simplex_and_off_it():
 
 
 def test_the_network_is_the_same_from_the_same_data_whatever_the_thread_count():
-    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     X, Y, _ = _data()
     a = AbundanceMLP(epochs=5, seeds=2).fit(X, Y).export()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1 if before > 1 else 2)
-    try:
+    threads = max((p["num_threads"] for p in threadpool_info()), default=1)
+    with threadpool_limits(1 if threads > 1 else 2):
         b = AbundanceMLP(epochs=5, seeds=2).fit(X, Y).export()
-    finally:
-        torch.set_num_threads(before)
-    assert torch.get_num_threads() == before
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     c = AbundanceMLP(epochs=5, seeds=2, seed=7).fit(X, Y).export()
     assert not np.array_equal(a["w1"], c["w1"])
+
+
+def test_the_networks_gradients_are_the_losss():
+    rng = np.random.default_rng(4)
+    r, h, k, B = 5, 4, 3, 7
+    params = [rng.normal(size=(r, h)), rng.normal(size=h), rng.normal(size=(h, k)),
+              rng.normal(size=k)]
+    x = rng.normal(size=(B, r))
+    T = rng.dirichlet(np.ones(k), size=B)
+    masks = ((rng.random((B, r)) > 0.2) / 0.8, (rng.random((B, h)) > 0.5) / 0.5)
+    loss, grads = tv_step(params, x, T, masks)
+    assert loss == pytest.approx(tv_distance(T, _forward_once(params, x, masks)).mean())
+    for p, g in zip(params, grads, strict=True):
+        for i in np.ndindex(p.shape):
+            keep = p[i]
+            p[i] = keep + 1e-6
+            up = tv_step(params, x, T, masks)[0]
+            p[i] = keep - 1e-6
+            down = tv_step(params, x, T, masks)[0]
+            p[i] = keep
+            assert g[i] == pytest.approx((up - down) / 2e-6, abs=1e-6), i
+
+
+def _forward_once(params, x, masks):
+    w1, b1, w2, b2 = params
+    a = (x * masks[0]) @ w1 + b1
+    h = 0.5 * a * (1 + np.vectorize(math.erf)(a / math.sqrt(2))) * masks[1]
+    L = h @ w2 + b2
+    return np.exp(L) / np.exp(L).sum(1, keepdims=True)
+
+
+def test_adamw_takes_torchs_steps():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    p = rng.normal(size=(3, 2))
+    grads = [rng.normal(size=(3, 2)) for _ in range(4)]
+    mine = AdamW([p.copy()], lr=0.01, weight_decay=0.1)
+    ref = torch.tensor(p.copy(), requires_grad=True)
+    opt = torch.optim.AdamW([ref], lr=0.01, weight_decay=0.1)
+    for g in grads:
+        mine.step([g])
+        ref.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(mine.params[0], ref.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
 def test_the_projection_whitens_and_fixes_signs():
@@ -118,6 +165,20 @@ def test_the_projection_whitens_and_fixes_signs():
     flat = np.zeros((6, 4))
     flat[:, 0] = np.arange(6) - 2.5
     assert principal_projection(flat, 3).shape == (4, 1)   # zero-variance parts left out
+
+
+def test_a_large_matrix_takes_the_randomized_components(monkeypatch):
+    import regress.abundance_mlp as mlp
+
+    rng = np.random.default_rng(2)
+    Z = rng.normal(size=(300, 12)) @ np.diag(2.0 ** -np.arange(12)) @ \
+        np.linalg.qr(rng.normal(size=(12, 12)))[0] @ rng.normal(size=(12, 200))
+    Z -= Z.mean(0)
+    exact = principal_projection(Z, 4)
+    monkeypatch.setattr(mlp, "EXACT_MAX", 100)
+    fast = principal_projection(Z, 4)
+    np.testing.assert_allclose(np.cov((Z @ fast).T, bias=True), np.eye(4), atol=1e-8)
+    np.testing.assert_allclose(Z @ fast, Z @ exact, atol=1e-6)
 
 
 def test_the_blend_is_the_mean_of_its_parts_and_reloads_from_its_arrays():
