@@ -11,8 +11,10 @@ so the projection does not depend on the LAPACK's sign choices). On those it tra
 
 each with AdamW on mini-batches, for a fixed number of epochs, written in numpy (forward
 and backward, :func:`tv_step`; stage 2 does not import torch), in float64, every random
-draw (weights, batch order, dropout masks) from its own generator and the BLAS on one
-thread, so the same data give the same weights in any process, whatever its thread count.
+draw (weights, batch order, dropout masks) from its own generator and the BLAS and LAPACK
+on one thread (the principal components too: eigh's eigenvectors differ by 1e-12 between
+1 and 2 threads), so the same data give the same weights in any process, whatever its
+thread count.
 The weights are not a smooth function of the features at float precision: on the sample,
 features changed by 1e-7 (relative; as another CPU's fp32 convolutions change them) change
 the weights by up to 1e-2 of their scale and the abundances by up to 1e-3. The
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
@@ -161,8 +164,9 @@ def _train_one(Z: np.ndarray, Y: np.ndarray, seed: int, hidden: int, epochs: int
     rng = np.random.default_rng(seed)
     n, r = Z.shape
     k = Y.shape[1]
-    params = [rng.uniform(-1, 1, (r, hidden)) / math.sqrt(r),
-              rng.uniform(-1, 1, hidden) / math.sqrt(r),
+    fan_in = math.sqrt(max(r, 1))          # no component at all: the biases alone learn
+    params = [rng.uniform(-1, 1, (r, hidden)) / fan_in,
+              rng.uniform(-1, 1, hidden) / fan_in,
               rng.uniform(-1, 1, (hidden, k)) / math.sqrt(hidden),
               np.log(np.clip(Y.mean(axis=0), 1e-6, None))]
     opt = AdamW(params, lr, weight_decay)
@@ -212,17 +216,18 @@ class AbundanceMLP(MultiOutputMixin, RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True)
         X = np.asarray(X, float)
         Y = np.clip(np.asarray(y, float).reshape(len(y), -1), 0, None)
-        mean = X.mean(axis=0)
-        scale = X.std(axis=0)
-        scale[scale == 0] = 1.0
-        # kept in float32 (a model folder's largest array; 1e-7 is far below what the
-        # features' own precision allows), used as kept by training and prediction alike
-        projection = principal_projection((X - mean) / scale, self.rank).astype(np.float32)
-        Z = (X - mean) / scale @ projection.astype(float)
+        # StandardScaler's mean and scale: a column constant up to rounding (a CNN channel
+        # that is always 0.1 has a standard deviation of 3e-17) gets scale 1, not 1e-16
+        scaler = StandardScaler().fit(X)
+        mean, scale = scaler.mean_, scaler.scale_
         total = Y.sum(axis=1, keepdims=True)
         composition = Y.mean(axis=0) / max(float(total.mean()), 1e-300)
         props = np.where(total > 0, Y / np.where(total > 0, total, 1.0), composition)
-        with threadpool_limits(1):     # a product's sums the same with any thread count
+        with threadpool_limits(1):     # eigh's and the products' sums: any thread count
+            # kept in float32 (a model folder's largest array; 1e-7 is far below what the
+            # features' own precision allows), used as kept by training and prediction
+            projection = principal_projection((X - mean) / scale, self.rank).astype(np.float32)
+            Z = (X - mean) / scale @ projection.astype(float)
             nets = [_train_one(Z, props, self.seed + i, self.hidden, self.epochs, self.batch,
                                self.lr, self.weight_decay, self.in_drop, self.drop)
                     for i in range(self.seeds)]

@@ -166,7 +166,8 @@ def check_calibration(c: Any, n_types: int, field: str = "abundance.calibration"
 
 def check_abundance(meta: dict[str, Any], specs: set[str]) -> None:
     """The abundance model's section (``hespot fit`` since format 2): its kind (none: a
-    ridge) and transform, two safe file names, recipe, calibration (bins x cell types), OOD features and thresholds.
+    ridge) and transform, two safe file names, recipe, calibration (bins x cell types),
+    OOD features and thresholds.
 
     Raises:
         StructureError: naming the first field that is not as ``hespot fit`` writes it.
@@ -177,8 +178,9 @@ def check_abundance(meta: dict[str, Any], specs: set[str]) -> None:
     a = meta.get("abundance")
     _need(isinstance(a, dict) and len(a) > 0, "abundance", "the abundance model's section, "
           "or null", a)
-    _need(a.get("kind", DEFAULT_KIND) in KINDS, "abundance.kind", f"one of {tuple(KINDS)}",
-          a.get("kind"))
+    kind = a.get("kind", DEFAULT_KIND)
+    _need(isinstance(kind, str) and kind in KINDS, "abundance.kind", f"one of {tuple(KINDS)}",
+          kind)
     _need(a.get("transform") in TRANSFORMS, "abundance.transform", f"one of {TRANSFORMS}",
           a.get("transform"))
     files = a.get("files")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -99,14 +101,37 @@ def test_the_network_learns_proportions_on_the_simplex_and_off_it():
 def test_the_network_is_the_same_from_the_same_data_whatever_the_thread_count():
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    X, Y, _ = _data()
-    a = AbundanceMLP(epochs=5, seeds=2).fit(X, Y).export()
+    # wide enough that eigh's eigenvectors differ between 1 and 2 threads (by 1e-13)
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(400, 500))
+    Y = rng.dirichlet(np.ones(4), size=400)
+    a = AbundanceMLP(epochs=1, seeds=1).fit(X, Y).export()
     threads = max((p["num_threads"] for p in threadpool_info()), default=1)
     with threadpool_limits(1 if threads > 1 else 2):
-        b = AbundanceMLP(epochs=5, seeds=2).fit(X, Y).export()
+        b = AbundanceMLP(epochs=1, seeds=1).fit(X, Y).export()
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
-    c = AbundanceMLP(epochs=5, seeds=2, seed=7).fit(X, Y).export()
+    c = AbundanceMLP(epochs=1, seeds=1, seed=7).fit(X, Y).export()
     assert not np.array_equal(a["w1"], c["w1"])
+
+
+def test_a_feature_constant_up_to_rounding_does_not_move_the_network():
+    X, Y, _ = _data()
+    X[:, 5] = 0.1                       # its standard deviation: 1e-17, not 0
+    est = AbundanceMLP(epochs=20, seeds=1).fit(X, Y)
+    nudged = X.copy()
+    nudged[:, 5] = 0.1000001
+    assert np.abs(est.predict(nudged) - est.predict(X)).max() < 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_features_without_a_component_give_the_training_composition(rows):
+    X = np.ones((rows, 4))
+    Y = np.tile([0.5, 0.3, 0.2], (rows, 1))
+    est = AbundanceMLP(epochs=50, seeds=1).fit(X, Y)
+    assert est.export()["projection"].shape == (4, 0)
+    P = est.predict(np.vstack([X, 2 * X]))
+    assert np.isfinite(P).all()
+    np.testing.assert_allclose(P, np.tile([0.5, 0.3, 0.2], (2 * rows, 1)), atol=0.05)
 
 
 def test_the_networks_gradients_are_the_losss():
@@ -197,6 +222,43 @@ def test_the_blend_is_the_mean_of_its_parts_and_reloads_from_its_arrays():
     assert set(arrays) == set(kind.arrays)
     np.testing.assert_array_equal(kind.load(spec.transform, arrays).predict(X[60:]), P)
     assert isinstance(kind.load(spec.transform, arrays).mlp, SavedMLP)
+
+
+def test_a_folder_written_before_kinds_predicts_as_a_ridge(tiny_regressed, synthetic_h5,
+                                                           tiny_store, tmp_path):
+    import regress.fit
+    import regress.predict
+
+    out = Path(shutil.copytree(tiny_regressed, tmp_path / "out"))
+    report = json.loads((out / "report.json").read_text())
+    report["abundance"]["chosen"] = "sqrt_context"
+    (out / "report.json").write_text(json.dumps(report))
+    folder = tmp_path / "model"
+    assert regress.fit.main(["--h5", str(synthetic_h5), "--store", str(tiny_store), "--out",
+                             str(out), "--model-dir", str(folder), "--quiet"]) == 0
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["abundance"]["kind"] == "ridge"
+    args = ["--model", str(folder), "--h5", str(synthetic_h5), "--store", str(tiny_store),
+            "--quiet", "--out"]
+    assert regress.predict.main([*args, str(tmp_path / "now")]) == 0
+    del meta["abundance"]["kind"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert regress.predict.main([*args, str(tmp_path / "before")]) == 0
+    for name in ("predictions.csv", "rank_scores.csv"):
+        assert (tmp_path / "now" / name).read_bytes() == (tmp_path / "before" / name).read_bytes()
+
+
+@pytest.mark.parametrize("kind", [["ridge"], {}, "forest", 3])
+def test_a_kind_hespot_does_not_know_is_refused_by_name(fitted, tmp_path, kind):
+    from data.errors import DataError
+    from regress.bundle import load_bundle
+
+    folder = Path(shutil.copytree(fitted, tmp_path / "model"))
+    meta = json.loads((folder / "model.json").read_text())
+    meta["abundance"]["kind"] = kind
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="abundance.kind"):
+        load_bundle(folder)
 
 
 def test_every_candidate_names_a_kind_and_a_transform():
