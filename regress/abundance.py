@@ -196,8 +196,14 @@ class AbundanceRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return self.back_(self.ridge_.predict(X))
 
 
+#: the arrays of :func:`export_ridge` (a model folder's npz)
+RIDGE_ARRAYS = ("scaler_mean", "scaler_scale", "coef", "intercept", "mean", "total",
+                "quantiles", "simplex")
+
+
 def export_ridge(est: AbundanceRidge) -> dict[str, np.ndarray]:
-    """The arrays that reproduce ``est.predict`` (a model folder's ``abundance-*.npz``)."""
+    """The arrays that reproduce ``est.predict`` (:data:`RIDGE_ARRAYS`; a model folder's
+    ``abundance-*.npz``)."""
     r, b = est.ridge_, est.back_
     return {"scaler_mean": r.scaler_.mean_, "scaler_scale": r.scaler_.scale_,
             "coef": r.coef_, "intercept": np.asarray(r.intercept_, float),

@@ -17,12 +17,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from regress.abundance import AbundanceRidge, AbundanceSpec, SavedAbundance, export_ridge
+from regress.abundance import (
+    RIDGE_ARRAYS,
+    AbundanceRidge,
+    AbundanceSpec,
+    SavedAbundance,
+    export_ridge,
+)
 from regress.abundance_mlp import ARRAYS as MLP_ARRAYS
 from regress.abundance_mlp import AbundanceMLP, SavedMLP
 
-RIDGE_ARRAYS = ("scaler_mean", "scaler_scale", "coef", "intercept", "mean", "total",
-                "quantiles", "simplex")
 DEFAULT_KIND = "ridge"
 
 
@@ -99,8 +103,8 @@ KINDS: dict[str, Kind] = {
     "ridge": Kind(lambda spec: AbundanceRidge(transform=spec.transform), export_ridge,
                   SavedAbundance, RIDGE_ARRAYS),
     "blend": Kind(lambda spec: AbundanceBlend(transform=spec.transform), _export_blend,
-                  _load_blend, ("weight", *_prefixed("ridge", dict.fromkeys(RIDGE_ARRAYS)),
-                                *_prefixed("mlp", dict.fromkeys(MLP_ARRAYS)))),
+                  _load_blend, ("weight", *(f"ridge_{k}" for k in RIDGE_ARRAYS),
+                                *(f"mlp_{k}" for k in MLP_ARRAYS))),
 }
 
 

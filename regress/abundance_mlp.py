@@ -223,11 +223,13 @@ class AbundanceMLP(MultiOutputMixin, RegressorMixin, BaseEstimator):
         total = Y.sum(axis=1, keepdims=True)
         composition = Y.mean(axis=0) / max(float(total.mean()), 1e-300)
         props = np.where(total > 0, Y / np.where(total > 0, total, 1.0), composition)
+        standard = (X - mean) / scale
         with threadpool_limits(1):     # eigh's and the products' sums: any thread count
             # kept in float32 (a model folder's largest array; 1e-7 is far below what the
             # features' own precision allows), used as kept by training and prediction
-            projection = principal_projection((X - mean) / scale, self.rank).astype(np.float32)
-            Z = (X - mean) / scale @ projection.astype(float)
+            projection = principal_projection(standard, self.rank).astype(np.float32)
+            Z = standard @ projection.astype(float)
+            del standard
             nets = [_train_one(Z, props, self.seed + i, self.hidden, self.epochs, self.batch,
                                self.lr, self.weight_decay, self.in_drop, self.drop)
                     for i in range(self.seeds)]

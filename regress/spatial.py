@@ -39,9 +39,8 @@ def neighbour_mean(values: np.ndarray, xy: np.ndarray, k: int) -> np.ndarray:
     if idx.shape[1] == 0:
         return values.copy()
     values = np.asarray(values)
-    out = np.empty((len(idx), *values.shape[1:]),
-                   dtype=np.result_type(values.dtype, np.float64)
-                   if values.dtype.kind in "iub" else values.dtype)
+    out = np.empty((len(idx), *values.shape[1:]),     # the dtype mean() gives
+                   dtype=np.float64 if values.dtype.kind in "iub" else values.dtype)
     for start in range(0, len(idx), NEIGHBOUR_ROWS):
         rows = slice(start, start + NEIGHBOUR_ROWS)
         out[rows] = values[idx[rows]].mean(axis=1)
